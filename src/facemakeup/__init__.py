@@ -1,0 +1,30 @@
+"""facemakeup: identity-consistent, controllable text-to-image face generation.
+
+An implementation of Face-MakeUp (arXiv 2501.02523) and Face-MakeUpV2 (arXiv 2510.21775) on
+diffusers. Rooms: ``faces`` (analysis, no diffusion imports), ``model`` (what plugs into
+diffusers), ``pipeline`` (``FaceMakeUpPipeline``), ``cli``.
+
+The torch-side names (``FaceMakeUpPipeline``, ``FaceIDAdapter``) are imported on first use, so
+``import facemakeup.faces`` stays light.
+"""
+
+__version__ = "0.1.0"
+
+from .errors import FaceMakeUpError, FaceTooSmallError, ImageReadError, ModelNotFoundError, NoFaceError
+
+_LAZY = {
+    "FaceMakeUpPipeline": "facemakeup.pipeline",
+    "FaceMakeUpPipelineOutput": "facemakeup.pipeline",
+    "FaceIDAdapter": "facemakeup.model.id_adapter",  # diffusers' loader finds saved components here
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'facemakeup' has no attribute {name!r}")
+
+
+__all__ = ["FaceMakeUpError", "FaceTooSmallError", "ImageReadError", "ModelNotFoundError", "NoFaceError", "__version__", *_LAZY]

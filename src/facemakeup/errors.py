@@ -1,0 +1,32 @@
+"""Named errors a user can act on (DESIGN.md, "Conventions").
+
+Every message says what went wrong, on which input, and what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class FaceMakeUpError(Exception):
+    """Base class of every error facemakeup raises on purpose."""
+
+
+class ImageReadError(FaceMakeUpError, ValueError):
+    """A file could not be read as an image (missing, not an image, truncated or corrupt, too large).
+
+    The message names the file and the reason.
+    """
+
+
+class NoFaceError(FaceMakeUpError, ValueError):
+    """No face was found in an image."""
+
+
+class FaceTooSmallError(NoFaceError):
+    """Faces were found, but all of them are smaller than the analyser's ``min_face_size``."""
+
+
+class ModelNotFoundError(FaceMakeUpError, OSError):
+    """Pretrained weights are neither on disk nor downloadable.
+
+    The message says what to download and how to point facemakeup to it.
+    """
