@@ -55,7 +55,7 @@ class FaceMakeUpPipelineOutput(BaseOutput):
         id_embeds: ``(N, 512)`` float32 ArcFace embeddings of the N references.
         face_images: the N CLIP face crops, ``(S, S, 3)`` uint8 RGB (``None`` if ``clip_embeds`` were passed).
         reference_weights: the N mixing weights, normalised to sum to 1.
-        id_tokens: ``(1, num_tokens, D)`` the mixed ID tokens the UNet attended to.
+        id_tokens: ``(1, num_tokens, D)`` the ID tokens (of the mixed references) the UNet attended to.
     """
 
     images: Union[list[PIL.Image.Image], np.ndarray, torch.Tensor]
@@ -342,7 +342,8 @@ class FaceMakeUpPipeline(DiffusionPipeline):
             ip_scale (`float`, defaults to 0.6): weight of the ID attention (0 = text only).
             s_scale (`float`, defaults to 1.0): weight of the Perceiver output in the ID tokens.
             reference_weights (`list[float]`, *optional*): one weight >= 0 per reference (default
-                equal); ID tokens are mixed as ``sum_i w_i tokens_i / sum_i w_i`` (Face-MakeUp ``mix``).
+                equal). The references' ArcFace embeddings and CLIP features are averaged with these
+                weights (normalised to sum 1) before the projection, as Face-MakeUp's ``mix``.
             face_index (`int`, defaults to 0): which face of each reference photo (0 = largest).
             generator (`torch.Generator`, *optional*) / seed (`int`, *optional*): randomness.
             latents (`torch.Tensor`, *optional*): initial noise ``(B*K, 4, height/8, width/8)``.
@@ -402,12 +403,14 @@ class FaceMakeUpPipeline(DiffusionPipeline):
             uncond_clip_embeds = self.uncond_clip_embeds(device)  # (1, L, C)
         uncond_clip_embeds = uncond_clip_embeds.to(device=device, dtype=self.face_adapter.dtype)
 
-        # 3. ID tokens: per reference, mixed by weight; unconditional from zero ID + zero image
+        # 3. ID tokens. Several references are mixed before the projection, as Face-MakeUp's `mix`
+        #    (CLIP features) and IP-Adapter-FaceID's averaging (ID embeddings) do.
         weights = torch.tensor(reference_weights if reference_weights is not None else [1.0] * len(id_embeds), dtype=torch.float64)
-        weights = (weights / weights.sum()).to(device=device, dtype=self.face_adapter.dtype)
-        tokens = self.face_adapter.project(id_embeds, clip_embeds, s_scale)  # (N, T, D)
-        id_tokens = (weights[:, None, None] * tokens).sum(0, keepdim=True)  # (1, T, D)
-        uncond_tokens = self.face_adapter.project(torch.zeros_like(id_embeds[:1]), uncond_clip_embeds, s_scale)  # (1, T, D)
+        weights = (weights / weights.sum()).to(device=device, dtype=self.face_adapter.dtype)  # (N,)
+        mixed_id = (weights[:, None] * id_embeds).sum(0, keepdim=True)  # (1, 512)
+        mixed_clip = (weights[:, None, None] * clip_embeds).sum(0, keepdim=True)  # (1, L, C)
+        id_tokens = self.face_adapter.project(mixed_id, mixed_clip, s_scale)  # (1, T, D)
+        uncond_tokens = self.face_adapter.project(torch.zeros_like(mixed_id), uncond_clip_embeds, s_scale)  # (1, T, D)
         self.face_adapter.set_ip_scale(ip_scale)
 
         # 4. Text embeddings, one row per image
@@ -503,16 +506,18 @@ def load_pipeline(model: str, image_encoder: str | None = DEFAULT_IMAGE_ENCODER,
 
 
 def _missing_message(what: str, where: Any, err: Exception) -> str:
+    """What to tell a user whose ``what`` could not be loaded from ``where``."""
     where = str(where)
-    local = Path(where).exists()
-    how = (
-        f"the folder {where} exists but does not hold it in diffusers/transformers layout"
-        if local
-        else f"'{where}' is not a local folder and could not be downloaded ({type(err).__name__})"
-    )
+    is_backbone = "backbone" in what
+    if Path(where).exists():
+        problem = f"the folder {where} exists but does not hold it in diffusers/transformers layout"
+        repo = DEFAULT_BACKBONE if is_backbone else DEFAULT_IMAGE_ENCODER
+    else:
+        problem = f"'{where}' is not a local folder and could not be downloaded ({type(err).__name__})"
+        repo = where
+    flag = "--model DIR" if is_backbone else "--image-encoder DIR"
     return (
-        f"could not load the {what}: {how}. On a machine with internet access run "
-        f"`hf download {where if not local else DEFAULT_BACKBONE if 'backbone' in what else DEFAULT_IMAGE_ENCODER} --local-dir DIR`, "
-        f"copy DIR here and pass it with {'--model DIR' if 'backbone' in what else '--image-encoder DIR'}. "
+        f"could not load the {what}: {problem}. On a machine with internet access run "
+        f"`hf download {repo} --local-dir DIR`, copy DIR here and pass it with {flag}. "
         "Use `--model tiny` to run the whole path with a tiny random model (noise images)."
     )
