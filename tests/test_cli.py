@@ -1,6 +1,7 @@
 """``facemakeup generate`` end to end with the tiny model, and its error exits."""
 
 import hashlib
+from pathlib import Path
 import json
 
 import numpy as np
@@ -28,7 +29,7 @@ def test_generate_tiny_writes_images_sheet_and_provenance(tmp_path, photo):
     res = run("generate", "--reference", photo, "--prompt", "a smiling woman", "--out", out, "--model", "tiny",
               "--num-images", 2, "--steps", 3, "--seed", 7)
     assert res.exit_code == 0, res.output
-    assert sorted(p.name for p in out.iterdir()) == ["conditions.png", "grid.png", "image_00.png", "image_01.png", "provenance.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["conditions.png", "grid.png", "image_00.png", "image_01.png", "provenance.json", "shading.png"]
     img = Image.open(out / "image_00.png")
     assert img.size == (64, 64) and json.loads(img.text["facemakeup"])["seed"] == 7
     assert not np.array_equal(np.asarray(img), np.asarray(Image.open(out / "image_01.png")))
@@ -40,7 +41,7 @@ def test_generate_tiny_writes_images_sheet_and_provenance(tmp_path, photo):
     x0, y0, x1, y1 = rec["inputs"]["references"][0]["bbox"]
     assert 150 < x0 < x1 < 300 and 40 < y0 < y1 < 200  # the astronaut's face
     sheet = Image.open(out / "conditions.png")
-    assert sheet.height == 384 and sheet.width > 384 * 2
+    assert sheet.height == 2 * 384 + 8 and sheet.width > 384 * 2  # the reference row, then the shading map
 
 
 def test_generate_is_reproducible(tmp_path, photo):
@@ -74,3 +75,66 @@ def test_missing_model_exits_with_download_instructions(tmp_path, photo):
 def test_weights_must_match_references(tmp_path, photo):
     res = run("generate", "--reference", photo, "--weight", 1, "--weight", 2, "--prompt", "x", "--out", tmp_path / "o", "--model", "tiny")
     assert res.exit_code == 1 and "2 --weight values for 1 --reference" in res.output
+
+
+def test_generate_with_shading_options(tmp_path, photo):
+    target = tmp_path / "target.png"
+    Image.fromarray(np.ascontiguousarray(skimage.data.astronaut()[:, ::-1])).save(target)  # a mirrored "target"
+    outs = {}
+    for name, extra in {"own": [], "dir": ["--light-dir", "-1,0,0.5"], "from": ["--light-from", target],
+                        "shade": ["--shading-from", target]}.items():
+        out = tmp_path / name
+        res = run("generate", "--reference", photo, "--prompt", "x", "--out", out, "--model", "tiny", "--steps", 1, *extra)
+        assert res.exit_code == 0, res.output
+        outs[name] = np.asarray(Image.open(out / "shading.png"))[..., 0].astype(int)
+        assert (out / "conditions.png").is_file()
+    rec = json.loads((tmp_path / "dir" / "provenance.json").read_text())
+    assert rec["inputs"]["light_dir"] == [-1.0, 0.0, 0.5] and rec["parameters"]["controlnet_scale"] == 0.5
+    assert json.loads((tmp_path / "shade" / "provenance.json").read_text())["inputs"]["shading_from"]["path"] == str(target)
+    face = outs["own"] > 0
+    assert np.abs(outs["dir"] - outs["own"])[face].mean() > 5  # relit
+    np.testing.assert_array_equal(outs["from"] > 0, face)  # same geometry, other light
+    # the mirrored target's geometry: its silhouette is the mirror of the reference's
+    mirrored = outs["shade"][:, ::-1] > 0
+    assert (mirrored & face).sum() / (mirrored | face).sum() > 0.8
+
+
+def test_generate_light_options_are_checked(tmp_path, photo):
+    res = run("generate", "--reference", photo, "--prompt", "x", "--out", tmp_path / "o", "--model", "tiny", "--light-dir", "1,2")
+    assert res.exit_code == 2 and "expected three numbers" in res.output
+    res = run("generate", "--reference", photo, "--prompt", "x", "--out", tmp_path / "o", "--model", "tiny",
+              "--light-dir", "1,0,0", "--light-from", photo)
+    assert res.exit_code == 1 and "pass one" in res.output
+
+
+def test_analyze_folder_and_glob_with_failures_reported(tmp_path, photo):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.fromarray(skimage.data.astronaut()).save(folder / "astro.jpg")
+    Image.fromarray(skimage.data.rocket()).save(folder / "rocket.jpg")
+    (folder / "broken.png").write_bytes(photo.read_bytes()[:3000])
+    out = tmp_path / "an"
+    res = run("analyze", folder, str(photo.parent / "*.png"), "--out", out)
+    assert res.exit_code == 0, res.output
+    assert "skipped" in res.output and "broken.png" in res.output and "rocket.jpg: no face found" in res.output
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["photos"] == 4 and summary["analysed"] == 3 and summary["faces"] == 2
+    assert {Path(f["image"]).name for f in summary["failures"]} == {"broken.png", "rocket.jpg"}
+    rec = json.loads((out / "astro.json").read_text())
+    assert rec["width"] == 512 and rec["height"] == 512 and len(rec["faces"]) == 1
+    face = rec["faces"][0]
+    assert set(face) >= {"bbox", "kps", "det_score", "pose", "sh", "sh_basis", "shading_map"}
+    assert np.array(face["sh"]).shape == (9, 3) and face["sh_basis"][:4] == ["1", "x", "y", "z"]
+    assert set(face["pose"]) == {"yaw", "pitch", "roll"} and all(abs(v) < 0.5 for v in face["pose"].values())
+    assert Image.open(out / face["shading_map"]).size == (512, 512)
+    assert Image.open(out / "astro_overlay.png").height == 512
+    assert json.loads((out / "rocket.json").read_text())["faces"] == []
+
+
+def test_analyze_nothing_usable_exits_non_zero(tmp_path):
+    rocket = tmp_path / "rocket.jpg"
+    Image.fromarray(skimage.data.rocket()).save(rocket)
+    res = run("analyze", rocket, "--out", tmp_path / "an")
+    assert res.exit_code == 1 and json.loads((tmp_path / "an" / "summary.json").read_text())["faces"] == 0
+    res = run("analyze", str(tmp_path / "nothing*.jpg"), "--out", tmp_path / "an2")
+    assert res.exit_code == 2 and "no such file" in res.output

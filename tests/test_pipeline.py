@@ -86,10 +86,13 @@ def test_reference_mixing_by_weight(pipe, astronaut):
 def test_precomputed_inputs_match_reference_image(pipe, astronaut):
     kw = dict(num_inference_steps=1, seed=0, output_type="latent")
     out = pipe("x", reference_image=astronaut, **kw)
-    again = pipe("x", id_embeds=out.id_embeds, face_images=out.face_images, **kw)
+    assert out.shading_image.shape == (64, 64, 3)  # the tiny pipeline has a ShadingNet
+    with pytest.raises(ValueError, match="also pass `shading_image`"):
+        pipe("x", id_embeds=out.id_embeds, face_images=out.face_images, **kw)
+    again = pipe("x", id_embeds=out.id_embeds, face_images=out.face_images, shading_image=out.shading_image, **kw)
     torch.testing.assert_close(again.images, out.images)
     clip = pipe.encode_face_images(out.face_images, "cpu")
-    third = pipe("x", id_embeds=out.id_embeds, clip_embeds=clip, **kw)
+    third = pipe("x", id_embeds=out.id_embeds, clip_embeds=clip, shading_image=out.shading_image, **kw)
     torch.testing.assert_close(third.images, out.images)
     pos, neg = pipe.encode_prompt(["x"], None, "cpu")
     fourth = pipe(prompt_embeds=pos, negative_prompt_embeds=neg, reference_image=astronaut, **kw)
@@ -163,3 +166,78 @@ def test_from_backbone_loads_local_folders(tmp_path, astronaut):
     assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
     with pytest.raises(ModelNotFoundError, match="--adapter"):
         load_face_adapter(tmp_path / "missing.bin", pipe.unet)
+
+
+# ---------------------------------------------------------------------------- ShadingNet
+def _perturbed_shadingnet(unet, seed=0):
+    from facemakeup.model.shadingnet import shadingnet_from_unet
+
+    net = shadingnet_from_unet(unet, vae_scale_factor=2)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():  # a trained-looking ShadingNet: non-zero output convolutions
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return net
+
+
+def test_shadingnet_at_scale_zero_equals_no_shadingnet(astronaut):
+    parts = tiny_components(seed=3)
+    plain = FaceMakeUpPipeline(face_adapter=FaceIDAdapter.for_unet(parts["unet"], 32, lora_rank=4), **copy.deepcopy(parts))
+    with_net = FaceMakeUpPipeline(face_adapter=copy.deepcopy(plain.face_adapter).__class__.from_config(plain.face_adapter.config),
+                                  controlnet=_perturbed_shadingnet(parts["unet"]), **copy.deepcopy(parts))
+    with_net.face_adapter.load_state_dict(plain.face_adapter.state_dict())
+    kw = dict(reference_image=astronaut, num_inference_steps=2, seed=0, output_type="latent")
+    base = plain("a face", **kw).images
+    zero = with_net("a face", controlnet_conditioning_scale=0.0, **kw)
+    assert zero.shading_image is not None and zero.shading_image.max() > 0
+    assert (zero.images - base).abs().max().item() < 1e-4
+    one = with_net("a face", controlnet_conditioning_scale=1.0, **kw).images
+    assert (one - base).abs().max().item() > 1e-3
+
+
+def test_shadingnet_reads_the_shading_map_and_only_the_id_tokens(pipe, astronaut):
+    seen = []
+    handle = pipe.controlnet.register_forward_pre_hook(lambda m, a, kw: seen.append((kw["encoder_hidden_states"], kw["controlnet_cond"])), with_kwargs=True)
+    try:
+        out = pipe("a face", reference_image=astronaut, num_inference_steps=1, seed=0, output_type="latent")
+    finally:
+        handle.remove()
+    context, cond = seen[0]
+    assert context.shape == (2, 4, 32)  # CFG halves x the 4 ID tokens, no text
+    torch.testing.assert_close(context[1:], out.id_tokens)
+    assert cond.shape == (2, 3, 64, 64) and 0 <= cond.min() and cond.max() <= 1
+    np.testing.assert_array_equal(np.round(cond[0].permute(1, 2, 0).numpy() * 255).astype(np.uint8), out.shading_image)
+    with pytest.raises(ValueError, match=r"`shading_image` must be 3 x 64 x 64"):
+        pipe("a face", reference_image=astronaut, num_inference_steps=1, shading_image=np.zeros((32, 32, 3), np.uint8))
+
+
+def test_face_makeup_v2_checkpoint_loads_adapter_and_shadingnet(tmp_path, astronaut):
+    """Face-MakeUpV2's model.bin: one pickle with image_proj, ip_adapter and controlnet."""
+    from test_model import faceid_plusv2_state_dict
+
+    parts = tiny_components(seed=9)
+    sd = StableDiffusionPipeline(**{k: v for k, v in parts.items() if k not in ("image_encoder", "feature_extractor")},
+                                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    sd.save_pretrained(tmp_path / "sd15")
+    parts["image_encoder"].save_pretrained(tmp_path / "clip")
+    parts["feature_extractor"].save_pretrained(tmp_path / "clip")
+    ckpt = faceid_plusv2_state_dict(parts["unet"], 32)
+    net = _perturbed_shadingnet(parts["unet"], seed=4)
+    ckpt["controlnet"] = net.state_dict()
+    torch.save(ckpt, tmp_path / "model.bin")
+    pipe = FaceMakeUpPipeline.from_backbone(tmp_path / "sd15", image_encoder=tmp_path / "clip", adapter=tmp_path / "model.bin",
+                                            shadingnet=tmp_path / "model.bin", local_files_only=True)
+    for k, v in net.state_dict().items():
+        torch.testing.assert_close(pipe.controlnet.state_dict()[k], v)
+    pipe.save_pretrained(tmp_path / "saved")
+    again = FaceMakeUpPipeline.from_pretrained(tmp_path / "saved")
+    kw = dict(reference_image=astronaut, num_inference_steps=1, seed=0, output_type="latent", controlnet_conditioning_scale=1.0)
+    torch.testing.assert_close(again("a face", **kw).images, pipe("a face", **kw).images, rtol=1e-5, atol=1e-5)
+    bad = {"controlnet": {"nonsense.weight": torch.zeros(1)}}
+    torch.save(bad, tmp_path / "bad.bin")
+    from facemakeup.model.shadingnet import load_shadingnet
+
+    with pytest.raises(ValueError, match="does not fit a ControlNet"):
+        load_shadingnet(tmp_path / "bad.bin", parts["unet"], 2)
+    with pytest.raises(ValueError, match="carries the ID adapter"):
+        load_shadingnet(tmp_path / "model.bin", pipe.unet, 2)

@@ -1,10 +1,12 @@
 """``facemakeup`` command line. Thin: parse, call the library, print.
 
     facemakeup generate --reference PHOTO --prompt TEXT --out DIR [--model ID|PATH|tiny] [--seed N] ...
+    facemakeup analyze PHOTO_OR_DIR_OR_GLOB... --out DIR
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import sys
@@ -16,6 +18,8 @@ import click
 from .errors import FaceMakeUpError
 
 logger = logging.getLogger("facemakeup")
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
 @click.group()
@@ -30,6 +34,18 @@ def _fail(err: Exception) -> None:
     sys.exit(1)
 
 
+def _light_dir(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        xyz = [float(v) for v in value.split(",")]
+    except ValueError:
+        xyz = []
+    if len(xyz) != 3 or not any(xyz):
+        raise click.BadParameter(f"expected three numbers x,y,z (x right, y up, z toward the viewer), got {value!r}")
+    return xyz
+
+
 @main.command()
 @click.option("--reference", "references", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="Photo of the person; repeat to mix several references.")
@@ -40,6 +56,7 @@ def _fail(err: Exception) -> None:
 @click.option("--model", default=None, help="'tiny' (random, noise images), a saved FaceMakeUpPipeline folder, or an SD 1.5 backbone id/folder [default: stable-diffusion-v1-5/stable-diffusion-v1-5].")
 @click.option("--image-encoder", default=None, help="CLIP image encoder id/folder [default: laion/CLIP-ViT-H-14-laion2B-s32B-b79K].")
 @click.option("--adapter", default=None, type=click.Path(path_type=Path), help="ID-adapter weights: IP-Adapter-FaceID-PlusV2 / Face-MakeUp checkpoint file, or a FaceIDAdapter folder.")
+@click.option("--shadingnet", default=None, help="ShadingNet (ControlNet) weights: Face-MakeUpV2 model.bin, a ControlNet folder, or 'init' (untrained).")
 @click.option("--face-models", default=None, type=click.Path(path_type=Path), help="Folder with buffalo_l's det_10g.onnx and w600k_r50.onnx [default: offline SCRFD-500M + w600k_mbf].")
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--num-images", default=1, show_default=True, type=click.IntRange(1, 64))
@@ -47,27 +64,40 @@ def _fail(err: Exception) -> None:
 @click.option("--guidance-scale", default=7.5, show_default=True, type=float)
 @click.option("--ip-scale", default=0.6, show_default=True, type=float, help="Weight of the ID attention.")
 @click.option("--s-scale", default=1.0, show_default=True, type=float, help="Weight of the CLIP (Perceiver) part of the ID tokens.")
+@click.option("--controlnet-scale", default=0.5, show_default=True, type=float, help="Weight of the ShadingNet.")
+@click.option("--shading-from", default=None, type=click.Path(dir_okay=False, path_type=Path), help="Take pose, shape and lighting of the shading map from this photo (V2's target image).")
+@click.option("--light-from", default=None, type=click.Path(dir_okay=False, path_type=Path), help="Relight: take only the lighting (SH) from this photo.")
+@click.option("--light-dir", default=None, callback=_light_dir, help="Relight with one light from x,y,z (x right, y up, z toward the viewer), e.g. -1,0,1.")
 @click.option("--height", default=None, type=int, help="Pixels, multiple of 8 [default: the model's, 512 for SD 1.5].")
 @click.option("--width", default=None, type=int)
 @click.option("--face-index", default=0, show_default=True, type=int, help="Which face of each photo, 0 = largest.")
 @click.option("--crop-factor", default=3.0, show_default=True, type=float, help="CLIP face crop: keypoint box x this.")
-def generate(references, weights, prompt, negative_prompt, out_dir, model, image_encoder, adapter, face_models, seed, num_images,
-             steps, guidance_scale, ip_scale, s_scale, height, width, face_index, crop_factor):
+@click.option("--shading-crop-factor", default=5.0, show_default=True, type=float, help="Shading map crop: keypoint box x this.")
+def generate(references, weights, prompt, negative_prompt, out_dir, model, image_encoder, adapter, shadingnet, face_models, seed,
+             num_images, steps, guidance_scale, ip_scale, s_scale, controlnet_scale, shading_from, light_from, light_dir, height,
+             width, face_index, crop_factor, shading_crop_factor):
     """Generate images of the person in --reference, as --prompt describes."""
+    from PIL import Image
+
     from .faces import FaceAnalyzer, load_image
+    from .faces.lighting import sh_from_direction
+    from .faces.render import shading_map
     from .provenance import environment, sha256_file
     from .viz import conditions_sheet
 
     if weights and len(weights) != len(references):
         _fail(ValueError(f"{len(weights)} --weight values for {len(references)} --reference photos"))
+    if light_from is not None and light_dir is not None:
+        _fail(ValueError("--light-from and --light-dir both set the lighting: pass one"))
     timings = {}
     try:
         # 1. Faces first: a photo without a usable face fails before any large model loads.
         t0 = time.perf_counter()
         analyzer = FaceAnalyzer(detector=face_models, recognizer=face_models, crop_factor=crop_factor)
         photos = [load_image(r) for r in references]
-        for ref in references:
-            analyzer.get_face(ref, face_index)  # by path, so errors name the file
+        faces = [analyzer.get_face(ref, face_index) for ref in references]  # by path, so errors name the file
+        shading_face = analyzer.get_face(shading_from) if shading_from else faces[0]
+        light_face = analyzer.get_face(light_from) if light_from else None
         timings["face_analysis_s"] = time.perf_counter() - t0
 
         # 2. The pipeline
@@ -76,23 +106,37 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         model = model or DEFAULT_BACKBONE
         image_encoder = image_encoder or DEFAULT_IMAGE_ENCODER
         t0 = time.perf_counter()
-        pipe = load_pipeline(model, image_encoder=image_encoder, adapter=str(adapter) if adapter else None)
+        pipe = load_pipeline(model, image_encoder=image_encoder, adapter=str(adapter) if adapter else None, shadingnet=shadingnet)
         timings["load_s"] = time.perf_counter() - t0
         if pipe.image_encoder is not None:
             analyzer.clip_size = pipe.image_encoder.config.image_size
         pipe.face_analyzer = analyzer
 
-        # 3. Generate
+        # 3. The shading map (Face-MakeUpV2): the reference's or the target's face, its own or another light
+        shading = None
+        if pipe.controlnet is None and (shading_from or light_from or light_dir):
+            raise ValueError("--shading-from/--light-from/--light-dir need a ShadingNet: pass --shadingnet")
+        if pipe.controlnet is not None:
+            h = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
+            w = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+            for name, face in (("shading", shading_face), ("light", light_face)):
+                if face is not None and face.fit is None:
+                    raise FaceMakeUpError(f"the {name} photo's 3D fit failed: {face.fit_error}")
+            sh = light_face.fit.sh if light_face else (sh_from_direction(light_dir) if light_dir else None)
+            shading = shading_map(shading_face.fit, shading_face.kps, sh=sh, crop_factor=shading_crop_factor, height=h, width=w)
+
+        # 4. Generate
         t0 = time.perf_counter()
         out = pipe(prompt, reference_image=list(references), negative_prompt=negative_prompt, num_images_per_prompt=num_images,
                    height=height, width=width, num_inference_steps=steps, guidance_scale=guidance_scale, ip_scale=ip_scale,
-                   s_scale=s_scale, reference_weights=list(weights) or None, face_index=face_index, seed=seed)
+                   s_scale=s_scale, reference_weights=list(weights) or None, face_index=face_index, seed=seed,
+                   shading_image=shading, controlnet_conditioning_scale=controlnet_scale)
         timings["generate_s"] = time.perf_counter() - t0
         timings["per_step_s"] = timings["generate_s"] / steps
     except (FaceMakeUpError, IndexError, ValueError) as err:
         _fail(err)
 
-    # 4. Save images, the conditions sheet and the provenance record
+    # 5. Save images, the conditions sheet and the provenance record
     out_dir.mkdir(parents=True, exist_ok=True)
     from PIL.PngImagePlugin import PngInfo
 
@@ -103,7 +147,11 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         name = f"image_{i:02d}.png"
         img.save(out_dir / name, pnginfo=info)
         names.append(name)
-    conditions_sheet(photos, out.faces).save(out_dir / "conditions.png")
+    extra = []
+    if out.shading_image is not None:
+        Image.fromarray(out.shading_image).save(out_dir / "shading.png")
+        extra.append("shading.png")
+    conditions_sheet(photos, out.faces, shading=out.shading_image).save(out_dir / "conditions.png")
     if len(out.images) > 1:
         from diffusers.utils import make_image_grid
 
@@ -111,26 +159,33 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         rows = -(-len(out.images) // cols)
         blank = [out.images[0].copy().point(lambda _: 0)] * (rows * cols - len(out.images))
         make_image_grid(list(out.images) + blank, rows=rows, cols=cols).save(out_dir / "grid.png")
+        extra.append("grid.png")
+
+    def _face_record(path, face):
+        return {"path": str(path), "sha256": sha256_file(path), "bbox": face.bbox.tolist(), "kps": face.kps.tolist(),
+                "det_score": face.det_score, "pose": face.fit.pose if face.fit else None}
 
     record = {
         "task": "generate",
         "inputs": {
-            "references": [
-                {"path": str(r), "sha256": sha256_file(r), "face_index": face_index, "bbox": f.bbox.tolist(),
-                 "kps": f.kps.tolist(), "det_score": f.det_score, "clip_box": f.clip_box.tolist()}
-                for r, f in zip(references, out.faces)
-            ],
+            "references": [{**_face_record(r, f), "face_index": face_index, "clip_box": f.clip_box.tolist()}
+                           for r, f in zip(references, out.faces)],
             "reference_weights": out.reference_weights,
             "prompt": prompt,
             "negative_prompt": negative_prompt,
+            "shading_from": _face_record(shading_from, shading_face) if shading_from else None,
+            "light_from": _face_record(light_from, light_face) if light_from else None,
+            "light_dir": light_dir,
         },
         "parameters": {"seed": seed, "num_images": num_images, "steps": steps, "guidance_scale": guidance_scale,
-                       "ip_scale": ip_scale, "s_scale": s_scale, "height": out.images[0].height, "width": out.images[0].width,
-                       "crop_factor": crop_factor, "scheduler": type(pipe.scheduler).__name__},
+                       "ip_scale": ip_scale, "s_scale": s_scale, "controlnet_scale": controlnet_scale if shading is not None else None,
+                       "height": out.images[0].height, "width": out.images[0].width, "crop_factor": crop_factor,
+                       "shading_crop_factor": shading_crop_factor, "scheduler": type(pipe.scheduler).__name__},
         "models": {"pipeline": model, "image_encoder": image_encoder if model != "tiny" else "tiny (random)",
                    "adapter": str(adapter) if adapter else ("untrained (fresh init)" if model != "tiny" else "tiny (random)"),
+                   "shadingnet": shadingnet if model != "tiny" else "tiny (fresh from_unet)",
                    "face": analyzer.model_files},
-        "outputs": names + ["conditions.png"] + (["grid.png"] if len(out.images) > 1 else []),
+        "outputs": names + ["conditions.png"] + extra,
         "timings": timings,
         **environment(),
     }
@@ -138,6 +193,93 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         record["note"] = "tiny randomly initialised pipeline: the images are noise, not faces"
     (out_dir / "provenance.json").write_text(json.dumps(record, indent=2))
     click.echo(f"wrote {len(names)} image(s), conditions.png and provenance.json to {out_dir}")
+
+
+def _expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
+    """Files, folders (their images, sorted) and glob patterns -> image paths, in order, no repeats."""
+    paths: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.exists():
+            found = [p]
+        else:
+            found = sorted(Path(q) for q in glob.glob(item, recursive=True))
+            if not found:
+                raise click.BadParameter(f"{item}: no such file, folder or matching files", param_hint="PHOTO")
+        paths += [q for q in found if q not in paths]
+    return paths
+
+
+@main.command()
+@click.argument("photos", nargs=-1, required=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--face-models", default=None, type=click.Path(path_type=Path), help="Folder with buffalo_l's det_10g.onnx and w600k_r50.onnx.")
+@click.option("--shading-crop-factor", default=5.0, show_default=True, type=float, help="Shading map crop: keypoint box x this.")
+@click.option("--shading-size", default=512, show_default=True, type=int, help="Side of the shading map in pixels.")
+def analyze(photos, out_dir, face_models, shading_crop_factor, shading_size):
+    """Faces, 3D pose, SH lighting and shading maps of PHOTOS (files, folders or globs).
+
+    Writes NAME.json, NAME_overlay.png and NAME_faceK_shading.png per photo, and summary.json.
+    Photos and faces that fail are reported on stderr and in summary.json, and skipped. Exits 1
+    when no face at all could be analysed.
+    """
+    from tqdm import tqdm
+
+    from PIL import Image
+
+    from .faces import FaceAnalyzer, load_image
+    from .faces.lighting import SH_BASIS
+    from .faces.render import shading_map
+    from .provenance import environment
+    from .viz import analysis_overlay
+
+    paths = _expand_inputs(photos)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    analyzer = FaceAnalyzer(detector=face_models, recognizer=face_models)
+    failures, done, n_faces = [], 0, 0
+    stems: dict[str, int] = {}
+    for path in tqdm(paths, desc="analyze", unit="photo"):
+        stem = path.stem if path.stem not in stems else f"{path.stem}_{stems[path.stem]}"
+        stems[path.stem] = stems.get(path.stem, 0) + 1
+        try:
+            rgb = load_image(path)
+            faces = analyzer.get(rgb)
+        except FaceMakeUpError as err:
+            failures.append({"image": str(path), "face": None, "reason": str(err)})
+            click.echo(f"skipped {path}: {err}", err=True)
+            continue
+        if not faces:
+            failures.append({"image": str(path), "face": None, "reason": "no face found"})
+            click.echo(f"skipped {path}: no face found", err=True)
+        records, fitted, maps = [], [], []
+        for k, face in enumerate(faces):
+            if face.fit is None:
+                failures.append({"image": str(path), "face": k, "reason": f"3D fit failed: {face.fit_error}"})
+                click.echo(f"skipped face {k} of {path}: 3D fit failed: {face.fit_error}", err=True)
+                continue
+            smap = shading_map(face.fit, face.kps, crop_factor=shading_crop_factor, height=shading_size, width=shading_size)
+            map_name = f"{stem}_face{k}_shading.png"
+            Image.fromarray(smap).save(out_dir / map_name)
+            records.append({
+                "bbox": face.bbox.tolist(), "kps": face.kps.tolist(), "det_score": face.det_score,
+                "pose": face.fit.pose, "sh": face.fit.sh.tolist(), "sh_basis": list(SH_BASIS),
+                "shading_map": map_name, "fitter": face.fit.fitter,
+            })
+            fitted.append(face)
+            maps.append(smap)
+        record = {"image": str(path), "width": int(rgb.shape[1]), "height": int(rgb.shape[0]), "faces": records}
+        (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2))
+        analysis_overlay(rgb, fitted, maps).save(out_dir / f"{stem}_overlay.png")
+        done += 1
+        n_faces += len(records)
+    summary = {"task": "analyze", "photos": len(paths), "analysed": done, "faces": n_faces, "failures": failures,
+               "models": analyzer.model_files, "shading_crop_factor": shading_crop_factor, **environment()}
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    click.echo(f"{done} of {len(paths)} photos analysed, {n_faces} faces, {len(failures)} failures; wrote {out_dir}")
+    if n_faces == 0:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -30,3 +30,7 @@ class ModelNotFoundError(FaceMakeUpError, OSError):
 
     The message says what to download and how to point facemakeup to it.
     """
+
+
+class FitError(FaceMakeUpError, ValueError):
+    """The 3D face fit (mesh, pose, lighting) failed for a detected face; the message says why."""

@@ -8,6 +8,10 @@ branch uses the negative prompt, a zero ID embedding and the CLIP features of a 
 (IP-Adapter-FaceID-PlusV2, Face-MakeUp V1 ``generate``). Defaults follow Face-MakeUp V1's inference
 (REFERENCE.md): DDIM, 50 steps, CFG 7.5, ``ip_scale`` 0.6, ``s_scale`` 1.0, 512x512.
 
+With a ShadingNet (``controlnet``, Face-MakeUpV2), the reference's (or a target's) 3D face rendered
+under its SH lighting (``faces.render.shading_map``, crop factor 5) steers pose and lighting; the
+ShadingNet attends to the ID tokens only.
+
 Example:
     >>> pipe = FaceMakeUpPipeline.from_backbone("stable-diffusion-v1-5/stable-diffusion-v1-5",
     ...                                         adapter="ip-adapter-faceid-plusv2_sd15.bin")
@@ -26,15 +30,16 @@ from typing import Any, Union
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-from .errors import ModelNotFoundError
+from .errors import FitError, ModelNotFoundError
 from .faces.image import ImageInput
 from .model.id_adapter import FaceIDAdapter
+from .model.shadingnet import load_shadingnet, shadingnet_from_unet
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +61,7 @@ class FaceMakeUpPipelineOutput(BaseOutput):
         face_images: the N CLIP face crops, ``(S, S, 3)`` uint8 RGB (``None`` if ``clip_embeds`` were passed).
         reference_weights: the N mixing weights, normalised to sum to 1.
         id_tokens: ``(1, num_tokens, D)`` the ID tokens (of the mixed references) the UNet attended to.
+        shading_image: ``(H, W, 3)`` uint8 shading map the ShadingNet saw, or ``None``.
     """
 
     images: Union[list[PIL.Image.Image], np.ndarray, torch.Tensor]
@@ -64,6 +70,7 @@ class FaceMakeUpPipelineOutput(BaseOutput):
     face_images: list[np.ndarray] | None
     reference_weights: list[float]
     id_tokens: torch.Tensor
+    shading_image: np.ndarray | None = None
 
 
 class FaceMakeUpPipeline(DiffusionPipeline):
@@ -79,10 +86,11 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         image_encoder: ``CLIPVisionModelWithProjection`` for the face crop (ViT-H-14). Optional if
             ``clip_embeds`` are always passed.
         feature_extractor: ``CLIPImageProcessor`` of the image encoder.
+        controlnet: ``ControlNetModel``, the ShadingNet (optional; Face-MakeUpV2).
     """
 
-    model_cpu_offload_seq = "text_encoder->image_encoder->face_adapter->unet->vae"
-    _optional_components = ["image_encoder", "feature_extractor"]
+    model_cpu_offload_seq = "text_encoder->image_encoder->face_adapter->controlnet->unet->vae"
+    _optional_components = ["image_encoder", "feature_extractor", "controlnet"]
 
     def __init__(
         self,
@@ -94,6 +102,7 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         face_adapter: FaceIDAdapter,
         image_encoder: CLIPVisionModelWithProjection | None = None,
         feature_extractor: CLIPImageProcessorPil | None = None,
+        controlnet: ControlNetModel | None = None,
     ):
         super().__init__()
         self.register_modules(
@@ -105,6 +114,7 @@ class FaceMakeUpPipeline(DiffusionPipeline):
             face_adapter=face_adapter,
             image_encoder=image_encoder,
             feature_extractor=feature_extractor,
+            controlnet=controlnet,
         )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
@@ -118,6 +128,7 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         backbone: str | os.PathLike = DEFAULT_BACKBONE,
         image_encoder: str | os.PathLike | None = DEFAULT_IMAGE_ENCODER,
         adapter: str | os.PathLike | None = None,
+        shadingnet: str | os.PathLike | None = None,
         lora_rank: int = 128,
         torch_dtype: torch.dtype = torch.float32,
         local_files_only: bool | None = None,
@@ -132,6 +143,9 @@ class FaceMakeUpPipeline(DiffusionPipeline):
             adapter: IP-Adapter-FaceID-PlusV2 / Face-MakeUp V1 checkpoint (``.bin``/``.pt``/
                 ``.safetensors``) or a folder saved by ``FaceIDAdapter.save_pretrained``; ``None``
                 makes a fresh, untrained adapter (identity is then not transferred: train it or load weights).
+            shadingnet: ShadingNet weights (see ``model.shadingnet.load_shadingnet``; Face-MakeUpV2's
+                ``model.bin`` holds both the adapter and the ShadingNet), ``"init"`` for a fresh copy
+                of the UNet (no effect until trained), or ``None`` for none.
             lora_rank: LoRA rank of a fresh adapter.
             torch_dtype: dtype of all components (float32 on CPU).
             local_files_only: never touch the network (default: ``HF_HUB_OFFLINE``).
@@ -161,7 +175,13 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         face_adapter = load_face_adapter(adapter, unet, clip_dim, lora_rank) if adapter is not None else FaceIDAdapter.for_unet(unet, clip_dim, lora_rank)
         if adapter is None:
             logger.warning("no ID-adapter weights given: the ID channel is freshly initialised and untrained")
-        return cls(vae, text_encoder, tokenizer, unet, scheduler, face_adapter, encoder, processor)
+        controlnet = None
+        scale = 2 ** (len(vae.config.block_out_channels) - 1)
+        if shadingnet == "init":
+            controlnet = shadingnet_from_unet(unet, scale)
+        elif shadingnet is not None:
+            controlnet = load_shadingnet(shadingnet, unet, scale)
+        return cls(vae, text_encoder, tokenizer, unet, scheduler, face_adapter, encoder, processor, controlnet)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """``DiffusionPipeline.save_pretrained`` with the UNet saved plain (the ID channel is saved
@@ -324,6 +344,9 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         face_images: list[np.ndarray] | None = None,
         clip_embeds: torch.Tensor | None = None,
         uncond_clip_embeds: torch.Tensor | None = None,
+        shading_image: ImageInput | torch.Tensor | None = None,
+        controlnet_conditioning_scale: float = 0.5,
+        shading_crop_factor: float = 5.0,
         output_type: str = "pil",
         return_dict: bool = True,
     ) -> FaceMakeUpPipelineOutput | tuple:
@@ -357,6 +380,13 @@ class FaceMakeUpPipeline(DiffusionPipeline):
             clip_embeds (`torch.Tensor`, *optional*): precomputed ``(N, L, C)`` CLIP hidden states.
             uncond_clip_embeds (`torch.Tensor`, *optional*): precomputed ``(1, L, C)`` features of the
                 unconditional branch (default: those of the zero image, see ``uncond_clip_embeds()``).
+            shading_image (image or `torch.Tensor`, *optional*): the ShadingNet's input, a shading map
+                of ``height`` x ``width`` (PIL, path, ``(H, W, 3)`` uint8, or ``(1, 3, H, W)`` float
+                in [0, 1]). Default, when the pipeline has a ShadingNet: the first reference's face
+                rendered under its own lighting (``faces.render.shading_map``).
+            controlnet_conditioning_scale (`float`, defaults to 0.5): weight of the ShadingNet's
+                residuals (V2 web demo 0.5; 0 = no effect).
+            shading_crop_factor (`float`, defaults to 5.0): crop of the default shading map.
             output_type (`str`, defaults to "pil"): "pil", "np", "pt" or "latent".
             return_dict (`bool`, defaults to True): return a ``FaceMakeUpPipelineOutput``, else a tuple.
 
@@ -366,6 +396,7 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         Raises:
             ValueError: invalid arguments (named in the message).
             ImageReadError, NoFaceError, IndexError: a reference photo cannot be used.
+            FitError: a shading map is needed but the reference's 3D fit failed.
         """
         # 0. Check inputs; encode the prompts
         self.check_inputs(prompt, negative_prompt, reference_image, id_embeds, face_images, clip_embeds, reference_weights,
@@ -413,6 +444,19 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         uncond_tokens = self.face_adapter.project(torch.zeros_like(mixed_id), uncond_clip_embeds, s_scale)  # (1, T, D)
         self.face_adapter.set_ip_scale(ip_scale)
 
+        # 3b. The ShadingNet's shading map (Face-MakeUpV2): given, or the first reference's own
+        shading = None
+        if self.controlnet is not None:
+            if shading_image is None:
+                if faces is None:
+                    raise ValueError("this pipeline has a ShadingNet: with `id_embeds`, also pass `shading_image`")
+                if faces[0].fit is None:
+                    raise FitError(f"no shading map: the reference's 3D fit failed ({faces[0].fit_error})")
+                from .faces.render import shading_map
+
+                shading_image = shading_map(faces[0].fit, faces[0].kps, crop_factor=shading_crop_factor, height=height, width=width)
+            shading = self._shading_tensor(shading_image, height, width, device)  # (1, 3, H, W) in [0, 1]
+
         # 4. Text embeddings, one row per image
         prompt_embeds = prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)  # (B*K, 77, D)
         negative_embeds = negative_prompt_embeds.repeat_interleave(num_images_per_prompt, dim=0)
@@ -435,7 +479,14 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         for t in self.progress_bar(self.scheduler.timesteps):
             model_in = torch.cat([latents] * 2) if do_cfg else latents
             model_in = self.scheduler.scale_model_input(model_in, t)
-            noise = self.unet(model_in, t, encoder_hidden_states=(prompt_embeds, [cond_tokens])).sample  # epsilon
+            residuals = {}
+            if shading is not None:  # ShadingNet: reads the shading map, attends to the ID tokens only
+                down, mid = self.controlnet(
+                    model_in, t, encoder_hidden_states=cond_tokens[:, 0], controlnet_cond=shading.expand(len(model_in), -1, -1, -1),
+                    conditioning_scale=controlnet_conditioning_scale, return_dict=False,
+                )
+                residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+            noise = self.unet(model_in, t, encoder_hidden_states=(prompt_embeds, [cond_tokens]), **residuals).sample  # epsilon
             if do_cfg:
                 noise_uncond, noise_text = noise.chunk(2)
                 noise = noise_uncond + guidance_scale * (noise_text - noise_uncond)
@@ -456,8 +507,21 @@ class FaceMakeUpPipeline(DiffusionPipeline):
             face_images=face_images,
             reference_weights=weights.float().cpu().tolist(),
             id_tokens=id_tokens.float().cpu(),
+            shading_image=None if shading is None else np.round(shading[0].permute(1, 2, 0).float().cpu().numpy() * 255).astype(np.uint8),
         )
         return out if return_dict else (images, out)
+
+    def _shading_tensor(self, image, height: int, width: int, device) -> torch.Tensor:
+        """``(1, 3, H, W)`` float in [0, 1] from a shading map given as image or tensor."""
+        if isinstance(image, torch.Tensor):
+            t = image if image.ndim == 4 else image[None]
+        else:
+            from .faces.image import load_image
+
+            t = torch.from_numpy(load_image(image)).permute(2, 0, 1)[None].float() / 255.0
+        if tuple(t.shape[1:]) != (3, height, width):
+            raise ValueError(f"`shading_image` must be 3 x {height} x {width} (the output size), got {tuple(t.shape[1:])}")
+        return t.to(device=device, dtype=self.controlnet.dtype)
 
 
 def load_face_adapter(adapter: str | os.PathLike, unet, clip_embed_dim: int = 1280, lora_rank: int = 128) -> FaceIDAdapter:
@@ -487,8 +551,8 @@ def load_face_adapter(adapter: str | os.PathLike, unet, clip_embed_dim: int = 12
 
 
 def load_pipeline(model: str, image_encoder: str | None = DEFAULT_IMAGE_ENCODER, adapter: str | None = None,
-                  local_files_only: bool | None = None) -> FaceMakeUpPipeline:
-    """The pipeline behind ``--model``: ``"tiny"`` (random, tiny: noise images), a folder saved by
+                  shadingnet: str | None = None, local_files_only: bool | None = None) -> FaceMakeUpPipeline:
+    """The pipeline behind ``--model``: ``"tiny"`` (random, tiny, with a ShadingNet: noise images), a folder saved by
     ``FaceMakeUpPipeline.save_pretrained``, or an SD 1.5 backbone (hub id or diffusers folder).
 
     Raises:
@@ -498,11 +562,13 @@ def load_pipeline(model: str, image_encoder: str | None = DEFAULT_IMAGE_ENCODER,
         from .model.tiny import tiny_components
 
         parts = tiny_components()
-        return FaceMakeUpPipeline(face_adapter=FaceIDAdapter.for_unet(parts["unet"], parts["image_encoder"].config.hidden_size, lora_rank=4), **parts)
+        adapter = FaceIDAdapter.for_unet(parts["unet"], parts["image_encoder"].config.hidden_size, lora_rank=4)
+        return FaceMakeUpPipeline(face_adapter=adapter, controlnet=shadingnet_from_unet(parts["unet"], vae_scale_factor=2), **parts)
     index = Path(model) / "model_index.json"
     if index.is_file() and "FaceMakeUpPipeline" in index.read_text():
         return FaceMakeUpPipeline.from_pretrained(model)
-    return FaceMakeUpPipeline.from_backbone(model, image_encoder=image_encoder, adapter=adapter, local_files_only=local_files_only)
+    return FaceMakeUpPipeline.from_backbone(model, image_encoder=image_encoder, adapter=adapter, shadingnet=shadingnet,
+                                            local_files_only=local_files_only)
 
 
 def _missing_message(what: str, where: Any, err: Exception) -> str:

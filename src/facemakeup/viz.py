@@ -40,12 +40,14 @@ def draw_faces(image: np.ndarray, faces) -> Image.Image:
     return out
 
 
-def conditions_sheet(photos: list[np.ndarray], faces: list, height: int = 384) -> Image.Image:
-    """One row per reference: the photo with its face drawn, the 112 px ArcFace crop, the CLIP crop.
+def conditions_sheet(photos: list[np.ndarray], faces: list, shading: np.ndarray | None = None, height: int = 384) -> Image.Image:
+    """One row per reference: the photo with its face drawn, the 112 px ArcFace crop, the CLIP crop;
+    then the ShadingNet's shading map, if any.
 
     Args:
         photos: reference photos, ``(H, W, 3)`` uint8 RGB.
         faces: the ``Face`` used from each photo.
+        shading: ``(h, w, 3)`` uint8 shading map or ``None``.
         height: row height in pixels.
 
     Returns:
@@ -64,9 +66,68 @@ def conditions_sheet(photos: list[np.ndarray], faces: list, height: int = 384) -
         ImageDraw.Draw(row).text((drawn.width + 10, height // 2 + 4), "ArcFace norm_crop 112", fill=(255, 255, 255))
         ImageDraw.Draw(row).text((drawn.width + aligned.width + 18, 4), "CLIP crop", fill=(255, 255, 255))
         rows.append(row)
+    if shading is not None:
+        smap = Image.fromarray(shading).resize((round(shading.shape[1] * height / shading.shape[0]), height), Image.BICUBIC)
+        ImageDraw.Draw(smap).text((4, 4), "shading map (ShadingNet input)", fill=(255, 255, 0))
+        rows.append(smap)
     sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows) + 8 * (len(rows) - 1)), (32, 32, 32))
     y = 0
     for row in rows:
         sheet.paste(row, (0, y))
         y += row.height + 8
     return sheet
+
+
+def draw_pose_axes(draw: ImageDraw.ImageDraw, face, length: float | None = None, width: int = 3) -> None:
+    """Draw the face's axes from the nose tip: x red (to the subject's left), y green (up), z blue (out of the face).
+
+    The axes are the columns of ``face.fit.rotation`` (camera frame x right, y up, z toward the
+    viewer), projected orthographically (image y = -camera y).
+    """
+    length = length or 0.6 * face.size
+    ox, oy = (float(v) for v in face.kps[2])
+    for axis, colour in zip(range(3), [(255, 0, 0), (0, 255, 0), (0, 128, 255)]):
+        dx, dy = face.fit.rotation[0, axis], -face.fit.rotation[1, axis]
+        draw.line([(ox, oy), (ox + length * dx, oy + length * dy)], fill=colour, width=width)
+
+
+def analysis_overlay(image: np.ndarray, faces: list, shading_maps: list[np.ndarray], height: int = 512) -> Image.Image:
+    """What ``facemakeup analyze`` found in a photo, as one picture.
+
+    Left: the photo with boxes, keypoints, pose axes and pose in degrees. Right, per face: its
+    shading map and a sphere lit by its estimated SH lighting.
+
+    Args:
+        image: ``(H, W, 3)`` uint8 RGB.
+        faces: ``Face`` records with a ``fit``.
+        shading_maps: one ``(s, s, 3)`` uint8 map per face.
+        height: height of the picture in pixels.
+
+    Returns:
+        An RGB ``PIL.Image``.
+    """
+    from .faces.render import render_sphere
+
+    photo = draw_faces(image, faces)
+    draw = ImageDraw.Draw(photo)
+    width = max(2, round(max(photo.size) / 250))
+    for face in faces:
+        draw_pose_axes(draw, face, width=width)
+        p = face.fit.pose
+        label = f"yaw {np.degrees(p['yaw']):.0f} pitch {np.degrees(p['pitch']):.0f} roll {np.degrees(p['roll']):.0f}"
+        draw.text((float(face.bbox[0]), float(face.bbox[3]) + 4), label, fill=(255, 255, 0))
+    photo = photo.resize((max(1, round(photo.width * height / photo.height)), height), Image.BICUBIC)
+    panels = [photo]
+    half = height // 2
+    for face, smap in zip(faces, shading_maps):
+        col = Image.new("RGB", (half, height))
+        col.paste(Image.fromarray(smap).resize((half, half), Image.BICUBIC), (0, 0))
+        col.paste(Image.fromarray((render_sphere(face.fit.sh, half) * 255).round().astype(np.uint8)), (0, half))
+        ImageDraw.Draw(col).text((4, half + 4), "SH lighting", fill=(255, 255, 0))
+        panels.append(col)
+    out = Image.new("RGB", (sum(p.width for p in panels), height))
+    x = 0
+    for p in panels:
+        out.paste(p, (x, 0))
+        x += p.width
+    return out

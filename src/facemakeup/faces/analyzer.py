@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..errors import FaceTooSmallError, NoFaceError
+from ..errors import FaceTooSmallError, FitError, NoFaceError
 from .align import clip_crop, landmark_box, norm_crop
 from .detect import SCRFD
 from .image import ImageInput, load_image
+from .mesh import FaceFit, FaceFitter
 from .recognize import ArcFace
 
 
@@ -39,6 +40,9 @@ class Face:
         clip_image: ``(S, S, 3)`` uint8 RGB CLIP crop (keypoint box x ``crop_factor``), S = the
             image encoder's size.
         clip_box: ``(4,)`` float ``[x0, y0, x1, y1]`` pixels of that crop in the photo.
+        fit: the 3D fit (mesh, pose, SH lighting; see ``faces.mesh``), or ``None`` when the analyser
+            has no fitter or the fit failed.
+        fit_error: why the fit failed, or ``None``.
     """
 
     bbox: np.ndarray
@@ -48,6 +52,8 @@ class Face:
     aligned: np.ndarray = field(repr=False)
     clip_image: np.ndarray = field(repr=False)
     clip_box: np.ndarray = field(repr=False)
+    fit: FaceFit | None = field(default=None, repr=False)
+    fit_error: str | None = None
 
     @property
     def size(self) -> float:
@@ -69,6 +75,8 @@ class FaceAnalyzer:
         min_face_size: faces whose box is smaller than this many pixels (larger side) are dropped.
         clip_size: side of the CLIP crop (the image encoder's input size; 224 for ViT-H-14).
         crop_factor: expansion of the keypoint box for the CLIP crop (Face-MakeUpV2 demo: 3).
+        fitter: the 3D face model: ``"mediapipe"`` (default, ``MediaPipeFitter``), any object with
+            the ``FaceFitter`` interface (e.g. a DECA wrapper), or ``None`` to skip mesh, pose and lighting.
         threads: onnxruntime intra-op threads per model (0 = one per core).
 
     Raises:
@@ -84,6 +92,7 @@ class FaceAnalyzer:
         min_face_size: int = 16,
         clip_size: int = 224,
         crop_factor: float = 3.0,
+        fitter: FaceFitter | str | None = "mediapipe",
         threads: int = 0,
     ):
         self.detector = SCRFD(detector, det_thresh=det_thresh, threads=threads)
@@ -92,11 +101,26 @@ class FaceAnalyzer:
         self.min_face_size = min_face_size
         self.clip_size = clip_size
         self.crop_factor = crop_factor
+        if isinstance(fitter, str) and fitter != "mediapipe":
+            raise ValueError(f"unknown fitter {fitter!r}: use 'mediapipe', a FaceFitter object or None")
+        self._fitter = fitter
+
+    @property
+    def fitter(self) -> FaceFitter | None:
+        """The 3D face model, made on first use (mediapipe takes about a second to start)."""
+        if self._fitter == "mediapipe":
+            from .mesh import MediaPipeFitter
+
+            self._fitter = MediaPipeFitter()
+        return self._fitter
 
     @property
     def model_files(self) -> dict[str, str]:
         """Paths of the ONNX files in use, for provenance."""
-        return {"detector": str(self.detector.model_file), "recognizer": str(self.recognizer.model_file)}
+        files = {"detector": str(self.detector.model_file), "recognizer": str(self.recognizer.model_file)}
+        if self._fitter is not None:
+            files["fitter"] = self._fitter if isinstance(self._fitter, str) else self._fitter.name
+        return files
 
     def get(self, image: ImageInput, max_faces: int | None = None) -> list[Face]:
         """All faces of a photo, largest first.
@@ -133,6 +157,12 @@ class FaceAnalyzer:
         faces = []
         for j, i in enumerate(order):
             box = landmark_box(kps[i], self.crop_factor)
+            fit, fit_error = None, None
+            if self.fitter is not None:
+                try:
+                    fit = self.fitter.fit(rgb, boxes[i])
+                except FitError as err:
+                    fit_error = str(err)
             faces.append(
                 Face(
                     bbox=boxes[i],
@@ -142,6 +172,8 @@ class FaceAnalyzer:
                     aligned=aligned[j],
                     clip_image=clip_crop(rgb, kps[i], self.clip_size, self.crop_factor),
                     clip_box=box,
+                    fit=fit,
+                    fit_error=fit_error,
                 )
             )
         return faces

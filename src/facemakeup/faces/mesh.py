@@ -1,0 +1,265 @@
+"""3D fit of one face: dense mesh, head pose and SH lighting (Face-MakeUpV2's physical channel).
+
+Face-MakeUpV2 fits DECA (FLAME) to the reference and renders its shape under its own SH light as
+the ShadingNet's input. DECA needs a registration and does not install offline, so the default
+here is mediapipe's 468-point face mesh (Apache-2.0, Kartynnik et al. 2019, "Real-time Facial Surface
+Geometry from Monocular Video"), behind the small ``FaceFitter`` interface that a DECA (or
+3DDFA_V2) fitter can implement to replace it.
+
+Conventions (every ``FaceFit``):
+
+* vertices: ``x, y`` in pixels of the photo (x right, y down) and ``depth`` in the same pixel
+  units, growing toward the viewer (relative: 0 near the centre of the head);
+* normals, pose axes and SH lighting in the camera frame **x right, y up, z toward the viewer**;
+* pose: ``R = Rz(roll) @ Ry(yaw) @ Rx(pitch)`` maps the face's own axes (x from the subject's
+  right to left eye, y from chin to forehead, z out of the face) to the camera frame. Radians.
+  Positive yaw turns the face toward the image's right (the subject's left); positive pitch tilts it
+  down; positive roll turns it counter-clockwise as seen in the image. A frontal, upright face is
+  (0, 0, 0). Mirroring the photo negates yaw and roll and keeps pitch;
+* lighting: 9x3 SH (``lighting.SH_BASIS``), least squares over the visible skin pixels (lips,
+  eyes and brows excluded), constant albedo 1.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import FitError
+from .align import crop_box
+from .lighting import estimate_sh
+from .render import rasterize
+
+
+@dataclass(frozen=True, eq=False)
+class FaceFit:
+    """A fitted 3D face (see the module docstring for the conventions).
+
+    Attributes:
+        vertices: ``(N, 3)`` float32 ``[x, y, depth]`` pixels of the photo.
+        triangles: ``(M, 3)`` int32 vertex indices, wound counter-clockwise seen from outside.
+        normals: ``(N, 3)`` float32 unit vertex normals, camera frame.
+        rotation: ``(3, 3)`` float64 face-to-camera rotation.
+        pose: ``{"yaw", "pitch", "roll"}`` radians.
+        sh: ``(9, 3)`` float64 SH lighting.
+        visible: ``(N,)`` bool, vertices of triangles seen by the camera (z-buffer) inside the photo.
+        skin: ``(N,)`` bool, skin vertices; the lighting is fit on triangles made of skin vertices only.
+        fitter: name of the model that produced it.
+    """
+
+    vertices: np.ndarray = field(repr=False)
+    triangles: np.ndarray = field(repr=False)
+    normals: np.ndarray = field(repr=False)
+    rotation: np.ndarray = field(repr=False)
+    pose: dict
+    sh: np.ndarray = field(repr=False)
+    visible: np.ndarray = field(repr=False)
+    skin: np.ndarray = field(repr=False)
+    fitter: str
+
+    def camera_vertices(self) -> np.ndarray:
+        """``(N, 3)`` vertices in the camera frame (x right, y up, z toward the viewer), pixels."""
+        v = self.vertices.astype(np.float64)
+        return np.stack([v[:, 0], -v[:, 1], v[:, 2]], axis=1)
+
+
+class FaceFitter(Protocol):
+    """What a 3D face model must offer to drive the physical channel (mediapipe here; DECA, 3DDFA_V2...).
+
+    ``fit(image, bbox)`` takes the ``(H, W, 3)`` uint8 RGB photo and one face's ``[x0, y0, x1, y1]``
+    box, and returns a ``FaceFit`` in the conventions of this module, or raises ``FitError``.
+    """
+
+    name: str
+
+    def fit(self, image: np.ndarray, bbox: np.ndarray) -> FaceFit: ...
+
+
+# ---------------------------------------------------------------------------- geometry helpers
+def rotation_to_euler(rotation: np.ndarray) -> dict:
+    """``{"yaw", "pitch", "roll"}`` (radians) of ``R = Rz(roll) @ Ry(yaw) @ Rx(pitch)``; yaw in [-pi/2, pi/2]."""
+    r = np.asarray(rotation, dtype=np.float64)
+    return {
+        "yaw": float(np.arcsin(np.clip(-r[2, 0], -1.0, 1.0))),
+        "pitch": float(np.arctan2(r[2, 1], r[2, 2])),
+        "roll": float(np.arctan2(r[1, 0], r[0, 0])),
+    }
+
+
+def euler_to_rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
+    """``Rz(roll) @ Ry(yaw) @ Rx(pitch)``, the inverse of ``rotation_to_euler``."""
+    cy, sy, cp, sp, cr, sr = np.cos(yaw), np.sin(yaw), np.cos(pitch), np.sin(pitch), np.cos(roll), np.sin(roll)
+    rz = np.array([[cr, -sr, 0], [sr, cr, 0], [0, 0, 1]])
+    ry = np.array([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]])
+    rx = np.array([[1, 0, 0], [0, cp, -sp], [0, sp, cp]])
+    return rz @ ry @ rx
+
+
+def vertex_normals(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Area-weighted unit vertex normals of a mesh whose triangles wind counter-clockwise from outside.
+
+    Args:
+        points: ``(N, 3)`` camera-frame positions. triangles: ``(M, 3)``.
+
+    Returns:
+        ``(N, 3)`` float64 unit normals (zero for unused vertices).
+    """
+    a, b, c = (points[triangles[:, i]] for i in range(3))
+    face_n = np.cross(b - a, c - a)  # length = 2 * area
+    normals = np.zeros_like(points, dtype=np.float64)
+    for i in range(3):
+        np.add.at(normals, triangles[:, i], face_n)
+    return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
+
+
+def orient_outward(points: np.ndarray, triangles: np.ndarray, centre: np.ndarray) -> np.ndarray:
+    """Triangles re-wound so each normal points away from ``centre`` (a point inside the head)."""
+    a, b, c = (points[triangles[:, i]] for i in range(3))
+    n = np.cross(b - a, c - a)
+    flip = np.einsum("ij,ij->i", n, (a + b + c) / 3 - centre) < 0
+    out = triangles.copy()
+    out[flip] = out[flip][:, [0, 2, 1]]
+    return out
+
+
+# ---------------------------------------------------------------------------- mediapipe
+#: Symmetric landmark pairs (subject's right, subject's left) of mediapipe's 468-point mesh:
+#: outer and inner eye corners, mouth corners, cheeks at the face oval.
+_PAIRS = ((33, 263), (133, 362), (61, 291), (234, 454))
+#: Forehead top and chin of the face oval.
+_FOREHEAD, _CHIN = 10, 152
+
+
+@functools.cache
+def mediapipe_topology() -> tuple[np.ndarray, np.ndarray]:
+    """Triangles and skin mask of mediapipe's face mesh.
+
+    Triangles are the 3-cliques of mediapipe's ``FACEMESH_TESSELATION`` edge set (854 for its
+    1,322 edges over 468 vertices; winding is fixed per fit). Skin excludes the vertices of the
+    lips, eyes and eyebrows contours.
+
+    Returns:
+        ``(triangles (M, 3) int32, skin (468,) bool)``.
+    """
+    from mediapipe.python.solutions import face_mesh_connections as fmc
+
+    edges = {tuple(sorted(e)) for e in fmc.FACEMESH_TESSELATION}
+    neighbours: dict[int, set[int]] = {}
+    for a, b in edges:
+        neighbours.setdefault(a, set()).add(b)
+        neighbours.setdefault(b, set()).add(a)
+    tris = sorted({tuple(sorted((a, b, c))) for a, b in edges for c in neighbours[a] & neighbours[b]})
+    skin = np.ones(468, dtype=bool)
+    for group in (fmc.FACEMESH_LIPS, fmc.FACEMESH_LEFT_EYE, fmc.FACEMESH_RIGHT_EYE, fmc.FACEMESH_LEFT_EYEBROW, fmc.FACEMESH_RIGHT_EYEBROW):
+        for a, b in group:
+            skin[a] = skin[b] = False
+    return np.array(tris, dtype=np.int32), skin
+
+
+class MediaPipeFitter:
+    """``FaceFitter`` on mediapipe's face mesh (468 landmarks with depth, Apache-2.0).
+
+    The face's box is expanded by ``crop_scale``, cut out square (zero padding) at ``crop_size``
+    pixels and given to ``mp.solutions.face_mesh`` in static-image mode; its landmarks (x, y
+    normalised to the crop, z in units of the crop width, smaller = closer) are mapped back to the
+    photo's pixels. Pose and lighting then follow the module conventions.
+
+    Args:
+        crop_scale: crop side / larger side of the detection box.
+        crop_size: side in pixels of the crop mediapipe sees.
+    """
+
+    name = "mediapipe-face-mesh-468"
+
+    def __init__(self, crop_scale: float = 2.0, crop_size: int = 320):
+        import mediapipe as mp
+
+        self.crop_scale = crop_scale
+        self.crop_size = crop_size
+        self._mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False)
+
+    def landmarks(self, image: np.ndarray, bbox: np.ndarray) -> np.ndarray:
+        """``(468, 3)`` landmarks ``[x, y, depth]`` in photo pixels (depth toward the viewer).
+
+        Raises:
+            FitError: mediapipe finds no face in the crop.
+        """
+        x0, y0, x1, y1 = (float(v) for v in bbox)
+        side = max(x1 - x0, y1 - y0) * self.crop_scale
+        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+        box = np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+        crop = crop_box(image, box, self.crop_size)
+        result = self._mesh.process(crop)
+        if not result.multi_face_landmarks:
+            raise FitError(f"the 3D face mesh found no face in the box {np.round(bbox).astype(int).tolist()}")
+        lm = np.array([[p.x, p.y, p.z] for p in result.multi_face_landmarks[0].landmark[:468]], dtype=np.float64)
+        bx, by, side_px = round(box[0]), round(box[1]), max(round(box[2] - box[0]), 1)  # what crop_box cut
+        return np.stack([bx + lm[:, 0] * side_px, by + lm[:, 1] * side_px, -lm[:, 2] * side_px], axis=1)
+
+    def fit(self, image: np.ndarray, bbox: np.ndarray) -> FaceFit:
+        """Fit the face in ``bbox`` of the ``(H, W, 3)`` uint8 RGB ``image``.
+
+        Raises:
+            FitError: no mesh, or too few visible skin vertices for the lighting fit.
+        """
+        verts = self.landmarks(image, bbox)
+        triangles, skin = mediapipe_topology()
+        return fit_from_vertices(image, verts, triangles, skin, _axes_rotation(verts), self.name)
+
+    def close(self) -> None:
+        """Release mediapipe's graph."""
+        self._mesh.close()
+
+
+def _axes_rotation(verts: np.ndarray) -> np.ndarray:
+    """Face-to-camera rotation from mediapipe landmarks: x from symmetric pairs, y chin -> forehead."""
+    cam = np.stack([verts[:, 0], -verts[:, 1], verts[:, 2]], axis=1)
+    x = np.mean([cam[left] - cam[right] for right, left in _PAIRS], axis=0)
+    x /= np.linalg.norm(x)
+    y = cam[_FOREHEAD] - cam[_CHIN]
+    y -= (y @ x) * x
+    y /= np.linalg.norm(y)
+    return np.stack([x, y, np.cross(x, y)], axis=1)  # columns: the face's axes in the camera frame
+
+
+def fit_from_vertices(image: np.ndarray, verts: np.ndarray, triangles: np.ndarray, skin: np.ndarray,
+                      rotation: np.ndarray, fitter: str, min_pixels: int = 100) -> FaceFit:
+    """Normals, visibility and SH lighting for a mesh already placed in the photo.
+
+    Any ``FaceFitter`` that produces vertices in photo pixels (``[x, y, depth toward viewer]``),
+    triangles, a skin mask and a rotation can finish here. The lighting is fit to every photo
+    pixel covered by a visible skin triangle (z-buffer), with the Phong-interpolated normal there:
+    denser and steadier than the vertices alone.
+
+    Raises:
+        FitError: fewer than ``min_pixels`` visible skin pixels inside the photo.
+    """
+    cam = np.stack([verts[:, 0], -verts[:, 1], verts[:, 2]], axis=1)
+    size = np.ptp(cam[:, :2], axis=0).max()
+    centre = cam.mean(axis=0) - rotation[:, 2] * 0.5 * size  # inside the head, behind the face
+    triangles = orient_outward(cam, triangles, centre)
+    normals = vertex_normals(cam, triangles)
+
+    # rasterise the face where it lies in the photo
+    h, w = image.shape[:2]
+    x0, y0 = np.clip(np.floor(verts[:, :2].min(axis=0)).astype(int), 0, [w, h])
+    x1, y1 = np.clip(np.ceil(verts[:, :2].max(axis=0)).astype(int), 0, [w, h])
+    tri_id, bary, _ = rasterize(verts[:, :2] - [x0, y0], verts[:, 2], triangles, int(y1 - y0), int(x1 - x0))
+    covered = tri_id >= 0
+    visible = np.zeros(len(verts), dtype=bool)
+    visible[triangles[np.unique(tri_id[covered])].reshape(-1)] = True
+    use = covered.copy()
+    use[covered] = skin[triangles[tri_id[covered]]].all(axis=1)
+    if use.sum() < min_pixels:
+        raise FitError(f"only {int(use.sum())} visible skin pixels: too few for the lighting fit")
+    n = np.einsum("pk,pkc->pc", bary[use], normals[triangles[tri_id[use]]])
+    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    colours = image[y0:y1, x0:x1][use].astype(np.float64) / 255.0
+    sh = estimate_sh(n, colours)
+    return FaceFit(
+        vertices=verts.astype(np.float32), triangles=triangles.astype(np.int32), normals=normals.astype(np.float32),
+        rotation=rotation, pose=rotation_to_euler(rotation), sh=sh, visible=visible, skin=skin, fitter=fitter,
+    )

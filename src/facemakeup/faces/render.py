@@ -1,0 +1,142 @@
+"""A small z-buffered triangle rasteriser (numpy) and the renders built on it.
+
+No rendering library fits CPU-only CI here (pytorch3d, nvdiffrast and pyrender need a GPU, a
+compiler toolchain of their own or an OpenGL context), and the face mesh has under a thousand
+triangles, so a plain per-triangle barycentric rasteriser does the job in a few milliseconds.
+
+Coordinates: vertices are ``(x, y)`` pixels of the target raster (pixel centres at ``i + 0.5``)
+and a depth that grows *toward the viewer* (larger = closer).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .lighting import shade
+
+
+def rasterize(xy: np.ndarray, depth: np.ndarray, triangles: np.ndarray, height: int, width: int):
+    """Z-buffer rasterisation of a triangle mesh.
+
+    Args:
+        xy: ``(N, 2)`` float vertex positions in pixels (x right, y down).
+        depth: ``(N,)`` float vertex depth, larger = closer to the viewer.
+        triangles: ``(M, 3)`` int vertex indices (either winding).
+        height, width: raster size in pixels.
+
+    Returns:
+        ``(tri_id, bary, zbuf)``: ``(H, W)`` int32 index of the visible triangle (-1 = background),
+        ``(H, W, 3)`` float32 barycentric weights of its vertices, ``(H, W)`` float32 depth
+        (``-inf`` = background).
+    """
+    tri_id = np.full((height, width), -1, dtype=np.int32)
+    bary = np.zeros((height, width, 3), dtype=np.float32)
+    zbuf = np.full((height, width), -np.inf, dtype=np.float32)
+    xy = np.asarray(xy, dtype=np.float64)
+    depth = np.asarray(depth, dtype=np.float64)
+    for t, (i, j, k) in enumerate(np.asarray(triangles)):
+        a, b, c = xy[i], xy[j], xy[k]
+        x0 = max(int(np.floor(min(a[0], b[0], c[0]) - 0.5)), 0)
+        x1 = min(int(np.ceil(max(a[0], b[0], c[0]) - 0.5)), width - 1)
+        y0 = max(int(np.floor(min(a[1], b[1], c[1]) - 0.5)), 0)
+        y1 = min(int(np.ceil(max(a[1], b[1], c[1]) - 0.5)), height - 1)
+        if x1 < x0 or y1 < y0:
+            continue
+        area = (b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0])
+        if abs(area) < 1e-12:
+            continue
+        px, py = np.meshgrid(np.arange(x0, x1 + 1) + 0.5, np.arange(y0, y1 + 1) + 0.5)  # pixel centres
+        w0 = ((b[0] - px) * (c[1] - py) - (b[1] - py) * (c[0] - px)) / area  # weight of a
+        w1 = ((c[0] - px) * (a[1] - py) - (c[1] - py) * (a[0] - px)) / area  # weight of b
+        w2 = 1.0 - w0 - w1
+        inside = (w0 >= -1e-9) & (w1 >= -1e-9) & (w2 >= -1e-9)
+        if not inside.any():
+            continue
+        z = w0 * depth[i] + w1 * depth[j] + w2 * depth[k]
+        region = zbuf[y0 : y1 + 1, x0 : x1 + 1]
+        win = inside & (z > region)
+        region[win] = z[win]
+        tri_id[y0 : y1 + 1, x0 : x1 + 1][win] = t
+        bary[y0 : y1 + 1, x0 : x1 + 1][win] = np.stack([w0, w1, w2], axis=-1)[win]
+    return tri_id, bary, zbuf
+
+
+def render_normals(xy, depth, triangles, vertex_normals, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-pixel unit normals (Phong interpolation of vertex normals) and the coverage mask.
+
+    Returns:
+        ``(normals (H, W, 3) float64, mask (H, W) bool)``; normals are zero outside the mask.
+    """
+    tri_id, bary, _ = rasterize(xy, depth, triangles, height, width)
+    mask = tri_id >= 0
+    normals = np.zeros((height, width, 3))
+    corners = np.asarray(triangles)[tri_id[mask]]  # (P, 3)
+    n = np.einsum("pk,pkc->pc", bary[mask], np.asarray(vertex_normals)[corners])
+    normals[mask] = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+    return normals, mask
+
+
+def render_shading(xy, depth, triangles, vertex_normals, sh: np.ndarray, height: int, width: int, grey: bool = True) -> np.ndarray:
+    """Lambertian render of a mesh under SH lighting, on black.
+
+    Args:
+        xy, depth, triangles: the mesh in raster pixels (see ``rasterize``).
+        vertex_normals: ``(N, 3)`` unit normals, camera frame (x right, y up, z toward the viewer).
+        sh: ``(9, 3)`` SH coefficients (``lighting.SH_BASIS`` order).
+        height, width: output size.
+        grey: average the three channels (the ShadingNet's grey shading map).
+
+    Returns:
+        ``(H, W)`` (grey) or ``(H, W, 3)`` float64 in [0, 1]; 0 off the mesh.
+    """
+    normals, mask = render_normals(xy, depth, triangles, vertex_normals, height, width)
+    out = np.zeros((height, width, 3))
+    out[mask] = shade(normals[mask], sh)
+    out = np.clip(out, 0.0, 1.0)
+    return out.mean(axis=2) if grey else out
+
+
+def render_sphere(sh: np.ndarray, size: int = 128) -> np.ndarray:
+    """A unit sphere lit by ``sh`` (seen along -z, x right, y up), RGB in [0, 1] on black.
+
+    Returns:
+        ``(size, size, 3)`` float64.
+    """
+    c = (np.arange(size) + 0.5) / size * 2 - 1
+    x, y = np.meshgrid(c, -c)
+    r2 = x * x + y * y
+    inside = r2 <= 1
+    normals = np.stack([x, y, np.sqrt(np.clip(1 - r2, 0, None))], axis=-1)
+    out = np.zeros((size, size, 3))
+    out[inside] = np.clip(shade(normals[inside], sh), 0, 1)
+    return out
+
+
+def shading_map(fit, kps: np.ndarray, sh: np.ndarray | None = None, crop_factor: float = 5.0,
+                height: int = 512, width: int = 512) -> np.ndarray:
+    """The ShadingNet's input: the fitted face rendered grey on black in the shading crop.
+
+    The crop is the square around the 5 keypoints expanded by ``crop_factor`` (Face-MakeUpV2 demo:
+    5), widened to the output's aspect ratio, at the pipeline's resolution.
+
+    Args:
+        fit: a ``FaceFit`` (mesh in photo pixels, vertex normals).
+        kps: ``(5, 2)`` keypoints of the same face, pixels.
+        sh: ``(9, 3)`` lighting; ``None`` = the face's own (``fit.sh``). Pass another face's SH
+            for lighting transfer, or ``lighting.sh_from_direction(...)``.
+        crop_factor: shading crop expansion.
+        height, width: output size in pixels.
+
+    Returns:
+        ``(height, width, 3)`` uint8 grey image (three equal channels).
+    """
+    from .align import landmark_box
+
+    x0, y0, x1, y1 = landmark_box(kps, crop_factor)
+    side = x1 - x0
+    scale = max(height, width) / side  # pixels of the output per pixel of the photo
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    v = fit.vertices.astype(np.float64)
+    xy = np.stack([(v[:, 0] - cx) * scale + width / 2, (v[:, 1] - cy) * scale + height / 2], axis=1)
+    grey = render_shading(xy, v[:, 2] * scale, fit.triangles, fit.normals, fit.sh if sh is None else sh, height, width)
+    return np.repeat(np.round(grey * 255).astype(np.uint8)[:, :, None], 3, axis=2)
