@@ -3,7 +3,7 @@
     python benchmarks/id_embedding.py [--limit N]
 
 Reads ../shared/data/celeba-aligned (600 identities x 5 aligned CelebA faces, research-only) and
-times ``FaceAnalyzer.get`` (detection + norm_crop + ArcFace + CLIP crop) per image there and on
+times ``FaceAnalyzer(fitter=None).get`` (detection + norm_crop + ArcFace + CLIP crop, no 3D fit) per image there and on
 ../shared/data/wild (unaligned photos up to 1024 px). Writes benchmarks/results/id_embedding.json.
 """
 
@@ -30,7 +30,7 @@ def main() -> None:
     if not SHARED_DATA.is_dir():
         sys.exit(f"no data at {SHARED_DATA}")
 
-    analyzer = FaceAnalyzer()
+    analyzer = FaceAnalyzer(fitter=None)  # identity only: detection, norm_crop, ArcFace, CLIP crop
     root = SHARED_DATA / "celeba-aligned"
     rows = list(csv.DictReader(open(root / "index.tsv"), delimiter="\t"))[: args.limit]
     emb, ids, times, missed = [], [], [], []

@@ -144,16 +144,22 @@ def test_missing_backbone_says_what_to_download(tmp_path):
         load_pipeline(str(tmp_path), local_files_only=True)
 
 
+def save_tiny_backbone(folder, seed):
+    """Save tiny components as a user's downloads would look: an SD 1.5 folder and a CLIP folder."""
+    parts = tiny_components(seed=seed)
+    sd = StableDiffusionPipeline(**{k: v for k, v in parts.items() if k not in ("image_encoder", "feature_extractor")},
+                                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    sd.save_pretrained(folder / "sd15")
+    parts["image_encoder"].save_pretrained(folder / "clip")
+    parts["feature_extractor"].save_pretrained(folder / "clip")
+    return parts
+
+
 def test_from_backbone_loads_local_folders(tmp_path, astronaut):
     """The real loading path of an SD 1.5 folder + CLIP encoder folder + IP-Adapter checkpoint file."""
     from test_model import faceid_plusv2_state_dict
 
-    parts = tiny_components(seed=7)
-    sd = StableDiffusionPipeline(**{k: v for k, v in parts.items() if k not in ("image_encoder", "feature_extractor")},
-                                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    sd.save_pretrained(tmp_path / "sd15")
-    parts["image_encoder"].save_pretrained(tmp_path / "clip")
-    parts["feature_extractor"].save_pretrained(tmp_path / "clip")
+    parts = save_tiny_backbone(tmp_path, seed=7)
     ckpt = faceid_plusv2_state_dict(parts["unet"], 32)
     torch.save(ckpt, tmp_path / "ip-adapter-faceid-plusv2_sd15.bin")
 
@@ -164,7 +170,7 @@ def test_from_backbone_loads_local_folders(tmp_path, astronaut):
     torch.testing.assert_close(pipe.face_adapter.ip_kv[name.replace(".", "__")]["to_k_ip"].weight, ckpt["ip_adapter"][f"{index}.to_k_ip.weight"])
     out = pipe("a face", reference_image=astronaut, num_inference_steps=1, output_type="np")
     assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
-    with pytest.raises(ModelNotFoundError, match="--adapter"):
+    with pytest.raises(ModelNotFoundError, match="missing.bin: download .*--adapter"):
         load_face_adapter(tmp_path / "missing.bin", pipe.unet)
 
 
@@ -215,12 +221,7 @@ def test_face_makeup_v2_checkpoint_loads_adapter_and_shadingnet(tmp_path, astron
     """Face-MakeUpV2's model.bin: one pickle with image_proj, ip_adapter and controlnet."""
     from test_model import faceid_plusv2_state_dict
 
-    parts = tiny_components(seed=9)
-    sd = StableDiffusionPipeline(**{k: v for k, v in parts.items() if k not in ("image_encoder", "feature_extractor")},
-                                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    sd.save_pretrained(tmp_path / "sd15")
-    parts["image_encoder"].save_pretrained(tmp_path / "clip")
-    parts["feature_extractor"].save_pretrained(tmp_path / "clip")
+    parts = save_tiny_backbone(tmp_path, seed=9)
     ckpt = faceid_plusv2_state_dict(parts["unet"], 32)
     net = _perturbed_shadingnet(parts["unet"], seed=4)
     ckpt["controlnet"] = net.state_dict()

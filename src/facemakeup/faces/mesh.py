@@ -2,9 +2,9 @@
 
 Face-MakeUpV2 fits DECA (FLAME) to the reference and renders its shape under its own SH light as
 the ShadingNet's input. DECA needs a registration and does not install offline, so the default
-here is mediapipe's 468-point face mesh (Apache-2.0, Kartynnik et al. 2019, "Real-time Facial Surface
-Geometry from Monocular Video"), behind the small ``FaceFitter`` interface that a DECA (or
-3DDFA_V2) fitter can implement to replace it.
+here is mediapipe's 468-point face-landmark network (Apache-2.0, Kartynnik et al. 2019, "Real-time
+Facial Surface Geometry from Monocular Video"), behind the small ``FaceFitter`` interface that a
+DECA (or 3DDFA_V2) fitter can implement to replace it.
 
 Conventions (every ``FaceFit``):
 
@@ -29,7 +29,6 @@ from typing import Protocol
 import numpy as np
 
 from ..errors import FitError
-from .align import crop_box
 from .lighting import estimate_sh
 from .render import rasterize
 
@@ -69,13 +68,14 @@ class FaceFit:
 class FaceFitter(Protocol):
     """What a 3D face model must offer to drive the physical channel (mediapipe here; DECA, 3DDFA_V2...).
 
-    ``fit(image, bbox)`` takes the ``(H, W, 3)`` uint8 RGB photo and one face's ``[x0, y0, x1, y1]``
-    box, and returns a ``FaceFit`` in the conventions of this module, or raises ``FitError``.
+    ``fit(image, bbox, kps)`` takes the ``(H, W, 3)`` uint8 RGB photo, one face's ``[x0, y0, x1, y1]``
+    box and its ``(5, 2)`` keypoints, and returns a ``FaceFit`` in the conventions of this module
+    (``fit_from_vertices`` finishes one from vertices and a rotation), or raises ``FitError``.
     """
 
     name: str
 
-    def fit(self, image: np.ndarray, bbox: np.ndarray) -> FaceFit: ...
+    def fit(self, image: np.ndarray, bbox: np.ndarray, kps: np.ndarray | None = None) -> FaceFit: ...
 
 
 # ---------------------------------------------------------------------------- geometry helpers
@@ -160,58 +160,79 @@ def mediapipe_topology() -> tuple[np.ndarray, np.ndarray]:
 
 
 class MediaPipeFitter:
-    """``FaceFitter`` on mediapipe's face mesh (468 landmarks with depth, Apache-2.0).
+    """``FaceFitter`` on mediapipe's face-landmark network (468 landmarks with depth, Apache-2.0).
 
-    The face's box is expanded by ``crop_scale``, cut out square (zero padding) at ``crop_size``
-    pixels and given to ``mp.solutions.face_mesh`` in static-image mode; its landmarks (x, y
-    normalised to the crop, z in units of the crop width, smaller = closer) are mapped back to the
-    photo's pixels. Pose and lighting then follow the module conventions.
+    mediapipe's own face-mesh graph first runs its short-range face detector, which misses profile
+    and partly covered faces. Here the landmark network (``face_landmark.tflite`` shipped in the
+    mediapipe wheel, run with LiteRT) reads the region of interest our detection gives, built as
+    mediapipe builds it from its detector: the detection box's centre, side ``roi_scale`` x the
+    box's larger side, rotated so the eyes are level, resampled to 192 x 192, RGB in [0, 1]. Its
+    landmarks (crop pixels; z in the same units, smaller = closer) are mapped back to the photo.
 
     Args:
-        crop_scale: crop side / larger side of the detection box.
-        crop_size: side in pixels of the crop mediapipe sees.
+        roi_scale: region side / larger side of the detection box (mediapipe: 1.5).
+        min_presence: minimum face-presence probability of the landmark network.
+        threads: LiteRT threads.
     """
 
-    name = "mediapipe-face-mesh-468"
+    name = "mediapipe-face-landmark-468"
+    input_size = 192
 
-    def __init__(self, crop_scale: float = 2.0, crop_size: int = 320):
-        import mediapipe as mp
+    def __init__(self, roi_scale: float = 1.5, min_presence: float = 0.5, threads: int = 2):
+        import os
 
-        self.crop_scale = crop_scale
-        self.crop_size = crop_size
-        self._mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1, refine_landmarks=False)
+        import mediapipe
+        from ai_edge_litert.interpreter import Interpreter
 
-    def landmarks(self, image: np.ndarray, bbox: np.ndarray) -> np.ndarray:
+        path = os.path.join(os.path.dirname(mediapipe.__file__), "modules", "face_landmark", "face_landmark.tflite")
+        self._net = Interpreter(model_path=path, num_threads=threads)
+        self._net.allocate_tensors()
+        self._input = self._net.get_input_details()[0]["index"]
+        outputs = self._net.get_output_details()
+        self._landmarks = next(o["index"] for o in outputs if o["shape"][-1] == 1404)
+        self._presence = next(o["index"] for o in outputs if o["shape"][-1] == 1)
+        self.roi_scale = roi_scale
+        self.min_presence = min_presence
+
+    def landmarks(self, image: np.ndarray, bbox: np.ndarray, kps: np.ndarray | None = None) -> np.ndarray:
         """``(468, 3)`` landmarks ``[x, y, depth]`` in photo pixels (depth toward the viewer).
 
+        Args:
+            image: ``(H, W, 3)`` uint8 RGB. bbox: ``[x0, y0, x1, y1]`` detection box.
+            kps: ``(5, 2)`` keypoints (the eyes set the ROI's rotation); ``None`` = upright.
+
         Raises:
-            FitError: mediapipe finds no face in the crop.
+            FitError: the network's face-presence probability is below ``min_presence``.
         """
+        import cv2
+
         x0, y0, x1, y1 = (float(v) for v in bbox)
-        side = max(x1 - x0, y1 - y0) * self.crop_scale
-        cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-        box = np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
-        crop = crop_box(image, box, self.crop_size)
-        result = self._mesh.process(crop)
-        if not result.multi_face_landmarks:
-            raise FitError(f"the 3D face mesh found no face in the box {np.round(bbox).astype(int).tolist()}")
-        lm = np.array([[p.x, p.y, p.z] for p in result.multi_face_landmarks[0].landmark[:468]], dtype=np.float64)
-        bx, by, side_px = round(box[0]), round(box[1]), max(round(box[2] - box[0]), 1)  # what crop_box cut
-        return np.stack([bx + lm[:, 0] * side_px, by + lm[:, 1] * side_px, -lm[:, 2] * side_px], axis=1)
+        centre = np.array([(x0 + x1) / 2, (y0 + y1) / 2])
+        angle = 0.0 if kps is None else float(np.arctan2(kps[1][1] - kps[0][1], kps[1][0] - kps[0][0]))
+        scale = self.input_size / (max(x1 - x0, y1 - y0) * self.roi_scale)  # crop pixels per photo pixel
+        c, s = np.cos(angle) * scale, np.sin(angle) * scale
+        to_crop = np.array([[c, s, 0.0], [-s, c, 0.0]])  # rotate by -angle and scale, about the centre
+        to_crop[:, 2] = self.input_size / 2 - to_crop[:, :2] @ centre
+        crop = cv2.warpAffine(image, to_crop, (self.input_size, self.input_size), flags=cv2.INTER_LINEAR, borderValue=0)
+        self._net.set_tensor(self._input, (crop.astype(np.float32) / 255.0)[None])  # (1, 192, 192, 3) in [0, 1]
+        self._net.invoke()
+        presence = float(1 / (1 + np.exp(-self._net.get_tensor(self._presence).reshape(-1)[0])))
+        if presence < self.min_presence:
+            raise FitError(f"the 3D face mesh sees no face in the box {np.round(bbox).astype(int).tolist()} (presence {presence:.2f})")
+        lm = self._net.get_tensor(self._landmarks).reshape(468, 3).astype(np.float64)  # crop pixels
+        back = cv2.invertAffineTransform(to_crop)
+        xy = lm[:, :2] @ back[:, :2].T + back[:, 2]
+        return np.concatenate([xy, -lm[:, 2:3] / scale], axis=1)  # depth: toward the viewer, photo pixels
 
-    def fit(self, image: np.ndarray, bbox: np.ndarray) -> FaceFit:
-        """Fit the face in ``bbox`` of the ``(H, W, 3)`` uint8 RGB ``image``.
+    def fit(self, image: np.ndarray, bbox: np.ndarray, kps: np.ndarray | None = None) -> FaceFit:
+        """Fit the face in ``bbox`` (with its keypoints ``kps``) of the ``(H, W, 3)`` uint8 RGB ``image``.
 
         Raises:
-            FitError: no mesh, or too few visible skin vertices for the lighting fit.
+            FitError: no face in the region, or too few visible skin pixels for the lighting fit.
         """
-        verts = self.landmarks(image, bbox)
+        verts = self.landmarks(image, bbox, kps)
         triangles, skin = mediapipe_topology()
         return fit_from_vertices(image, verts, triangles, skin, _axes_rotation(verts), self.name)
-
-    def close(self) -> None:
-        """Release mediapipe's graph."""
-        self._mesh.close()
 
 
 def _axes_rotation(verts: np.ndarray) -> np.ndarray:

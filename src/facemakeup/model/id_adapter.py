@@ -26,7 +26,6 @@ Example:
 
 from __future__ import annotations
 
-import math
 import weakref
 
 import torch
@@ -105,9 +104,8 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
                 ctx = cross if cross is not None else hidden
                 shapes = {"to_q": (hidden, hidden), "to_k": (ctx, hidden), "to_v": (ctx, hidden), "to_out.0": (hidden, hidden)}
                 for target, (fan_in, fan_out) in shapes.items():
-                    down = nn.Linear(fan_in, lora_rank, bias=False)
+                    down = nn.Linear(fan_in, lora_rank, bias=False)  # default init = peft's LoRA A init
                     up = nn.Linear(lora_rank, fan_out, bias=False)
-                    nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5))  # peft's default LoRA init
                     nn.init.zeros_(up.weight)  # a fresh LoRA changes nothing
                     self.lora[_key(f"{name}.{target}")] = nn.ModuleDict({"down": down, "up": up})
         # The UNet we are attached to, held by a weak reference: a plain attribute would register

@@ -14,10 +14,9 @@ import math
 import os
 from pathlib import Path
 
-import torch
 from diffusers import ControlNetModel
 
-from ..errors import ModelNotFoundError
+from .checkpoint import read_checkpoint
 
 
 def shadingnet_from_unet(unet, vae_scale_factor: int = 8) -> ControlNetModel:
@@ -57,17 +56,8 @@ def load_shadingnet(path: str | os.PathLike, unet, vae_scale_factor: int = 8) ->
     path = Path(path)
     if path.is_dir():
         return ControlNetModel.from_pretrained(path)
-    if not path.is_file():
-        raise ModelNotFoundError(
-            f"no ShadingNet weights at {path}: download the Face-MakeUpV2 checkpoint (its model.bin holds "
-            "'controlnet') and pass it with --shadingnet, or use --shadingnet init for an untrained one"
-        )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_checkpoint(path, "download the Face-MakeUpV2 checkpoint (its model.bin holds 'controlnet') and pass it "
+                                  "with --shadingnet, or use --shadingnet init for an untrained one")
     state = state.get("controlnet", state)
     net = shadingnet_from_unet(unet, vae_scale_factor)
     result = net.load_state_dict(state, strict=False)
