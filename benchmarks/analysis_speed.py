@@ -73,7 +73,7 @@ def main() -> None:
         "model_share": model / total,
         "own_code_share": 1 - model / total,
         "includes": "detection, norm_crop, ArcFace, CLIP crop, 3D mesh, pose, SH fit, 512 px shading map",
-        "threads": "onnxruntime default (one per core), mediapipe default",
+        "threads": "onnxruntime default (one per core), LiteRT 2",
     }
     print(result)
     print("wrote", write_result("analysis_speed", result))

