@@ -81,7 +81,8 @@ def test_generate_with_shading_options(tmp_path, photo):
     target = tmp_path / "target.png"
     Image.fromarray(np.ascontiguousarray(skimage.data.astronaut()[:, ::-1])).save(target)  # a mirrored "target"
     outs = {}
-    for name, extra in {"own": [], "dir": ["--light-dir", "-1,0,0.5"], "from": ["--light-from", target],
+    for name, extra in {"own": [], "dir": ["--light-dir", "-1,0,0.5"], "dim": ["--light-dir", "-1,0,0.5", "--light-strength", "0.3"],
+                        "from": ["--light-from", target],
                         "shade": ["--shading-from", target]}.items():
         out = tmp_path / name
         res = run("generate", "--reference", photo, "--prompt", "x", "--out", out, "--model", "tiny", "--steps", 1, *extra)
@@ -93,6 +94,7 @@ def test_generate_with_shading_options(tmp_path, photo):
     assert json.loads((tmp_path / "shade" / "provenance.json").read_text())["inputs"]["shading_from"]["path"] == str(target)
     face = outs["own"] > 0
     assert np.abs(outs["dir"] - outs["own"])[face].mean() > 5  # relit
+    assert outs["dim"][face].mean() < outs["dir"][face].mean() - 10  # a weaker light
     np.testing.assert_array_equal(outs["from"] > 0, face)  # same geometry, other light
     # the mirrored target's geometry: its silhouette is the mirror of the reference's
     mirrored = outs["shade"][:, ::-1] > 0

@@ -68,13 +68,14 @@ def _light_dir(ctx, param, value):
 @click.option("--shading-from", default=None, type=click.Path(dir_okay=False, path_type=Path), help="Take pose, shape and lighting of the shading map from this photo (V2's target image).")
 @click.option("--light-from", default=None, type=click.Path(dir_okay=False, path_type=Path), help="Relight: take only the lighting (SH) from this photo.")
 @click.option("--light-dir", default=None, callback=_light_dir, help="Relight with one light from x,y,z (x right, y up, z toward the viewer), e.g. -1,0,1.")
+@click.option("--light-strength", default=0.7, show_default=True, type=click.FloatRange(0), help="With --light-dir: irradiance on a surface facing the light (plus 0.15 ambient).")
 @click.option("--height", default=None, type=int, help="Pixels, multiple of 8 [default: the model's, 512 for SD 1.5].")
 @click.option("--width", default=None, type=int)
 @click.option("--face-index", default=0, show_default=True, type=int, help="Which face of each photo, 0 = largest.")
 @click.option("--crop-factor", default=3.0, show_default=True, type=float, help="CLIP face crop: keypoint box x this.")
 @click.option("--shading-crop-factor", default=5.0, show_default=True, type=float, help="Shading map crop: keypoint box x this.")
 def generate(references, weights, prompt, negative_prompt, out_dir, model, image_encoder, adapter, shadingnet, face_models, seed,
-             num_images, steps, guidance_scale, ip_scale, s_scale, controlnet_scale, shading_from, light_from, light_dir, height,
+             num_images, steps, guidance_scale, ip_scale, s_scale, controlnet_scale, shading_from, light_from, light_dir, light_strength, height,
              width, face_index, crop_factor, shading_crop_factor):
     """Generate images of the person in --reference, as --prompt describes."""
     from PIL import Image
@@ -122,7 +123,7 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
             for name, face in (("shading", shading_face), ("light", light_face)):
                 if face is not None and face.fit is None:
                     raise FaceMakeUpError(f"the {name} photo's 3D fit failed: {face.fit_error}")
-            sh = light_face.fit.sh if light_face else (sh_from_direction(light_dir) if light_dir else None)
+            sh = light_face.fit.sh if light_face else (sh_from_direction(light_dir, light_strength) if light_dir else None)
             shading = shading_map(shading_face.fit, shading_face.kps, sh=sh, crop_factor=shading_crop_factor, height=h, width=w)
 
         # 4. Generate
@@ -176,6 +177,7 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
             "shading_from": _face_record(shading_from, shading_face) if shading_from else None,
             "light_from": _face_record(light_from, light_face) if light_from else None,
             "light_dir": light_dir,
+            "light_strength": light_strength if light_dir else None,
         },
         "parameters": {"seed": seed, "num_images": num_images, "steps": steps, "guidance_scale": guidance_scale,
                        "ip_scale": ip_scale, "s_scale": s_scale, "controlnet_scale": controlnet_scale if shading is not None else None,

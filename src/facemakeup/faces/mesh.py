@@ -59,11 +59,6 @@ class FaceFit:
     skin: np.ndarray = field(repr=False)
     fitter: str
 
-    def camera_vertices(self) -> np.ndarray:
-        """``(N, 3)`` vertices in the camera frame (x right, y up, z toward the viewer), pixels."""
-        v = self.vertices.astype(np.float64)
-        return np.stack([v[:, 0], -v[:, 1], v[:, 2]], axis=1)
-
 
 class FaceFitter(Protocol):
     """What a 3D face model must offer to drive the physical channel (mediapipe here; DECA, 3DDFA_V2...).
