@@ -94,7 +94,8 @@ def draw_pose_axes(draw: ImageDraw.ImageDraw, face, length: float | None = None,
 def analysis_overlay(image: np.ndarray, faces: list, shading_maps: list[np.ndarray], height: int = 512) -> Image.Image:
     """What ``facemakeup analyze`` found in a photo, as one picture.
 
-    Left: the photo with boxes, keypoints, pose axes and pose in degrees. Right, per face: its
+    Left: the photo with boxes, keypoints, the 3D fit's visible landmarks (white dots), pose axes
+    and pose in degrees. Right, per face: its
     shading map and a sphere lit by its estimated SH lighting.
 
     Args:
@@ -112,6 +113,8 @@ def analysis_overlay(image: np.ndarray, faces: list, shading_maps: list[np.ndarr
     draw = ImageDraw.Draw(photo)
     width = max(2, round(max(photo.size) / 250))
     for face in faces:
+        for x, y in face.fit.vertices[face.fit.visible, :2]:  # the 3D fit's visible landmarks
+            draw.point((float(x), float(y)), fill=(255, 255, 255))
         draw_pose_axes(draw, face, width=width)
         p = face.fit.pose
         label = f"yaw {np.degrees(p['yaw']):.0f} pitch {np.degrees(p['pitch']):.0f} roll {np.degrees(p['roll']):.0f}"
