@@ -1,4 +1,4 @@
-"""Per-step time of FaceMakeUpPipeline vs a plain StableDiffusionPipeline on the same UNet.
+"""Per-step time of FaceMakeUpPipeline (with and without ShadingNet) vs StableDiffusionPipeline on the same UNet.
 
     python benchmarks/pipeline_speed.py [--sizes tiny sd15] [--steps 3]
 
@@ -23,6 +23,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from common import write_result
 from facemakeup.model import FaceIDAdapter
+from facemakeup.model.shadingnet import shadingnet_from_unet
 from facemakeup.model.tiny import tiny_components
 from facemakeup.pipeline import FaceMakeUpPipeline
 
@@ -58,11 +59,12 @@ def bench(size: str, steps: int, repeats: int) -> dict:
     sd = StableDiffusionPipeline(**{k: v for k, v in parts.items() if k not in ("image_encoder", "feature_extractor")},
                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     sd.set_progress_bar_config(disable=True)
+    scale = 2 ** (len(parts["vae"].config.block_out_channels) - 1)
+    shadingnet = shadingnet_from_unet(parts["unet"], scale)
     adapter = FaceIDAdapter.for_unet(parts["unet"], parts["image_encoder"].config.hidden_size, lora_rank=128)
     clip_len = (parts["image_encoder"].config.image_size // parts["image_encoder"].config.patch_size) ** 2 + 1
     ours = FaceMakeUpPipeline(face_adapter=adapter, **parts)
     ours.set_progress_bar_config(disable=True)
-    scale = ours.vae_scale_factor
     latents = torch.randn(1, 4, px // scale, px // scale, generator=torch.Generator().manual_seed(0))
     id_embeds = torch.nn.functional.normalize(torch.randn(1, 512), dim=-1)
     clip = torch.randn(1, clip_len, parts["image_encoder"].config.hidden_size)
@@ -71,12 +73,21 @@ def bench(size: str, steps: int, repeats: int) -> dict:
         return lambda: ours("a portrait", id_embeds=id_embeds, clip_embeds=clip, height=px, width=px, num_inference_steps=n,
                             latents=latents, output_type="latent")
 
+    shading = torch.rand(1, 3, px, px, generator=torch.Generator().manual_seed(1))
+
+    def run_v2(n):
+        return lambda: ours("a portrait", id_embeds=id_embeds, clip_embeds=clip, height=px, width=px, num_inference_steps=n,
+                            latents=latents, output_type="latent", shading_image=shading)
+
     def run_sd(n):
         # SD's own unet call, with ours detached, so both run the very same UNet weights
         return lambda: sd("a portrait", height=px, width=px, num_inference_steps=n, latents=latents, output_type="latent")
 
     with torch.no_grad():
         t_ours = (timed(run_ours(1 + steps), repeats) - timed(run_ours(1), repeats)) / steps
+        ours.register_modules(controlnet=shadingnet)  # the same pipeline with a ShadingNet (Face-MakeUpV2)
+        t_v2 = (timed(run_v2(1 + steps), repeats) - timed(run_v2(1), repeats)) / steps
+        ours.register_modules(controlnet=None)
         adapter.detach()
         t_sd = (timed(run_sd(1 + steps), repeats) - timed(run_sd(1), repeats)) / steps
         adapter.attach(parts["unet"])
@@ -90,8 +101,10 @@ def bench(size: str, steps: int, repeats: int) -> dict:
         "steps_timed": steps,
         "repeats": repeats,
         "s_per_step_facemakeup": t_ours,
+        "s_per_step_facemakeup_with_shadingnet": t_v2,
         "s_per_step_stable_diffusion": t_sd,
         "ratio": t_ours / t_sd,
+        "ratio_with_shadingnet": t_v2 / t_sd,
     }
 
 
@@ -99,12 +112,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["tiny", "sd15"], choices=["tiny", "sd15"])
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=3, help="timing repeats (median) for the tiny model")
+    parser.add_argument("--sd15-repeats", type=int, default=2, help="timing repeats (median) for the SD 1.5-sized UNet")
     args = parser.parse_args()
     torch.set_num_threads(torch.get_num_threads())
     rows = []
     for size in args.sizes:
-        row = bench(size, args.steps, args.repeats if size == "tiny" else 1)
+        row = bench(size, args.steps, args.repeats if size == "tiny" else args.sd15_repeats)
         print(row)
         rows.append(row)
     print("wrote", write_result("pipeline_speed", {"runs": rows, "torch_threads": torch.get_num_threads()}))
