@@ -168,3 +168,24 @@ def test_adapter_save_load_round_trip(tmp_path, parts, checkpoint):
     assert again.config.lora_rank == RANK and again.config.attn_layers == adapter.config.attn_layers
     for (k, a), (k2, b) in zip(adapter.state_dict().items(), again.state_dict().items()):
         assert k == k2 and torch.equal(a, b)
+
+
+def test_fused_lora_gives_the_same_noise_and_detach_restores_the_unet(parts, checkpoint):
+    unet = copy.deepcopy(parts["unet"])
+    base = {k: v.clone() for k, v in unet.state_dict().items()}
+    adapter = FaceIDAdapter.from_ip_adapter_state_dict(checkpoint, unet)
+    adapter.attach(unet)
+    torch.manual_seed(3)
+    latents, text = torch.randn(1, 4, 32, 32), torch.randn(1, 77, 32)
+    tokens = adapter.project(torch.randn(1, 512), torch.randn(1, 65, 32))
+    call = lambda: unet(latents, 10, encoder_hidden_states=(text, [tokens[:, None]])).sample  # noqa: E731
+    unfused = call()
+    adapter.fuse_lora()
+    layer = unet.get_submodule("mid_block.attentions.0.transformer_blocks.0.attn1.to_q")
+    assert layer.merged and not torch.equal(layer.base_layer.weight, base["mid_block.attentions.0.transformer_blocks.0.attn1.to_q.weight"])
+    torch.testing.assert_close(call(), unfused, rtol=1e-4, atol=1e-5)
+    adapter.detach()  # unfuses first
+    for k, v in unet.state_dict().items():
+        torch.testing.assert_close(v, base[k], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="attach the adapter"):
+        adapter.fuse_lora()

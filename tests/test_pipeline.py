@@ -242,3 +242,19 @@ def test_face_makeup_v2_checkpoint_loads_adapter_and_shadingnet(tmp_path, astron
         load_shadingnet(tmp_path / "bad.bin", parts["unet"], 2)
     with pytest.raises(ValueError, match="carries the ID adapter"):
         load_shadingnet(tmp_path / "model.bin", pipe.unet, 2)
+
+
+def test_fused_pipeline_saves_a_plain_unet(tmp_path, astronaut):
+    pipe = load_pipeline("tiny")
+    with torch.no_grad():
+        for p in pipe.face_adapter.lora.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    kw = dict(reference_image=astronaut, num_inference_steps=1, seed=0, output_type="latent")
+    unfused = pipe("a face", **kw).images
+    pipe.face_adapter.fuse_lora()
+    fused = pipe("a face", **kw).images
+    torch.testing.assert_close(fused, unfused, rtol=1e-4, atol=1e-5)
+    pipe.save_pretrained(tmp_path)
+    assert pipe.face_adapter._fused  # still fused after saving
+    again = FaceMakeUpPipeline.from_pretrained(tmp_path)  # reloads unfused, same result
+    torch.testing.assert_close(again("a face", **kw).images, unfused, rtol=1e-4, atol=1e-5)

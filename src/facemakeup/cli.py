@@ -112,6 +112,7 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         if pipe.image_encoder is not None:
             analyzer.clip_size = pipe.image_encoder.config.image_size
         pipe.face_analyzer = analyzer
+        pipe.face_adapter.fuse_lora()  # inference only: merge the LoRA, no per-step LoRA cost
 
         # 3. The shading map (Face-MakeUpV2): the reference's or the target's face, its own or another light
         shading = None

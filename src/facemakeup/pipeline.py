@@ -187,11 +187,14 @@ class FaceMakeUpPipeline(DiffusionPipeline):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """``DiffusionPipeline.save_pretrained`` with the UNet saved plain (the ID channel is saved
         once, in ``face_adapter/``), so every component reloads with its own class."""
+        fused = self.face_adapter._fused
         self.face_adapter.detach()
         try:
             super().save_pretrained(save_directory, *args, **kwargs)
         finally:
             self.face_adapter.attach(self.unet)
+            if fused:
+                self.face_adapter.fuse_lora()
 
     # ------------------------------------------------------------------ conditions
     def _analyzer(self):

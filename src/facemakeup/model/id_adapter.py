@@ -112,6 +112,7 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
         # the whole UNet as a submodule of the adapter (its parameters, state_dict and .to()).
         self._attached_ref = None
         self._ip_scale = 1.0
+        self._fused = False
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -208,6 +209,28 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
                 if isinstance(proc, IPAdapterAttnProcessor2_0):
                     proc.scale = [self._ip_scale]
 
+    def fuse_lora(self) -> None:
+        """Merge the LoRA into the attached UNet's weights (peft ``merge``), for inference.
+
+        The per-step LoRA matmuls disappear (most of the ID channel's cost). While fused, changing the
+        LoRA weights (training) has no effect: ``unfuse_lora`` first. ``detach`` unfuses by itself.
+
+        Raises:
+            ValueError: the adapter is not attached.
+        """
+        unet = self.attached_unet
+        if unet is None:
+            raise ValueError("attach the adapter to a UNet before fusing its LoRA")
+        if self.config.lora_rank > 0 and not self._fused:
+            unet.fuse_lora(adapter_names=[LORA_ADAPTER_NAME])
+            self._fused = True
+
+    def unfuse_lora(self) -> None:
+        """Take the fused LoRA back out of the UNet's weights (peft ``unmerge``)."""
+        if self._fused:
+            self.attached_unet.unfuse_lora()
+            self._fused = False
+
     def detach(self) -> None:
         """Remove the ID channel from the UNet it was attached to (plain processors, no LoRA layers).
 
@@ -216,6 +239,7 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
         unet = self.attached_unet
         if unet is None:
             return
+        self.unfuse_lora()
         unet.set_attn_processor(AttnProcessor2_0())
         if self.config.lora_rank > 0:
             unet.unload_lora()
