@@ -10,14 +10,12 @@ the rest is our own code (image decoding excluded). Writes benchmarks/results/an
 
 from __future__ import annotations
 
-import argparse
 import statistics
-import sys
 import time
 
 from tqdm import tqdm
 
-from common import SHARED_DATA, write_result
+from common import SHARED_DATA, data_benchmark_args, write_result
 from facemakeup.faces import FaceAnalyzer, load_image
 from facemakeup.faces.render import shading_map
 
@@ -37,11 +35,7 @@ class Timed:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=None)
-    args = parser.parse_args()
-    if not SHARED_DATA.is_dir():
-        sys.exit(f"no data at {SHARED_DATA}")
+    args = data_benchmark_args(__doc__)
     analyzer = FaceAnalyzer()
     counter: dict[str, float] = {}
     analyzer.detector.session.run = Timed(analyzer.detector.session.run, counter, "scrfd")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 import platform
 from pathlib import Path
 
@@ -21,3 +23,13 @@ def write_result(name: str, result: dict) -> Path:
     path = RESULTS / f"{name}.json"
     path.write_text(json.dumps(result, indent=2))
     return path
+
+
+def data_benchmark_args(doc: str, limit_help: str = "first N photos of each set") -> argparse.Namespace:
+    """Parse ``--limit`` for a benchmark on ../shared/data; exit with a message if the data is absent."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=None, help=limit_help)
+    args = parser.parse_args()
+    if not SHARED_DATA.is_dir():
+        sys.exit(f"no data at {SHARED_DATA} (set FACEMAKEUP_SHARED_DATA)")
+    return args

@@ -9,26 +9,20 @@ times ``FaceAnalyzer(fitter=None).get`` (detection + norm_crop + ArcFace + CLIP 
 
 from __future__ import annotations
 
-import argparse
 import csv
 import statistics
-import sys
 import time
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 from tqdm import tqdm
 
-from common import SHARED_DATA, write_result
+from common import SHARED_DATA, data_benchmark_args, write_result
 from facemakeup.faces import FaceAnalyzer, load_image
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=None, help="first N celeba-aligned images only")
-    args = parser.parse_args()
-    if not SHARED_DATA.is_dir():
-        sys.exit(f"no data at {SHARED_DATA}")
+    args = data_benchmark_args(__doc__, "first N celeba-aligned images only")
 
     analyzer = FaceAnalyzer(fitter=None)  # identity only: detection, norm_crop, ArcFace, CLIP crop
     root = SHARED_DATA / "celeba-aligned"

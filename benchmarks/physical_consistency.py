@@ -15,13 +15,11 @@ Writes benchmarks/results/physical_consistency.json.
 
 from __future__ import annotations
 
-import argparse
-import sys
 
 import numpy as np
 from tqdm import tqdm
 
-from common import SHARED_DATA, write_result
+from common import SHARED_DATA, data_benchmark_args, write_result
 from facemakeup.faces import FaceAnalyzer, load_image
 from facemakeup.faces.lighting import mirror_sh, shade
 from facemakeup.faces.mesh import fit_from_vertices
@@ -88,11 +86,7 @@ def run_set(analyzer, name, paths) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--limit", type=int, default=None, help="first N photos of each set")
-    args = parser.parse_args()
-    if not SHARED_DATA.is_dir():
-        sys.exit(f"no data at {SHARED_DATA}")
+    args = data_benchmark_args(__doc__)
     analyzer = FaceAnalyzer()
     sets = {
         "celebamask-hq": sorted((SHARED_DATA / "celebamask-hq" / "images").iterdir())[: args.limit],

@@ -255,6 +255,6 @@ def test_fused_pipeline_saves_a_plain_unet(tmp_path, astronaut):
     fused = pipe("a face", **kw).images
     torch.testing.assert_close(fused, unfused, rtol=1e-4, atol=1e-5)
     pipe.save_pretrained(tmp_path)
-    assert pipe.face_adapter._fused  # still fused after saving
+    assert pipe.face_adapter.lora_fused  # still fused after saving
     again = FaceMakeUpPipeline.from_pretrained(tmp_path)  # reloads unfused, same result
     torch.testing.assert_close(again("a face", **kw).images, unfused, rtol=1e-4, atol=1e-5)

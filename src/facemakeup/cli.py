@@ -78,9 +78,13 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
              num_images, steps, guidance_scale, ip_scale, s_scale, controlnet_scale, shading_from, light_from, light_dir, light_strength, height,
              width, face_index, crop_factor, shading_crop_factor):
     """Generate images of the person in --reference, as --prompt describes."""
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
     from PIL import Image
 
-    from .faces import FaceAnalyzer, load_image
+    from .faces import FaceAnalyzer, clip_crop, load_image
     from .faces.lighting import sh_from_direction
     from .faces.render import shading_map
     from .provenance import environment, sha256_file
@@ -109,9 +113,9 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         t0 = time.perf_counter()
         pipe = load_pipeline(model, image_encoder=image_encoder, adapter=str(adapter) if adapter else None, shadingnet=shadingnet)
         timings["load_s"] = time.perf_counter() - t0
-        if pipe.image_encoder is not None:
-            analyzer.clip_size = pipe.image_encoder.config.image_size
-        pipe.face_analyzer = analyzer
+        # the faces found above feed the pipeline directly (no second analysis), CLIP crops at the encoder's size
+        clip_size = pipe.image_encoder.config.image_size if pipe.image_encoder is not None else analyzer.clip_size
+        faces = [replace(f, clip_image=clip_crop(photo, f.kps, clip_size, crop_factor)) for photo, f in zip(photos, faces)]
         pipe.face_adapter.fuse_lora()  # inference only: merge the LoRA, no per-step LoRA cost
 
         # 3. The shading map (Face-MakeUpV2): the reference's or the target's face, its own or another light
@@ -129,10 +133,11 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
 
         # 4. Generate
         t0 = time.perf_counter()
-        out = pipe(prompt, reference_image=list(references), negative_prompt=negative_prompt, num_images_per_prompt=num_images,
-                   height=height, width=width, num_inference_steps=steps, guidance_scale=guidance_scale, ip_scale=ip_scale,
-                   s_scale=s_scale, reference_weights=list(weights) or None, face_index=face_index, seed=seed,
-                   shading_image=shading, controlnet_conditioning_scale=controlnet_scale)
+        out = pipe(prompt, id_embeds=torch.from_numpy(np.stack([f.embedding for f in faces])), face_images=[f.clip_image for f in faces],
+                   negative_prompt=negative_prompt, num_images_per_prompt=num_images, height=height, width=width,
+                   num_inference_steps=steps, guidance_scale=guidance_scale, ip_scale=ip_scale, s_scale=s_scale,
+                   reference_weights=list(weights) or None, seed=seed, shading_image=shading,
+                   controlnet_conditioning_scale=controlnet_scale)
         timings["generate_s"] = time.perf_counter() - t0
         timings["per_step_s"] = timings["generate_s"] / steps
     except (FaceMakeUpError, IndexError, ValueError) as err:
@@ -153,7 +158,7 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
     if out.shading_image is not None:
         Image.fromarray(out.shading_image).save(out_dir / "shading.png")
         extra.append("shading.png")
-    conditions_sheet(photos, out.faces, shading=out.shading_image).save(out_dir / "conditions.png")
+    conditions_sheet(photos, faces, shading=out.shading_image).save(out_dir / "conditions.png")
     if len(out.images) > 1:
         from diffusers.utils import make_image_grid
 
@@ -171,7 +176,7 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         "task": "generate",
         "inputs": {
             "references": [{**_face_record(r, f), "face_index": face_index, "clip_box": f.clip_box.tolist()}
-                           for r, f in zip(references, out.faces)],
+                           for r, f in zip(references, faces)],
             "reference_weights": out.reference_weights,
             "prompt": prompt,
             "negative_prompt": negative_prompt,

@@ -173,7 +173,7 @@ class FaceMakeUpPipeline(DiffusionPipeline):
             encoder = load("CLIP image encoder", CLIPVisionModelWithProjection.from_pretrained, image_encoder, dtype=torch_dtype, local_files_only=local_files_only)
             processor = load("CLIP image processor", CLIPImageProcessorPil.from_pretrained, image_encoder, local_files_only=local_files_only)
         clip_dim = encoder.config.hidden_size if encoder is not None else 1280
-        face_adapter = load_face_adapter(adapter, unet, clip_dim, lora_rank) if adapter is not None else FaceIDAdapter.for_unet(unet, clip_dim, lora_rank)
+        face_adapter = load_face_adapter(adapter, unet) if adapter is not None else FaceIDAdapter.for_unet(unet, clip_dim, lora_rank)
         if adapter is None:
             logger.warning("no ID-adapter weights given: the ID channel is freshly initialised and untrained")
         controlnet = None
@@ -187,7 +187,7 @@ class FaceMakeUpPipeline(DiffusionPipeline):
     def save_pretrained(self, save_directory, *args, **kwargs):
         """``DiffusionPipeline.save_pretrained`` with the UNet saved plain (the ID channel is saved
         once, in ``face_adapter/``), so every component reloads with its own class."""
-        fused = self.face_adapter._fused
+        fused = self.face_adapter.lora_fused
         self.face_adapter.detach()
         try:
             super().save_pretrained(save_directory, *args, **kwargs)
@@ -528,10 +528,10 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         return t.to(device=device, dtype=self.controlnet.dtype)
 
 
-def load_face_adapter(adapter: str | os.PathLike, unet, clip_embed_dim: int = 1280, lora_rank: int = 128) -> FaceIDAdapter:
+def load_face_adapter(adapter: str | os.PathLike, unet) -> FaceIDAdapter:
     """Load ID-adapter weights: our ``save_pretrained`` folder, or an IP-Adapter-FaceID-PlusV2 /
-    Face-MakeUp V1 checkpoint file (``.bin``/``.pt`` pickle with ``image_proj``/``ip_adapter``, or
-    ``.safetensors`` with those prefixes).
+    Face-MakeUp V1/V2 checkpoint file (``.bin``/``.pt`` pickle with ``image_proj``/``ip_adapter``, or
+    ``.safetensors`` with those prefixes). Sizes (CLIP width, LoRA rank, tokens) come from the file.
 
     Raises:
         ModelNotFoundError: nothing at ``adapter``.
@@ -558,7 +558,8 @@ def load_pipeline(model: str, image_encoder: str | None = DEFAULT_IMAGE_ENCODER,
 
         parts = tiny_components()
         adapter = FaceIDAdapter.for_unet(parts["unet"], parts["image_encoder"].config.hidden_size, lora_rank=4)
-        return FaceMakeUpPipeline(face_adapter=adapter, controlnet=shadingnet_from_unet(parts["unet"], vae_scale_factor=2), **parts)
+        shadingnet = shadingnet_from_unet(parts["unet"], vae_scale_factor=2 ** (len(parts["vae"].config.block_out_channels) - 1))
+        return FaceMakeUpPipeline(face_adapter=adapter, controlnet=shadingnet, **parts)
     index = Path(model) / "model_index.json"
     if index.is_file() and "FaceMakeUpPipeline" in index.read_text():
         return FaceMakeUpPipeline.from_pretrained(model)

@@ -65,6 +65,11 @@ def rasterize(xy: np.ndarray, depth: np.ndarray, triangles: np.ndarray, height: 
 def render_normals(xy, depth, triangles, vertex_normals, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-pixel unit normals (Phong interpolation of vertex normals) and the coverage mask.
 
+    Args:
+        xy, depth, triangles: the mesh in raster pixels (see ``rasterize``).
+        vertex_normals: ``(N, 3)`` unit normals, camera frame (x right, y up, z toward the viewer).
+        height, width: raster size in pixels.
+
     Returns:
         ``(normals (H, W, 3) float64, mask (H, W) bool)``; normals are zero outside the mask.
     """

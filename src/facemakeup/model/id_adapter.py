@@ -209,6 +209,11 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
                 if isinstance(proc, IPAdapterAttnProcessor2_0):
                     proc.scale = [self._ip_scale]
 
+    @property
+    def lora_fused(self) -> bool:
+        """Whether the LoRA is currently merged into the attached UNet's weights."""
+        return self._fused
+
     def fuse_lora(self) -> None:
         """Merge the LoRA into the attached UNet's weights (peft ``merge``), for inference.
 

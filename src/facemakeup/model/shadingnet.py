@@ -48,6 +48,10 @@ def load_shadingnet(path: str | os.PathLike, unet, vae_scale_factor: int = 8) ->
             (``model.bin``: a pickle whose ``"controlnet"`` entry is the ControlNet state dict); or a
             ``.safetensors``/``.bin`` ControlNet state dict.
         unet: the plain UNet the ShadingNet was copied from (gives its layout).
+        vae_scale_factor: image pixels per latent pixel (see ``shadingnet_from_unet``).
+
+    Returns:
+        The ``ControlNetModel``, on the UNet's device and dtype (a folder loads as saved).
 
     Raises:
         ModelNotFoundError: nothing at ``path``.
