@@ -133,6 +133,31 @@ def test_analyze_folder_and_glob_with_failures_reported(tmp_path, photo):
     assert json.loads((out / "rocket.json").read_text())["faces"] == []
 
 
+def test_analyze_parsing_and_attributes(tmp_path):
+    import matplotlib.cbook
+
+    photo = tmp_path / "hopper.jpg"
+    photo.write_bytes(matplotlib.cbook.get_sample_data("grace_hopper.jpg").read())
+    out = tmp_path / "an"
+    res = run("analyze", photo, "--out", out, "--parsing")
+    assert res.exit_code == 0, res.output
+    rec = json.loads((out / "hopper.json").read_text())
+    face = rec["faces"][0]
+    labels = np.asarray(Image.open(out / rec["parsing"]))
+    assert labels.dtype == np.uint8 and labels.shape == (rec["height"], rec["width"]) and labels.max() <= 18
+    assert np.array_equal(labels, np.asarray(Image.open(out / face["parsing"])))  # one face: the same map
+    x0, y0, x1, y1 = (int(v) for v in face["bbox"])
+    inside = labels[y0:y1, x0:x1]
+    assert (inside == 1).mean() > 0.3 and (inside == 2).any()  # skin, nose
+    eyes_y = min(k[1] for k in face["kps"][:2])
+    hat_rows = np.nonzero((labels == 14).any(axis=1))[0]
+    assert len(hat_rows) and np.median(hat_rows) < eyes_y  # her navy cap, above the eyes
+    assert len(face["attributes"]) == 40 and all(0 <= p <= 1 for p in face["attributes"].values())
+    assert face["attributes"]["Wearing_Hat"] > 0.5 and face["attributes"]["Young"] < 0.5
+    assert abs(face["gender"]["female"] + face["gender"]["male"] - 1) < 1e-3
+    assert 25 <= face["age"] <= 90 and abs(sum(face["emotion"].values()) - 1) < 1e-2
+
+
 def test_analyze_nothing_usable_exits_non_zero(tmp_path):
     rocket = tmp_path / "rocket.jpg"
     Image.fromarray(skimage.data.rocket()).save(rocket)

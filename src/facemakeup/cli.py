@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 
 from .errors import FaceMakeUpError
 
@@ -80,7 +81,6 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
     """Generate images of the person in --reference, as --prompt describes."""
     from dataclasses import replace
 
-    import numpy as np
     import torch
     from PIL import Image
 
@@ -226,10 +226,14 @@ def _expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
 @click.option("--face-models", default=None, type=click.Path(path_type=Path), help="Folder with buffalo_l's det_10g.onnx and w600k_r50.onnx.")
 @click.option("--shading-crop-factor", default=5.0, show_default=True, type=float, help="Shading map crop: keypoint box x this.")
 @click.option("--shading-size", default=512, show_default=True, type=int, help="Side of the shading map in pixels.")
-def analyze(photos, out_dir, face_models, shading_crop_factor, shading_size):
-    """Faces, 3D pose, SH lighting and shading maps of PHOTOS (files, folders or globs).
+@click.option("--parsing", is_flag=True, help="Also write each face's label map NAME_faceK_parsing.png (CelebAMask-HQ values 0-18).")
+@click.option("--attributes/--no-attributes", default=True, show_default=True, help="CelebA attributes, gender, age, emotion.")
+def analyze(photos, out_dir, face_models, shading_crop_factor, shading_size, parsing, attributes):
+    """Faces, 3D pose, SH lighting, shading maps, attributes and (with --parsing) region labels of PHOTOS.
 
-    Writes NAME.json, NAME_overlay.png and NAME_faceK_shading.png per photo, and summary.json.
+    PHOTOS are files, folders or globs. Writes NAME.json, NAME_overlay.png and NAME_faceK_shading.png
+    per photo, and summary.json. With --parsing also NAME_parsing.png (all faces) and
+    NAME_faceK_parsing.png (uint8 label maps, CelebAMask-HQ values 0-18, the photo's size).
     Photos and faces that fail are reported on stderr and in summary.json, and skipped. Exits 1
     when no face at all could be analysed.
     """
@@ -245,7 +249,8 @@ def analyze(photos, out_dir, face_models, shading_crop_factor, shading_size):
 
     paths = _expand_inputs(photos)
     out_dir.mkdir(parents=True, exist_ok=True)
-    analyzer = FaceAnalyzer(detector=face_models, recognizer=face_models)
+    analyzer = FaceAnalyzer(detector=face_models, recognizer=face_models, parser=True if parsing else None,
+                            attributes=True if attributes else None)
     failures, done, n_faces = [], 0, 0
     stems: dict[str, int] = {}
     for path in tqdm(paths, desc="analyze", unit="photo"):
@@ -270,14 +275,26 @@ def analyze(photos, out_dir, face_models, shading_crop_factor, shading_size):
             smap = shading_map(face.fit, face.kps, crop_factor=shading_crop_factor, height=shading_size, width=shading_size)
             map_name = f"{stem}_face{k}_shading.png"
             Image.fromarray(smap).save(out_dir / map_name)
-            records.append({
+            rec = {
                 "bbox": face.bbox.tolist(), "kps": face.kps.tolist(), "det_score": face.det_score,
                 "pose": face.fit.pose, "sh": face.fit.sh.tolist(), "sh_basis": list(SH_BASIS),
                 "shading_map": map_name, "fitter": face.fit.fitter,
-            })
+            }
+            if face.attributes is not None:
+                rec.update(face.attributes.to_json())
+            if face.parsing is not None:
+                rec["parsing"] = f"{stem}_face{k}_parsing.png"
+                Image.fromarray(face.parsing).save(out_dir / rec["parsing"])
+            records.append(rec)
             fitted.append(face)
             maps.append(smap)
         record = {"image": str(path), "width": int(rgb.shape[1]), "height": int(rgb.shape[0]), "faces": records}
+        if parsing and fitted:
+            combined = np.zeros(rgb.shape[:2], np.uint8)
+            for face in reversed(fitted):  # smallest first: the larger face wins where two overlap
+                combined = np.where(face.parsing > 0, face.parsing, combined)
+            record["parsing"] = f"{stem}_parsing.png"
+            Image.fromarray(combined).save(out_dir / record["parsing"])
         (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2))
         analysis_overlay(rgb, fitted, maps).save(out_dir / f"{stem}_overlay.png")
         done += 1
@@ -288,6 +305,48 @@ def analyze(photos, out_dir, face_models, shading_crop_factor, shading_size):
     click.echo(f"{done} of {len(paths)} photos analysed, {n_faces} faces, {len(failures)} failures; wrote {out_dir}")
     if n_faces == 0:
         sys.exit(1)
+
+
+@main.command("build-dataset")
+@click.argument("input", type=str)
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Worker processes.")
+@click.option("--shard", default="0/1", show_default=True, help="I/N: take inputs I, I+N, I+2N, ... (for job arrays).")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Only the first K inputs of the shard.")
+@click.option("--min-side", default=256, show_default=True, type=int, help="Curation: minimum shorter side (px).")
+@click.option("--max-text", default=0.10, show_default=True, type=float, help="Curation: maximum text-covered fraction.")
+@click.option("--captioner", default="template", show_default=True,
+              help="'template', or module:function returning (attribute_caption, emotion_caption) for (image, info).")
+@click.option("--tokenizer", default=None, help="SD 1.5 folder or hub id for the CLIP tokenizer (default: OpenAI's BPE vocabulary).")
+@click.option("--face-models", default=None, type=click.Path(path_type=Path), help="Folder with buffalo_l's det_10g.onnx and w600k_r50.onnx.")
+@click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="Intra-op threads per model per worker.")
+def build_dataset(input, out, workers, shard, limit, min_side, max_text, captioner, tokenizer, face_models, threads):
+    """Build FaceCaptionMask records from INPUT (folder, file list, or WebDataset .tar shards) into OUT.
+
+    Curates (resolution, grayscale, text, group photos, cartoons), analyses the face, writes captions,
+    phrase masks with CLIP token indices, shading maps and ID embeddings. Re-running skips finished
+    work; safe to kill at any moment.
+    """
+    from .data.build import BuildConfig, build, parse_shard
+    from .data.curation import CurationConfig
+
+    try:
+        shard_tuple = parse_shard(shard)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--shard") from None
+    config = BuildConfig(curation=CurationConfig(min_side=min_side, max_text_fraction=max_text), captioner=captioner,
+                         tokenizer=tokenizer, face_models=str(face_models) if face_models else None, threads=threads)
+    try:
+        summary = build(input, out, workers=workers, shard=shard_tuple, limit=limit, config=config)
+    except (FileNotFoundError, ValueError, FaceMakeUpError) as err:
+        _fail(err)
+    click.echo(
+        f"shard {summary['shard']}: {summary['records']} records, {summary['rejects']} rejects "
+        f"({summary['processed_this_run']} processed this run, {summary['already_done']} already done"
+        + (f", {summary['images_per_second']} img/s" if summary["images_per_second"] else "") + f"); wrote {out}"
+    )
+    if summary["rejects_by_reason"]:
+        click.echo("rejects by reason: " + ", ".join(f"{k} {v}" for k, v in summary["rejects_by_reason"].items()))
 
 
 if __name__ == "__main__":

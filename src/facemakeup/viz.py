@@ -134,3 +134,56 @@ def analysis_overlay(image: np.ndarray, faces: list, shading_maps: list[np.ndarr
         out.paste(p, (x, 0))
         x += p.width
     return out
+
+
+#: Overlay colours of phrase masks, in phrase order (RGB).
+PHRASE_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))
+
+
+def record_card(record: dict, root, size: int = 256) -> Image.Image:
+    """One FaceCaptionMask record drawn: the photo with its attribute-phrase masks tinted (one
+    colour per phrase), and below it both captions with each phrase in its mask's colour.
+
+    Args:
+        record: a record of ``data.build`` (paths relative to ``root`` or absolute).
+        root: the dataset folder.
+        size: side of the photo in the card (px).
+
+    Returns:
+        RGB ``PIL.Image`` of ``size`` x ``size + 64``.
+    """
+    from pathlib import Path
+
+    root = Path(root)
+    photo = Image.open(root / record["image"]).convert("RGB").resize((size, size), Image.BILINEAR)
+    arr = np.asarray(photo).astype(np.float32)
+    for k, entry in enumerate(record["phrases"]["attribute"]):
+        mask = np.asarray(Image.open(root / entry["mask"]).resize((size, size), Image.NEAREST)) > 127
+        colour = np.array(PHRASE_COLOURS[k % len(PHRASE_COLOURS)], np.float32)
+        arr[mask] = 0.55 * arr[mask] + 0.45 * colour
+    card = Image.new("RGB", (size, size + 64), "white")
+    card.paste(Image.fromarray(arr.astype(np.uint8)), (0, 0))
+    draw = ImageDraw.Draw(card)
+    y = size + 2
+    for kind, key in (("attribute", "face_attribute_caption"), ("emotion", "face_emotion_caption")):
+        colours = {e["phrase"]: PHRASE_COLOURS[k % len(PHRASE_COLOURS)] for k, e in enumerate(record["phrases"][kind])} if kind == "attribute" else {}
+        x = 2
+        for word in record[key].replace(",", " ,").split():
+            colour = next((c for p, c in colours.items() if word.strip(",") in p.split()), (0, 0, 0))
+            w = draw.textlength(word + " ")
+            if x + w > size:
+                x, y = 2, y + 11
+            draw.text((x, y), word, fill=colour)
+            x += w
+        y += 14
+    return card
+
+
+def contact_sheet(records: list[dict], root, columns: int = 4, size: int = 256) -> Image.Image:
+    """A grid of ``record_card``s (``columns`` wide) for checking a built dataset by eye."""
+    cards = [record_card(r, root, size) for r in records]
+    rows = max(1, -(-len(cards) // columns))
+    sheet = Image.new("RGB", (columns * size, rows * (size + 64)), "white")
+    for k, card in enumerate(cards):
+        sheet.paste(card, ((k % columns) * size, (k // columns) * (size + 64)))
+    return sheet

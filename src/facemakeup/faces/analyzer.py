@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..errors import FaceTooSmallError, FitError, NoFaceError
+from .attributes import AttributePredictor, FaceAttributes
 from .align import clip_crop, landmark_box, norm_crop
 from .detect import SCRFD
 from .image import ImageInput, load_image
@@ -43,6 +44,9 @@ class Face:
         fit: the 3D fit (mesh, pose, SH lighting; see ``faces.mesh``), or ``None`` when the analyser
             has no fitter or the fit failed.
         fit_error: why the fit failed, or ``None``.
+        parsing: ``(H, W)`` uint8 label map of this face in CelebAMask-HQ's classes (``parsing``), the
+            photo's size, or ``None`` when the analyser has no parser.
+        attributes: ``FaceAttributes`` (CelebA attributes, gender, age, emotion) or ``None``.
     """
 
     bbox: np.ndarray
@@ -54,6 +58,8 @@ class Face:
     clip_box: np.ndarray = field(repr=False)
     fit: FaceFit | None = field(default=None, repr=False)
     fit_error: str | None = None
+    parsing: np.ndarray | None = field(default=None, repr=False)
+    attributes: FaceAttributes | None = field(default=None, repr=False)
 
     @property
     def size(self) -> float:
@@ -77,6 +83,8 @@ class FaceAnalyzer:
         crop_factor: expansion of the keypoint box for the CLIP crop (Face-MakeUpV2 demo: 3).
         fitter: the 3D face model: ``"mediapipe"`` (default, ``MediaPipeFitter``), any object with
             the ``FaceFitter`` interface (e.g. a DECA wrapper), or ``None`` to skip mesh, pose and lighting.
+        parser: a ``FaceParser``, ``True`` for the one shipped with the package, or ``None`` (no label maps).
+        attributes: an ``AttributePredictor``, ``True`` for the default one, or ``None`` (no attributes).
         threads: onnxruntime intra-op threads per model (0 = one per core).
 
     Raises:
@@ -93,6 +101,8 @@ class FaceAnalyzer:
         clip_size: int = 224,
         crop_factor: float = 3.0,
         fitter: FaceFitter | str | None = "mediapipe",
+        parser=None,
+        attributes=None,
         threads: int = 0,
     ):
         self.detector = SCRFD(detector, det_thresh=det_thresh, threads=threads)
@@ -104,6 +114,12 @@ class FaceAnalyzer:
         if isinstance(fitter, str) and fitter != "mediapipe":
             raise ValueError(f"unknown fitter {fitter!r}: use 'mediapipe', a FaceFitter object or None")
         self._fitter = fitter
+        if parser is True:
+            from .parsing import FaceParser
+
+            parser = FaceParser()
+        self.parser = parser
+        self.attributes = AttributePredictor(threads=threads) if attributes is True else attributes
 
     @property
     def fitter(self) -> FaceFitter | None:
@@ -120,6 +136,10 @@ class FaceAnalyzer:
         files = {"detector": str(self.detector.model_file), "recognizer": str(self.recognizer.model_file)}
         if self._fitter is not None:
             files["fitter"] = self._fitter if isinstance(self._fitter, str) else self._fitter.name
+        if self.parser is not None:
+            files["parser"] = str(self.parser.weights)
+        if self.attributes is not None:
+            files.update(self.attributes.model_files)
         return files
 
     def get(self, image: ImageInput, max_faces: int | None = None) -> list[Face]:
@@ -170,6 +190,8 @@ class FaceAnalyzer:
                     clip_box=box,
                     fit=fit,
                     fit_error=fit_error,
+                    parsing=self.parser.parse(rgb, kps[i]) if self.parser is not None else None,
+                    attributes=self.attributes.predict(rgb, kps[i], boxes[i]) if self.attributes is not None else None,
                 )
             )
         return faces

@@ -7,6 +7,7 @@ expects upright RGB uint8, so the conversion happens once, here, and failures na
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Union
@@ -16,7 +17,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..errors import ImageReadError
 
-ImageInput = Union[str, os.PathLike, Image.Image, np.ndarray]
+ImageInput = Union[str, os.PathLike, bytes, io.BufferedIOBase, Image.Image, np.ndarray]
 
 #: Images above this many pixels are refused (PIL's own decompression-bomb error threshold).
 MAX_PIXELS = 2 * 89_478_485
@@ -45,7 +46,7 @@ def load_image(image: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Load a photo as an upright ``HxWx3`` ``uint8`` RGB array.
 
     Args:
-        image: a file path, a ``PIL.Image.Image`` or a numpy array (``HxW`` gray or ``HxWx3`` RGB /
+        image: a file path, the file's bytes or a binary file object, a ``PIL.Image.Image`` or a numpy array (``HxW`` gray or ``HxWx3`` RGB /
             ``HxWx4`` RGBA, ``uint8``; ``uint16`` is rescaled by 255/65535).
         max_pixels: refuse images with more pixels than this (default: PIL's decompression-bomb
             limit, about 179 megapixels).
@@ -64,14 +65,18 @@ def load_image(image: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
         return _array_to_rgb(image)
     if isinstance(image, Image.Image):
         return np.asarray(_to_rgb(ImageOps.exif_transpose(image)))
-    if not isinstance(image, (str, os.PathLike)):
-        raise TypeError(f"image must be a path, a PIL image or a numpy array, got {type(image).__name__}")
-
-    path = Path(image)
-    if not path.is_file():
-        raise ImageReadError(f"{path}: no such file")
+    if isinstance(image, (bytes, bytearray)):
+        image = io.BytesIO(image)
+    if hasattr(image, "read"):
+        path, source = getattr(image, "name", "<bytes>"), image
+    elif isinstance(image, (str, os.PathLike)):
+        path = source = Path(image)
+        if not path.is_file():
+            raise ImageReadError(f"{path}: no such file")
+    else:
+        raise TypeError(f"image must be a path, bytes, a file object, a PIL image or a numpy array, got {type(image).__name__}")
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
             if img.width * img.height > max_pixels:
                 raise ImageReadError(
                     f"{path}: image is {img.width}x{img.height} = {img.width * img.height} pixels, more than "

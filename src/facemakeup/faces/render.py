@@ -119,7 +119,7 @@ def render_sphere(sh: np.ndarray, size: int = 128) -> np.ndarray:
 
 
 def shading_map(fit, kps: np.ndarray, sh: np.ndarray | None = None, crop_factor: float = 5.0,
-                height: int = 512, width: int = 512) -> np.ndarray:
+                height: int = 512, width: int = 512, box=None) -> np.ndarray:
     """The ShadingNet's input: the fitted face rendered grey on black in the shading crop.
 
     The crop is the square around the 5 keypoints expanded by ``crop_factor`` (Face-MakeUpV2 demo:
@@ -132,13 +132,15 @@ def shading_map(fit, kps: np.ndarray, sh: np.ndarray | None = None, crop_factor:
             for lighting transfer, or ``lighting.sh_from_direction(...)``.
         crop_factor: shading crop expansion.
         height, width: output size in pixels.
+        box: ``[x0, y0, x1, y1]`` square crop of the photo (pixels) to render instead of the keypoint
+            crop, e.g. the centred square a training image is cut to, so the map lines up with it.
 
     Returns:
         ``(height, width, 3)`` uint8 grey image (three equal channels).
     """
     from .align import landmark_box
 
-    x0, y0, x1, y1 = landmark_box(kps, crop_factor)
+    x0, y0, x1, y1 = landmark_box(kps, crop_factor) if box is None else box
     side = x1 - x0
     scale = max(height, width) / side  # pixels of the output per pixel of the photo
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2

@@ -1,0 +1,15 @@
+"""FaceCaptionMask: curation filters, captions with phrase masks and token indices, the builder, the Dataset.
+
+See ``build`` for the pipeline and the output layout, ``captions`` for the captioner and the
+tokenizer, ``curation`` for the FaceCaptionHQ filters, ``dataset`` for what training reads.
+"""
+
+from .build import BuildConfig, build, list_sources
+from .captions import clip_tokenizer, find_phrases, template_captions, token_indices
+from .curation import CurationConfig
+from .dataset import FaceCaptionMaskDataset, read_records
+
+__all__ = [
+    "BuildConfig", "CurationConfig", "FaceCaptionMaskDataset", "build", "clip_tokenizer", "find_phrases", "list_sources",
+    "read_records", "template_captions", "token_indices",
+]

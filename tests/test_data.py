@@ -1,0 +1,353 @@
+"""FaceCaptionMask: tokenizer, captions, curation filters, parser, attributes, builder, Dataset."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+from PIL import Image
+
+from facemakeup.data.captions import (
+    Caption, Phrase, clip_tokenizer, find_phrases, template_captions, token_indices,
+)
+from facemakeup.data.curation import CurationConfig, TextDetector, cartoon, flat_fraction, grayscale, group, resolution
+
+# Token ids of OpenAI's reference tokenizer (open_clip.tokenizer.SimpleTokenizer, same BPE file):
+REFERENCE_IDS = {
+    "a photo of a cat": [49406, 320, 1125, 539, 320, 2368, 49407],
+    "a young woman with wavy blonde hair and eyeglasses, wearing earrings":
+        [49406, 320, 1888, 2308, 593, 31941, 10711, 2225, 537, 5034, 6116, 267, 3309, 9136, 49407],
+    "an elderly man with gray hair, eyeglasses and a beard, wearing a hat and a necktie":
+        [49406, 550, 15455, 786, 593, 7048, 2225, 267, 5034, 6116, 537, 320, 9052, 267, 3309, 320, 3801, 537, 320, 6066, 3422, 49407],
+}
+
+
+def _squash(text: str) -> str:
+    """CLIP decodes words and punctuation as separate units ("middle - aged"): compare without spaces."""
+    return text.lower().replace(" ", "")
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return clip_tokenizer()
+
+
+def test_tokenizer_matches_reference_ids(tokenizer):
+    assert len(tokenizer) == 49408 and tokenizer.model_max_length == 77
+    for text, ids in REFERENCE_IDS.items():
+        assert tokenizer(text)["input_ids"] == ids, text
+    padded = tokenizer("a photo", padding="max_length", max_length=77)["input_ids"]
+    assert len(padded) == 77 and padded[3:] == [49407] * 74  # SD 1.5 pads with <|endoftext|>
+
+
+def test_tokenizer_from_a_saved_folder(tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path / "sd" / "tokenizer")
+    again = clip_tokenizer(str(tmp_path / "sd"))
+    text = "an elderly man with gray hair"
+    assert again(text)["input_ids"] == tokenizer(text)["input_ids"]
+
+
+@pytest.mark.parametrize("attrs,age,male,emotion", [
+    ({"Blond_Hair": 0.9, "Wavy_Hair": 0.8, "Eyeglasses": 0.7, "Wearing_Earrings": 0.6, "No_Beard": 0.95}, 24, 0.05, "happy"),
+    ({"Gray_Hair": 0.9, "Goatee": 0.8, "No_Beard": 0.1, "Wearing_Necktie": 0.6, "Wearing_Hat": 0.7}, 61, 0.95, "neutral"),
+    ({"Bald": 0.9, "Mustache": 0.7, "No_Beard": 0.8, "Bangs": 0.9}, 40, 0.9, "surprised"),
+])
+def test_template_captions_phrase_tokens_decode_to_the_phrase(tokenizer, attrs, age, male, emotion):
+    att, emo = template_captions(attrs, age, {"female": 1 - male, "male": male}, {emotion: 0.9, "sadness": 0.1})
+    for cap in (att, emo):
+        token_indices(tokenizer, cap)
+        ids = tokenizer(cap.text)["input_ids"]
+        assert cap.phrases
+        for ph in cap.phrases:
+            assert cap.text[ph.start:ph.start + len(ph.text)] == ph.text
+            assert ph.token_indices == list(range(ph.token_indices[0], ph.token_indices[-1] + 1))
+            assert _squash(tokenizer.decode([ids[i] for i in ph.token_indices])) == _squash(ph.text)
+    regions = {p.region for p in att.phrases}
+    if "Eyeglasses" in attrs:
+        assert "eyeglasses" in regions and "blonde" in att.text and att.text.startswith("a young woman")
+    if "Goatee" in attrs:
+        assert "lower_face" in regions and "hat" in regions and att.text.startswith("an elderly man")
+    if "Bald" in attrs:
+        assert "upper_face" in regions and "bangs" not in att.text  # a bald head has no bangs
+    assert {"happy": "smiling", "neutral": "calm", "surprised": "surprised"}[emotion] in emo.text
+
+
+def test_token_indices_of_a_truncated_caption(tokenizer):
+    words = "very " * 80
+    cap = Caption(words + "blonde hair", "attribute", [Phrase("very", "face", 0), Phrase("blonde hair", "hair", len(words))])
+    token_indices(tokenizer, cap)
+    assert cap.phrases[0].token_indices == [1]
+    assert cap.phrases[1].token_indices == []  # cut off by the 77-token limit: no mask will use it
+
+
+def test_find_phrases_in_free_captions():
+    text = "A smiling young woman with long wavy blonde hair, red lipstick and round glasses, wearing a straw hat"
+    found = {p.text: p.region for p in find_phrases(text)}
+    assert found["wavy blonde hair"] == "hair" and found["red lipstick"] == "lips" and found["round glasses"] == "eyeglasses"
+    assert found["smiling"] == "mouth" and found["young woman"] == "face" and "hat" in " ".join(found)
+    assert find_phrases("a landscape at dusk") == []
+
+
+# ------------------------------------------------------------------------------------ curation
+
+def test_curation_filters_on_known_images():
+    cfg = CurationConfig()
+    astro = skimage.data.astronaut()
+    gray = np.repeat(cv2.cvtColor(astro, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
+    assert grayscale(astro, cfg).passed and not grayscale(gray, cfg).passed
+    assert grayscale(gray, cfg).reason.startswith("grayscale")
+    assert resolution(astro, cfg).passed and not resolution(astro[:200], cfg).passed
+    assert group([120.0], cfg).passed and group([120.0, 20.0], cfg).passed  # a tiny background face does not count
+    assert not group([120.0, 100.0], cfg).passed
+
+
+def test_text_filter(analyzer):
+    cfg = CurationConfig()
+    detector = TextDetector(threads=1)
+    astro = skimage.data.astronaut()
+    faces = np.stack([f.bbox[:4] for f in analyzer.get(astro)])
+    assert detector.verdict(astro, cfg, faces).passed
+    poster = astro.copy()
+    for i in range(6):
+        cv2.putText(poster, "SALE 50% OFF TODAY", (10, 60 + 70 * i), cv2.FONT_HERSHEY_SIMPLEX, 1.6, (255, 255, 255), 4)
+    v = detector.verdict(poster, cfg, faces)
+    assert not v.passed and v.value > 0.3 and v.reason.startswith("text_heavy")
+
+
+def test_cartoon_filter_flags_flat_colour_faces(analyzer):
+    cfg = CurationConfig()
+    astro = skimage.data.astronaut()
+    kps = analyzer.get_face(astro).kps
+    flat = cv2.bilateralFilter(astro, 9, 75, 75) // 48 * 48 + 24  # posterised: a few flat colours
+    assert cartoon(astro, kps, cfg).passed
+    assert not cartoon(flat, kps, cfg).passed and flat_fraction(flat, kps) > 2 * flat_fraction(astro, kps)
+
+
+# ------------------------------------------------------------------------------- trained models
+
+def _celebamask_val(shared_data, n):
+    import csv
+
+    rows = [r for r in csv.DictReader(open(shared_data / "celebamask-hq" / "index.tsv"), delimiter="\t")
+            if int(r["identity"]) % 8 == 0][:n]
+    return rows
+
+
+def test_parser_iou_on_validation_photos(shared_data, analyzer):
+    """The shipped parser on held-out CelebAMask-HQ identities, through the full photo path
+    (detection -> keypoint alignment -> labels warped back)."""
+    from facemakeup.faces.parsing import FaceParser
+
+    parser = FaceParser()
+    inter, union = np.zeros(19), np.zeros(19)
+    for r in _celebamask_val(shared_data, 12):
+        img = np.asarray(Image.open(shared_data / "celebamask-hq" / r["image"]).convert("RGB"))
+        truth = np.asarray(Image.open(shared_data / "celebamask-hq" / r["mask"]))
+        labels = parser.parse(img, analyzer.get_face(img).kps)
+        assert labels.shape == img.shape[:2] and labels.dtype == np.uint8 and labels.max() <= 18
+        for c in range(19):
+            inter[c] += ((labels == c) & (truth == c)).sum()
+            union[c] += ((labels == c) | (truth == c)).sum()
+    iou = inter / np.maximum(union, 1)
+    for c, name in ((1, "skin"), (2, "nose"), (13, "hair")):
+        assert iou[c] > 0.75, (name, iou[c])
+    assert iou[[4, 5, 11, 12]].mean() > 0.5  # eyes and lips: small regions
+
+
+def test_attributes_on_held_out_identities(shared_data, analyzer):
+    import csv
+
+    from facemakeup.faces.attributes import AttributePredictor
+
+    pred = AttributePredictor(threads=1)
+    rows = [r for r in csv.DictReader(open(shared_data / "celeba-hq-256" / "index.tsv"), delimiter="\t")
+            if int(r["identity"]) % 10 < 2][:40]
+    correct, ages = [], {True: [], False: []}
+    for r in rows:
+        img = np.asarray(Image.open(shared_data / "celeba-hq-256" / r["image"]).convert("RGB"))
+        face = analyzer.get_face(img)
+        a = pred.predict(img, face.kps, face.bbox)
+        assert abs(a.gender["male"] + a.gender["female"] - 1) < 1e-3 and abs(sum(a.emotion.values()) - 1) < 1e-2
+        for name in ("Male", "Eyeglasses", "Smiling", "Wearing_Hat", "Blond_Hair"):
+            correct.append((a.celeba[name] >= 0.5) == (int(r[name]) > 0))
+        ages[int(r["Young"]) > 0].append(a.age)
+    assert np.mean(correct) > 0.85
+    assert np.median(ages[True]) < np.median(ages[False])
+
+
+# ----------------------------------------------------------------------------------- the builder
+
+def _variants(folder: Path, n: int) -> list[Path]:
+    """n distinct photos made from the two public-domain portraits (flips, crops, colour shifts)."""
+    import matplotlib.cbook
+
+    hopper = np.asarray(Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB"))
+    bases = [skimage.data.astronaut(), hopper]
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        img = bases[i % 2]
+        if i // 2 % 2:
+            img = img[:, ::-1]
+        s = 8 * (i // 4)
+        img = np.clip(img[s:, s // 2:].astype(np.int16) + (i * 7) % 20 - 10, 0, 255).astype(np.uint8)
+        paths.append(folder / f"photo{i:02d}.jpg")
+        Image.fromarray(img).save(paths[-1], quality=92)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """A folder with good photos and every kind of bad one, built once."""
+    from facemakeup.data.build import build
+
+    src = tmp_path_factory.mktemp("photos")
+    _variants(src, 2)
+    astro = skimage.data.astronaut()
+    Image.fromarray(cv2.cvtColor(astro, cv2.COLOR_RGB2GRAY)).save(src / "gray.png")
+    Image.fromarray(astro[::3, ::3]).save(src / "small.png")
+    Image.fromarray(np.concatenate([astro, astro[:, ::-1]], axis=1)).save(src / "two.png")
+    Image.fromarray(skimage.data.rocket()).save(src / "rocket.png")
+    (src / "broken.jpg").write_bytes((src / "photo00.jpg").read_bytes()[:3000])
+    out = tmp_path_factory.mktemp("dataset")
+    summary = build(src, out, progress=False)
+    return src, out, summary
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_build_records_and_rejects(built, tokenizer):
+    src, out, summary = built
+    records = {r["key"]: r for r in _lines(out / "records-00000-of-00001.jsonl")}
+    rejects = {r["key"]: r for r in _lines(out / "rejects-00000-of-00001.jsonl")}
+    assert set(records) == {"photo00", "photo01"}
+    reasons = {k: " ".join(r["reasons"]) for k, r in rejects.items()}
+    assert "grayscale" in reasons["gray"] and "low_resolution" in reasons["small"]
+    assert "group_photo" in reasons["two"] and "no_face" in reasons["rocket"] and "unreadable" in reasons["broken"]
+    assert summary["records"] == 2 and summary["rejects"] == 5 and summary["rejects_by_reason"]["grayscale"] == 1
+    assert (out / summary["contact_sheet"]).is_file()
+    for key, r in records.items():
+        photo = Image.open(r["image"])
+        for field in ("face_attribute_caption", "face_emotion_caption", "atrribute_parsing_masks", "emotion_parsing_masks"):
+            assert r[field]
+        ids = tokenizer(r["face_attribute_caption"])["input_ids"]
+        for entry, phrase in zip(r["atrribute_parsing_masks"], r["phrases"]["attribute"]):
+            mask = np.asarray(Image.open(out / entry["mask"]))
+            assert mask.shape == (photo.height, photo.width) and set(np.unique(mask)) <= {0, 255} and mask.any()
+            assert _squash(tokenizer.decode([ids[i] for i in entry["token_indices"]])) == _squash(phrase["phrase"])
+        labels = np.asarray(Image.open(out / r["parsing"]))
+        assert labels.shape == (photo.height, photo.width) and labels.max() <= 18
+        emb = np.load(out / r["id_embedding"])
+        assert emb.shape == (512,) and emb.dtype == np.float32 and abs(np.linalg.norm(emb) - 1) < 1e-4
+        assert np.asarray(Image.open(out / r["face"][0])).shape == (224, 224, 3)
+        assert all(v["passed"] for v in r["curation"].values()) and 0 <= r["age"] <= 100
+        assert set(r["emotion"]) == {"anger", "disgust", "fear", "happy", "neutral", "sadness", "surprised"}
+
+
+def test_build_rerun_skips_finished_work(built):
+    from facemakeup.data.build import build
+
+    src, out, _ = built
+    again = build(src, out, progress=False)
+    assert again["processed_this_run"] == 0 and again["already_done"] == 7 and again["records"] == 2
+
+
+def test_build_from_tar_shards_and_lists(tmp_path):
+    from facemakeup.data.build import list_sources, parse_shard
+
+    paths = _variants(tmp_path / "p", 5)
+    with tarfile.open(tmp_path / "shard-000.tar", "w") as tf:
+        for p in paths[:3]:
+            tf.add(p, arcname=p.name)
+            info = tarfile.TarInfo(p.stem + ".txt")
+            info.size = 3
+            tf.addfile(info, io.BytesIO(b"cap"))
+    (tmp_path / "list.txt").write_text("# photos\np/photo03.jpg\np/photo04.jpg\n")
+    tar = list_sources(tmp_path / "shard-000.tar")
+    assert [s.key for s in tar] == ["shard-000/photo00", "shard-000/photo01", "shard-000/photo02"]
+    assert tar[1].read() == paths[1].read_bytes()
+    assert [s.key for s in list_sources(tmp_path / "list.txt")] == ["p/photo03", "p/photo04"]
+    assert [s.key for s in list_sources(str(tmp_path / "*.tar"))] == [s.key for s in tar]
+    assert parse_shard("2/4") == (2, 4)
+    for bad in ("4/4", "x", "1/0"):
+        with pytest.raises(ValueError):
+            parse_shard(bad)
+    with pytest.raises(FileNotFoundError):
+        list_sources(tmp_path / "missing")
+
+
+def test_kill_9_then_resume_matches_an_uninterrupted_build(tmp_path):
+    """A real SIGKILL of the builder mid-run; the resumed output equals an uninterrupted run."""
+    src = tmp_path / "photos"
+    _variants(src, 8)
+    cmd = [sys.executable, "-m", "facemakeup.cli", "build-dataset", str(src)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    subprocess.run(cmd + [str(tmp_path / "a")], check=True, env=env, capture_output=True)
+
+    b = tmp_path / "b"
+    proc = subprocess.Popen(cmd + [str(b)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    records = b / "records-00000-of-00001.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if records.is_file() and records.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the builder finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_with = records.read_text().count("\n")
+    assert 2 <= killed_with < 8
+    subprocess.run(cmd + [str(b)], check=True, env=env, capture_output=True)
+
+    a_recs, b_recs = _lines(tmp_path / "a" / records.name), _lines(records)
+    assert [r["key"] for r in b_recs] == [r["key"] for r in a_recs]  # none lost, none twice, same order
+    assert b_recs == a_recs
+    for r in b_recs:
+        for rel in [r["parsing"], r["shading"], r["id_embedding"], r["face"][0]] + [m["mask"] for m in r["atrribute_parsing_masks"]]:
+            assert (b / rel).read_bytes() == (tmp_path / "a" / rel).read_bytes(), rel
+    assert not list(b.rglob(".*.part*"))
+    summary = json.loads((b / "summary-00000-of-00001.json").read_text())
+    assert summary["already_done"] == killed_with and summary["records"] == 8
+
+
+def test_dataset_items(built):
+    import torch
+
+    from facemakeup.data.dataset import FaceCaptionMaskDataset
+
+    _, out, _ = built
+    ds = FaceCaptionMaskDataset(out, resolution=128, mask_resolution=16)
+    assert len(ds) == 2
+    torch.manual_seed(0)
+    kinds = set()
+    for _ in range(12):
+        item = ds[0]
+        kinds.add(item["caption_kind"])
+    assert kinds == {"attribute", "emotion"}  # the paper's random choice between the two captions
+    item = FaceCaptionMaskDataset(out, resolution=128, mask_resolution=16, caption="attribute")[0]
+    assert item["pixel_values"].shape == (3, 128, 128) and -1 <= item["pixel_values"].min() < item["pixel_values"].max() <= 1
+    assert item["input_ids"].shape == (77,) and item["input_ids"][0] == 49406
+    n = int(item["mask_valid"].sum())
+    record = ds.records[0]
+    assert n == len(record["atrribute_parsing_masks"]) and item["masks"].shape == (6, 16, 16)
+    for k, entry in enumerate(record["atrribute_parsing_masks"]):
+        assert torch.nonzero(item["token_indices"][k]).flatten().tolist() == entry["token_indices"]
+        full = np.asarray(Image.open(out / entry["mask"])) / 255.0  # square photos: no crop, area-averaged
+        assert abs(float(item["masks"][k].mean()) - full.mean()) < 0.01 and item["masks"][k].max() > 0
+    assert item["id_embedding"].shape == (512,) and item["clip_image"].shape == (3, 224, 224)
+    assert item["shading"].shape == (3, 128, 128) and item["shading"].max() > 0.1
+    batch = torch.utils.data.default_collate([item, item])
+    assert batch["masks"].shape == (2, 6, 16, 16)
