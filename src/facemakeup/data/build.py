@@ -40,7 +40,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import FaceMakeUpError, FaceTooSmallError
-from .captions import Caption, Phrase, clip_tokenizer, find_phrases, template_captions, token_indices
+from .captions import Caption, clip_tokenizer, find_phrases, template_captions, token_indices
 from .curation import CurationConfig, TextDetector, cartoon, grayscale, group, resolution
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}

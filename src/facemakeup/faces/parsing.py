@@ -14,7 +14,6 @@ keypoints onto ``CELEBAHQ_TEMPLATE`` (the mean SCRFD keypoints of the 850 CelebA
 
 from __future__ import annotations
 
-import json
 import os
 from importlib import resources
 from pathlib import Path
@@ -181,7 +180,3 @@ def region_mask(labels: np.ndarray, region: str | tuple[int, ...]) -> np.ndarray
     values = REGIONS[region] if isinstance(region, str) else region
     return np.isin(labels, values)
 
-
-def model_card_metadata(**extra) -> dict[str, str]:
-    """String metadata stored in the parser's safetensors header."""
-    return {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in extra.items()}
