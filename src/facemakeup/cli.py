@@ -249,8 +249,11 @@ def analyze(photos, out_dir, face_models, shading_crop_factor, shading_size, par
 
     paths = _expand_inputs(photos)
     out_dir.mkdir(parents=True, exist_ok=True)
-    analyzer = FaceAnalyzer(detector=face_models, recognizer=face_models, parser=True if parsing else None,
-                            attributes=True if attributes else None)
+    try:
+        analyzer = FaceAnalyzer(detector=face_models, recognizer=face_models, parser=True if parsing else None,
+                                attributes=True if attributes else None)
+    except FaceMakeUpError as err:
+        _fail(err)
     failures, done, n_faces = [], 0, 0
     stems: dict[str, int] = {}
     for path in tqdm(paths, desc="analyze", unit="photo"):
@@ -341,7 +344,7 @@ def build_dataset(input, out, workers, shard, limit, min_side, max_text, caption
     except (FileNotFoundError, ValueError, FaceMakeUpError) as err:
         _fail(err)
     click.echo(
-        f"shard {summary['shard']}: {summary['records']} records, {summary['rejects']} rejects "
+        f"shard {summary['shard']}: {summary['records']} records, {summary['rejects']} rejects, {summary['errors_this_run']} errors "
         f"({summary['processed_this_run']} processed this run, {summary['already_done']} already done"
         + (f", {summary['images_per_second']} img/s" if summary["images_per_second"] else "") + f"); wrote {out}"
     )

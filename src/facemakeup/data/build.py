@@ -363,10 +363,7 @@ def _init_worker(out: str, config: BuildConfig) -> None:
 
 
 def _work(source: Source) -> dict:
-    try:
-        return _WORKER(source)
-    except Exception as err:  # one bad photo must not stop a million-photo build: record why and go on
-        return _reject(source, [f"error: {type(err).__name__}: {err}"], {})
+    return _safe_call(_WORKER, source)
 
 
 def _worker_models() -> dict:
@@ -388,10 +385,12 @@ def build(input: str | os.PathLike, out: str | os.PathLike, workers: int = 1, sh
 
     Returns:
         The summary (also written to ``summary-IIIII-of-NNNNN.json``): inputs, already done,
-        accepted, rejected, rejects by reason, seconds, images/s, models and versions.
+        accepted, rejected, rejects by reason, errors (unexpected exceptions on a photo: reported, not
+        written, so a re-run retries them), seconds, images/s, models and versions.
 
     Raises:
         FileNotFoundError / ValueError: bad INPUT (see ``list_sources``).
+        ModelNotFoundError: a model is missing (checked before any photo is processed).
     """
     from tqdm import tqdm
 
@@ -410,7 +409,9 @@ def build(input: str | os.PathLike, out: str | os.PathLike, workers: int = 1, sh
     t0 = time.time()
     counts, reasons = Counter(), Counter()
     bar = tqdm(total=len(sources), initial=len(sources) - len(todo), desc=f"build {tag}", unit="img", disable=not progress)
-    model_files = {}
+    model_files, errors = {}, []
+    if todo:
+        preflight(config)
     with open(rec_path, "a", encoding="utf-8") as rec_f, open(rej_path, "a", encoding="utf-8") as rej_f:
         pool = None
         if workers <= 1 or not todo:
@@ -427,6 +428,8 @@ def build(input: str | os.PathLike, out: str | os.PathLike, workers: int = 1, sh
                 if res["status"] == "ok":
                     _append(rec_f, res["record"])
                     counts["accepted"] += 1
+                elif res["status"] == "error":
+                    errors.append({"key": res["key"], "error": res["error"]})
                 else:
                     _append(rej_f, {k: v for k, v in res.items() if k != "status"})
                     counts["rejected"] += 1
@@ -450,7 +453,8 @@ def build(input: str | os.PathLike, out: str | os.PathLike, workers: int = 1, sh
     summary = {
         "task": "build-dataset", "input": str(input), "out": str(out), "shard": f"{i}/{n}", "inputs": len(sources),
         "already_done": len(sources) - len(todo), "processed_this_run": len(todo), "accepted_this_run": counts["accepted"],
-        "rejected_this_run": counts["rejected"], "records": len(records), "rejects": len(rejects),
+        "rejected_this_run": counts["rejected"], "errors_this_run": len(errors), "errors": errors[:100],
+        "records": len(records), "rejects": len(rejects),
         "rejects_by_reason": dict(all_reasons.most_common()), "seconds": round(seconds, 1),
         "images_per_second": round(len(todo) / seconds, 3) if todo and seconds > 0 else None, "workers": workers,
         "contact_sheet": sheet, "config": asdict(config), "models": model_files, **environment(),
@@ -462,5 +466,27 @@ def build(input: str | os.PathLike, out: str | os.PathLike, workers: int = 1, sh
 def _safe_call(maker: RecordMaker, source: Source) -> dict:
     try:
         return maker(source)
-    except Exception as err:  # see _work
-        return _reject(source, [f"error: {type(err).__name__}: {err}"], {})
+    except Exception as err:  # one bad photo must not stop a million-photo build; not persisted: a re-run retries it
+        return {"status": "error", "key": source.key, "error": f"{type(err).__name__}: {err}"}
+
+
+def preflight(config: BuildConfig) -> None:
+    """Fetch / locate every model a worker will load, in this process, so a missing one fails once,
+    with its download instructions, before any worker starts.
+
+    Raises:
+        ModelNotFoundError: a model is missing and cannot be fetched.
+    """
+    from importlib import resources
+
+    from ..errors import ModelNotFoundError
+    from ..faces.onnx import resolve_model_file
+    from ..weights import fetch
+
+    for role in ("detector", "recognizer"):
+        resolve_model_file(role, config.face_models)
+    for name in ("mobilenet_v2", "age", "gender", "emotion", "text_detector") + (("clip_bpe",) if config.tokenizer is None else ()):
+        fetch(name)
+    for asset in ("face_parser.safetensors", "attribute_heads.safetensors"):
+        if not (resources.files("facemakeup") / "assets" / asset).is_file():
+            raise ModelNotFoundError(f"facemakeup/assets/{asset} is missing: reinstall facemakeup (its wheel ships it)")
