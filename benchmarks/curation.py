@@ -48,7 +48,7 @@ def main():
         poster = cv2.bilateralFilter(rgb, 9, 75, 75) // 43 * 43 + 21
         for name, img in (("real", rgb), ("grayscale", gray), ("text_overlay", over), ("posterised", poster)):
             values[name]["colour_std"].append(colour_std(img))
-            values[name]["text"].append(text.fraction(img, boxes[:, :4]))
+            values[name]["text"].append(text.fraction(img))
             values[name]["flat"].append(flat_fraction(img, k))
     rates, pct = {}, {}
     for name, v in values.items():

@@ -16,7 +16,6 @@ import argparse
 import statistics
 import time
 
-import numpy as np
 import torch
 from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel

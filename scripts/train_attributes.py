@@ -161,7 +161,9 @@ def main():
     print(f"test mean accuracy {mean_acc:.4f} over 40 attributes")
 
     # Age and emotion models on the test split.
-    pred = AttributePredictor(heads=_tmp_heads(net), threads=args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_heads(args.out, net, {"training_data": "CelebA-HQ 256 + aligned CelebA subsets in ../shared (research-only licence)"})
+    pred = AttributePredictor(heads=args.out, threads=args.threads)
     test_samples = [s for s, k in zip(samples, split) if k == "test"]
     ages = np.concatenate([pred.age_years(np.stack([s["age_chip"] for s in test_samples[i:i + 64]]))
                            for i in range(0, len(test_samples), 64)])
@@ -200,19 +202,10 @@ def main():
     }
     meta = {"training_data": "CelebA-HQ 256 + aligned CelebA subsets in ../shared (research-only licence)",
             "split_rule": results["split_rule"], "test_mean_accuracy": f"{mean_acc:.4f}", "attributes": list(CELEBA_ATTRIBUTES)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_heads(args.out, net, meta)
+    save_heads(args.out, net, meta)  # again, with the test metrics in its metadata
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=1))
     print(json.dumps({k: v for k, v in results.items() if k != "attributes"}, indent=1))
-
-
-def _tmp_heads(net):
-    import tempfile
-
-    path = Path(tempfile.mkdtemp()) / "heads.safetensors"
-    save_heads(path, net, {})
-    return path
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -152,24 +154,23 @@ def record_card(record: dict, root, size: int = 256) -> Image.Image:
     Returns:
         RGB ``PIL.Image`` of ``size`` x ``size + 64``.
     """
-    from pathlib import Path
-
     root = Path(root)
-    photo = Image.open(root / record["image"]).convert("RGB").resize((size, size), Image.BILINEAR)
-    arr = np.asarray(photo).astype(np.float32)
+    with Image.open(root / record["image"]) as im:
+        arr = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)).astype(np.float32)
+    colours = {}  # attribute phrase -> its mask's colour
     for k, entry in enumerate(record["phrases"]["attribute"]):
-        mask = np.asarray(Image.open(root / entry["mask"]).resize((size, size), Image.NEAREST)) > 127
-        colour = np.array(PHRASE_COLOURS[k % len(PHRASE_COLOURS)], np.float32)
-        arr[mask] = 0.55 * arr[mask] + 0.45 * colour
+        colours[entry["phrase"]] = PHRASE_COLOURS[k % len(PHRASE_COLOURS)]
+        with Image.open(root / entry["mask"]) as m:
+            mask = np.asarray(m.resize((size, size), Image.NEAREST)) > 127
+        arr[mask] = 0.55 * arr[mask] + 0.45 * np.array(colours[entry["phrase"]], np.float32)
     card = Image.new("RGB", (size, size + 64), "white")
     card.paste(Image.fromarray(arr.astype(np.uint8)), (0, 0))
     draw = ImageDraw.Draw(card)
     y = size + 2
-    for kind, key in (("attribute", "face_attribute_caption"), ("emotion", "face_emotion_caption")):
-        colours = {e["phrase"]: PHRASE_COLOURS[k % len(PHRASE_COLOURS)] for k, e in enumerate(record["phrases"][kind])} if kind == "attribute" else {}
+    for key, caption_colours in (("face_attribute_caption", colours), ("face_emotion_caption", {})):
         x = 2
         for word in record[key].replace(",", " ,").split():
-            colour = next((c for p, c in colours.items() if word.strip(",") in p.split()), (0, 0, 0))
+            colour = next((c for p, c in caption_colours.items() if word.strip(",") in p.split()), (0, 0, 0))
             w = draw.textlength(word + " ")
             if x + w > size:
                 x, y = 2, y + 11

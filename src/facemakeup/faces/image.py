@@ -46,8 +46,9 @@ def load_image(image: ImageInput, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Load a photo as an upright ``HxWx3`` ``uint8`` RGB array.
 
     Args:
-        image: a file path, the file's bytes or a binary file object, a ``PIL.Image.Image`` or a numpy array (``HxW`` gray or ``HxWx3`` RGB /
-            ``HxWx4`` RGBA, ``uint8``; ``uint16`` is rescaled by 255/65535).
+        image: a file path, the file's bytes or a binary file object, a ``PIL.Image.Image`` or a
+            numpy array (``HxW`` gray or ``HxWx3`` RGB / ``HxWx4`` RGBA, ``uint8``; ``uint16`` is
+            rescaled by 255/65535).
         max_pixels: refuse images with more pixels than this (default: PIL's decompression-bomb
             limit, about 179 megapixels).
 

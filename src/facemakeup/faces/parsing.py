@@ -15,7 +15,6 @@ keypoints onto ``CELEBAHQ_TEMPLATE`` (the mean SCRFD keypoints of the 850 CelebA
 from __future__ import annotations
 
 import os
-from importlib import resources
 from pathlib import Path
 
 import cv2
@@ -107,17 +106,18 @@ class FaceParser:
     Args:
         weights: a ``.safetensors`` file of ``FaceParserNet`` (its metadata holds ``input_size``);
             ``None`` = the weights shipped with the package.
-        threads: torch intra-op threads (0 = leave torch's setting).
 
     Raises:
         ModelNotFoundError: ``weights`` does not exist (or the package was installed without its asset).
     """
 
-    def __init__(self, weights: str | os.PathLike | None = None, threads: int = 0):
+    def __init__(self, weights: str | os.PathLike | None = None):
         from safetensors import safe_open
         from safetensors.torch import load_file
 
-        path = Path(weights) if weights is not None else Path(str(resources.files("facemakeup") / "assets" / DEFAULT_WEIGHTS))
+        from ..weights import asset
+
+        path = Path(weights) if weights is not None else asset(DEFAULT_WEIGHTS)
         if not path.is_file():
             raise ModelNotFoundError(
                 f"no face-parser weights at {path}: train them with `python scripts/train_face_parser.py` "
@@ -126,13 +126,10 @@ class FaceParser:
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         self.input_size = int(meta.get("input_size", 256))
-        self.meta = meta
         self.weights = path
         self.net = FaceParserNet(width=int(meta.get("width", 64)))
         self.net.load_state_dict(load_file(str(path)), strict=True)
         self.net.eval()
-        if threads:
-            torch.set_num_threads(threads)
 
     @torch.no_grad()
     def probabilities(self, crops: np.ndarray) -> np.ndarray:
@@ -168,15 +165,35 @@ class FaceParser:
                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-def region_mask(labels: np.ndarray, region: str | tuple[int, ...]) -> np.ndarray:
-    """Binary mask of a named region (``REGIONS``) or of a tuple of label values.
+def region_mask(labels: np.ndarray, region: str | tuple[int, ...], kps: np.ndarray | None = None) -> np.ndarray:
+    """Binary mask of a named region in a label map.
+
+    Args:
+        labels: ``(H, W)`` uint8 CelebAMask-HQ label map (``FaceParser.parse``).
+        region: a ``REGIONS`` name, a tuple of label values, or one of the skin regions CelebAMask-HQ
+            has no class for, cut along the face's own vertical axis (eye midpoint -> mouth midpoint, so
+            roll does not matter): ``"lower_face"`` (skin below the nose tip: beards, stubble) and
+            ``"upper_face"`` (skin above the eyes: a bald head).
+        kps: ``(5, 2)`` keypoints of the face (pixels); needed for the two skin regions.
 
     Returns:
         ``labels``-shaped bool array.
 
     Raises:
-        KeyError: unknown region name.
+        KeyError: unknown region name. ValueError: a skin region without ``kps``.
     """
-    values = REGIONS[region] if isinstance(region, str) else region
-    return np.isin(labels, values)
-
+    if not isinstance(region, str):
+        return np.isin(labels, region)
+    if region in REGIONS:
+        return np.isin(labels, REGIONS[region])
+    if region not in ("lower_face", "upper_face"):
+        raise KeyError(f"unknown region {region!r}")
+    if kps is None:
+        raise ValueError(f"region {region!r} needs the face's keypoints")
+    eye, mouth = kps[:2].mean(0), kps[3:].mean(0)
+    axis = (mouth - eye) / max(np.linalg.norm(mouth - eye), 1e-6)
+    h, w = labels.shape
+    yy, xx = np.mgrid[0:h, 0:w]
+    t = (xx - eye[0]) * axis[0] + (yy - eye[1]) * axis[1]  # pixels along the axis from the eye line
+    cut = t > float((kps[2] - eye) @ axis) if region == "lower_face" else t < 0
+    return (labels == 1) & cut

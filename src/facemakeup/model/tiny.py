@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPImageProcessorPil, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
+from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 #: Cross-attention width of the tiny UNet (SD 1.5: 768).
 TINY_CROSS_DIM = 32
@@ -17,25 +18,12 @@ TINY_CROSS_DIM = 32
 TINY_CLIP_SIZE = 32
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    """GPT-2/CLIP byte -> printable unicode map (Radford et al. 2019), the base alphabet of CLIP's BPE."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, map(chr, cs)))
-
-
 def tiny_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     """A CLIP tokenizer with a byte-level vocabulary (514 tokens) and no merges.
 
     Same class, special tokens and padding as SD 1.5's tokenizer; words are split into characters.
     """
-    chars = list(_bytes_to_unicode().values())
+    chars = list(bytes_to_unicode().values())
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": i + len(chars) for i, c in enumerate(chars)})
     vocab["<|startoftext|>"] = len(vocab)
