@@ -29,19 +29,27 @@ def _blob(crops: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(((crops.astype(np.float32) - 127.5) / 127.5).transpose(0, 3, 1, 2).copy())
 
 
-def _photos(shared_data, n=8):
-    files = sorted((shared_data / "celeba-aligned" / "images").glob("*.jpg"))[:n]
-    assert len(files) == n
-    return [load_image(f) for f in files]
-
-
-def _faces(analyzer, photos):
+def _detect(analyzer, photos):
+    """(photo, Face) pairs: keypoints, norm_crop and onnxruntime embedding of the largest face."""
     faces = [analyzer.get(p, max_faces=1) for p in photos]
     assert all(len(f) == 1 for f in faces)
-    return [f[0] for f in faces]
+    return [(p, f[0]) for p, f in zip(photos, faces, strict=True)]
+
+
+@pytest.fixture(scope="module")
+def astro_face(face_analyzer, astronaut):
+    return _detect(face_analyzer, [astronaut])[0]
+
+
+@pytest.fixture(scope="module")
+def celeba_faces(face_analyzer, shared_data):
+    files = sorted((shared_data / "celeba-aligned" / "images").glob("*.jpg"))[:8]
+    assert len(files) == 8
+    return _detect(face_analyzer, [load_image(f) for f in files])
 
 
 def _check_embeddings(arcface, faces):
+    faces = [face for _, face in faces]
     with torch.no_grad():
         emb = arcface(_blob(np.stack([f.aligned for f in faces]))).numpy()  # one batch
     onnx_emb = np.stack([f.embedding for f in faces])  # onnxruntime, one face per run
@@ -50,18 +58,18 @@ def _check_embeddings(arcface, faces):
     assert np.abs(emb - onnx_emb).max() < 1e-4
 
 
-def test_embeddings_match_onnx_astronaut(arcface, face_analyzer, astronaut):
-    _check_embeddings(arcface, _faces(face_analyzer, [astronaut]))
+def test_embeddings_match_onnx_astronaut(arcface, astro_face):
+    _check_embeddings(arcface, [astro_face])
 
 
-def test_embeddings_match_onnx_on_photos(arcface, face_analyzer, shared_data):
-    _check_embeddings(arcface, _faces(face_analyzer, _photos(shared_data)))
+def test_embeddings_match_onnx_on_photos(arcface, celeba_faces):
+    _check_embeddings(arcface, celeba_faces)
 
 
-def test_weights_frozen_gradients_reach_image_and_keypoints(arcface, face_analyzer, astronaut):
+def test_weights_frozen_gradients_reach_image_and_keypoints(arcface, astro_face):
     assert all(not p.requires_grad for p in arcface.parameters()) and not arcface.training
-    face = _faces(face_analyzer, [astronaut])[0]
-    image = (torch.tensor(astronaut).permute(2, 0, 1)[None].float() / 127.5 - 1).requires_grad_(True)
+    photo, face = astro_face
+    image = (torch.tensor(photo).permute(2, 0, 1)[None].float() / 127.5 - 1).requires_grad_(True)
     kps = torch.from_numpy(face.kps[None].copy()).requires_grad_(True)
     emb = arcface(align_faces(image, kps, fill=-1.0))
     ref = torch.from_numpy(face.embedding[None])
@@ -86,17 +94,25 @@ def test_similarity_matrices_match_estimate_norm(size):
         np.testing.assert_allclose(matrix, estimate_norm(k, size), atol=1e-9)
 
 
-def test_align_faces_matches_norm_crop(face_analyzer, astronaut, shared_data):
-    photos = [astronaut, *_photos(shared_data)]
-    for photo, face in zip(photos, _faces(face_analyzer, photos), strict=True):
+def _check_align(pairs):
+    for photo, face in pairs:
         image = torch.tensor(photo).permute(2, 0, 1)[None].float()
         crop = align_faces(image, torch.from_numpy(face.kps[None].copy()))[0].permute(1, 2, 0).numpy()
         diff = np.abs(crop - norm_crop(photo, face.kps).astype(np.float32))  # cv2: fixed-point weights, uint8
         assert diff.mean() < 0.4 and diff.max() < 4
 
 
-def test_align_faces_fill_outside_photo(astronaut, face_analyzer):
-    kps = _faces(face_analyzer, [astronaut])[0].kps
+def test_align_faces_matches_norm_crop_astronaut(astro_face):
+    _check_align([astro_face])
+
+
+def test_align_faces_matches_norm_crop_on_photos(celeba_faces):
+    _check_align(celeba_faces)
+
+
+def test_align_faces_fill_outside_photo(astro_face):
+    astronaut, face = astro_face
+    kps = face.kps
     kps = kps - kps.min(axis=0) + 3  # face moved into the corner: half the crop lies outside the photo
     image = torch.tensor(astronaut).permute(2, 0, 1)[None].float() / 127.5 - 1  # [-1, 1]
     crop = align_faces(image, torch.from_numpy(kps[None].copy()), fill=-1.0)[0].permute(1, 2, 0).numpy()
@@ -128,7 +144,7 @@ def test_interpreter_matches_onnxruntime_on_iresnet_like_graph(tmp_path):
     w = lambda *s: rng.normal(0, 0.3, s)  # noqa: E731
     inits = {
         "bn0_s": 1 + w(3), "bn0_b": w(3), "bn0_m": w(3), "bn0_v": 1 + rng.uniform(0, 1, 3),
-        "c1_w": w(c, 3, 3, 3), "c1_b": w(c), "slope": rng.uniform(0, 0.5, (c, 1, 1)),
+        "c1_w": w(c, 3, 3, 3), "c1_b": w(c), "slope": rng.uniform(0, 0.5, (c, 1, 1)), "slope_w": w(28),
         "dw_w": w(c, 1, 3, 3), "c2_w": w(c, c, 1, 1), "down_w": w(c, c, 1, 1),
         "sub": w(1, c, 1, 1), "mul": 1 + w(1),
         "fc_w": w(32, c * 14 * 14), "fc_b": w(32), "bn1_s": 1 + w(32), "bn1_b": w(32), "bn1_m": w(32),
@@ -143,8 +159,9 @@ def test_interpreter_matches_onnxruntime_on_iresnet_like_graph(tmp_path):
         N("Conv", ["d", "c2_w"], ["e"], kernel_shape=[1, 1]),
         N("Conv", ["c", "down_w"], ["f"], kernel_shape=[1, 1], strides=[2, 2]),
         N("Add", ["e", "f"], ["g"]),
-        N("Relu", ["g"], ["h"]),
-        N("Sub", ["h", "sub"], ["i"]),
+        N("PRelu", ["g", "slope_w"], ["h"]),  # slope (W,) along the last axis: the general broadcast
+        N("Sub", ["h", "sub"], ["i0"]),
+        N("Relu", ["i0"], ["i"]),
         N("Mul", ["i", "mul"], ["j"]),
         N("Conv", ["j", "c2_w"], ["k"], kernel_shape=[1, 1], strides=[2, 2], dilations=[1, 1]),
         N("Dropout", ["k"], ["l"]),
