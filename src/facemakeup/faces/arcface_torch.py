@@ -6,10 +6,11 @@ embeddings must be those of the ONNX model the rest of facemakeup uses (``recogn
 
 ``load_arcface_torch`` reads the ONNX graph with the ``onnx`` package and runs its nodes, in graph
 order, as torch operations (``ArcFaceTorch``). An interpreter of the graph, rather than a port of
-MobileFaceNet and IResNet with hand-written weight mapping, is the simpler robust route: every
-ArcFace export (InsightFace's ``w600k_mbf``, buffalo_l's ``w600k_r50``, other IResNets) is the same
-dozen ONNX operators in a different order, the graph's own wiring is the architecture (no layer
-names to match), and an operator outside the supported set is reported by name before any work.
+MobileFaceNet and IResNet with hand-written weight mapping, is the simpler robust route: ArcFace
+exports (InsightFace's ``w600k_mbf``, buffalo_l's ``w600k_r50``, other IResNets) are built from the
+same handful of ONNX operators in a different order, the graph's own wiring is the architecture (no
+layer names to match, one code path for every backbone), and an operator outside the supported set
+is reported by name before any work.
 Supported: ``Conv``, ``BatchNormalization`` (inference form), ``PRelu``, ``Relu``, ``Add``, ``Sub``,
 ``Mul``, ``Flatten``, ``Reshape``, ``Gemm``, ``MatMul``, ``Identity``, ``Dropout`` (inference: identity).
 
@@ -43,7 +44,9 @@ from ..errors import UnsupportedModelError
 from .align import ARCFACE_TEMPLATE, estimate_norm
 from .onnx import resolve_model_file
 
-#: ONNX operators ``ArcFaceTorch`` runs (the union of what ArcFace exports use).
+#: ONNX operators ``ArcFaceTorch`` runs. ``w600k_mbf`` uses Conv, PRelu, Add, Flatten, Gemm and
+#: BatchNormalization; the others are what IResNet (buffalo_l ``w600k_r50``) and MXNet-converted ArcFace
+#: exports add in inference form.
 SUPPORTED_OPS = (
     "Add", "BatchNormalization", "Conv", "Dropout", "Flatten", "Gemm", "Identity", "MatMul", "Mul", "PRelu",
     "Relu", "Reshape", "Sub",
