@@ -34,3 +34,10 @@ class ModelNotFoundError(FaceMakeUpError, OSError):
 
 class FitError(FaceMakeUpError, ValueError):
     """The 3D face fit (mesh, pose, lighting) failed for a detected face; the message says why."""
+
+
+class UnsupportedModelError(FaceMakeUpError, ValueError):
+    """A model file was found but cannot be used (not readable, or built from unsupported operators).
+
+    The message names the file, what is unsupported, and which models work.
+    """
