@@ -34,3 +34,18 @@ class ModelNotFoundError(FaceMakeUpError, OSError):
 
 class FitError(FaceMakeUpError, ValueError):
     """The 3D face fit (mesh, pose, lighting) failed for a detected face; the message says why."""
+
+
+class RecordError(FaceMakeUpError, ValueError):
+    """A FaceCaptionMask record is invalid, of an unknown ``schema_version``, or its files are missing.
+
+    The message names the record (its key and records file) and what to do (rebuild, upgrade facemakeup).
+    """
+
+
+class BuildLockedError(FaceMakeUpError, RuntimeError):
+    """Another ``build-dataset`` is running on the same output folder (its lock file is held)."""
+
+
+class PlanMismatchError(FaceMakeUpError, ValueError):
+    """An output folder's shard plan was made for other inputs than the ones given now."""
