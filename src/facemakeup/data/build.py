@@ -238,6 +238,7 @@ class RecordMaker:
         self.analyzer = FaceAnalyzer(detector=config.face_models, recognizer=config.face_models, clip_size=config.clip_size,
                                      fitter="mediapipe", parser=FaceParser(), attributes=AttributePredictor(threads=config.threads),
                                      threads=config.threads)
+        _ = self.analyzer.fitter  # made now (lazy otherwise): the models are named the same in every marker
         self.text = TextDetector(threads=config.threads)
         self.tokenizer = clip_tokenizer(config.tokenizer)
         self.captioner = None
