@@ -789,7 +789,7 @@ def format_summary(summary: dict, max_shards: int = 12) -> str:
     lines.append("rejects by filter: " + (", ".join(f"{k} {v}" for k, v in s["rejects_by_reason"].items()) or "none"))
     if s["records_skipped_by_reader"]:
         lines.append("records skipped when read: " + ", ".join(f"{k} {v}" for k, v in s["records_skipped_by_reader"].items()))
-    lines.append("models: " + ", ".join(f"{k}={v}" for k, v in s["models"].items()))
+    lines.append("models:" + "".join(f"\n  {k}: {v}" for k, v in s["models"].items()))
     times = sorted(s["shard_seconds"].items(), key=lambda kv: -kv[1])
     shown = ", ".join(f"{k}: {v:.1f}s" for k, v in times[:max_shards]) + (f" (+{len(times) - max_shards} more)" if len(times) > max_shards else "")
     lines.append("shard seconds (slowest first): " + (shown or "none"))
