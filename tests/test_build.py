@@ -77,14 +77,14 @@ def test_photo_deleted_after_recording_is_a_counted_skip(tmp_path):
     _build(src, out)
     paths[0].unlink()
     again = _build(src, out)  # used to crash writing the contact sheet
-    assert again["ok"] and again["records_skipped_by_reader"] == {"missing_files": 1} and (out / "contact.png").is_file()
+    assert again["ok"] and again["records_with_missing_photo"] == 1 and (out / "contact.png").is_file()
     ds = FaceCaptionMaskDataset(out, resolution=64, mask_resolution=8)
     assert len(ds) == 2 and ds.skipped["missing_files"] == 1
     assert len([ds[i] for i in range(len(ds))]) == 2  # a whole epoch
     Path(ds.records[1].path(ds.records[1].id_embedding)).unlink()  # vanishes mid-training
     torch.manual_seed(0)
     item = ds[1]
-    assert item["key"] == ds.records[0].key and ds.skipped["vanished"] == 1
+    assert item["key"] == ds.records[0].key and ds.skipped["unreadable_later"] == 1
 
 
 def test_records_of_unknown_version_or_damaged_are_counted_skips(tmp_path):

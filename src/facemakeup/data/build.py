@@ -750,16 +750,22 @@ def _summarize(out: Path, plan: dict, done_before: int, processed: list[int], re
             stages.update(m["stage_seconds"])
     records, skipped = ([], Counter())
     try:
-        records, skipped = read_records(out)
+        records, skipped = read_records(out, check_files=False)  # one stat per record below, not one per file
     except FileNotFoundError:
         pass
-    sheet = None
-    if records:
+    missing_photo = sum(not r.path(r.image).is_file() for r in records)
+    sheet, shown = None, []
+    for r in records:
+        if len(shown) == 16:
+            break
+        if not r.missing_files():
+            shown.append(r)
+    if shown:
         from ..viz import contact_sheet
 
         buf = io.BytesIO()
         try:
-            contact_sheet(records[:16]).save(buf, format="PNG")
+            contact_sheet(shown).save(buf, format="PNG")
             write_atomic(out / "contact.png", buf.getvalue())
             sheet = "contact.png"
         except OSError as err:
@@ -767,7 +773,8 @@ def _summarize(out: Path, plan: dict, done_before: int, processed: list[int], re
     accepted = sum(m["accepted"] for m in markers.values())
     return {
         "ok": bool(accepted) and not failures, "inputs": plan["inputs"], "records": accepted,
-        "rejects": sum(m["rejected"] for m in markers.values()), "records_skipped_by_reader": dict(skipped),
+        "rejects": sum(m["rejected"] for m in markers.values()), "records_with_missing_photo": missing_photo,
+        "records_unreadable": dict(skipped),
         "rejects_by_reason": dict(reasons.most_common()),
         "shards": {"total": len(plan["shards"]), "done_before": done_before, "processed_this_run": len(processed),
                    "repaired": repairs, "failed": sorted({f["shard"] for f in failures if f["shard"] is not None})},
@@ -787,8 +794,10 @@ def format_summary(summary: dict, max_shards: int = 12) -> str:
              f"built now, {len(s['shards']['repaired'])} repaired, {len(s['shards']['failed'])} failed)"
              + (f"   {s['images_per_second']} img/s" if s["images_per_second"] else "")]
     lines.append("rejects by filter: " + (", ".join(f"{k} {v}" for k, v in s["rejects_by_reason"].items()) or "none"))
-    if s["records_skipped_by_reader"]:
-        lines.append("records skipped when read: " + ", ".join(f"{k} {v}" for k, v in s["records_skipped_by_reader"].items()))
+    if s["records_with_missing_photo"]:
+        lines.append(f"records whose photo is gone (skipped by readers): {s['records_with_missing_photo']}")
+    if s["records_unreadable"]:
+        lines.append("records unreadable: " + ", ".join(f"{k} {v}" for k, v in s["records_unreadable"].items()))
     lines.append("models:" + "".join(f"\n  {k}: {v}" for k, v in s["models"].items()))
     times = sorted(s["shard_seconds"].items(), key=lambda kv: -kv[1])
     shown = ", ".join(f"{k}: {v:.1f}s" for k, v in times[:max_shards]) + (f" (+{len(times) - max_shards} more)" if len(times) > max_shards else "")

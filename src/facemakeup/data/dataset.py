@@ -37,9 +37,9 @@ class FaceCaptionMaskDataset(Dataset):
         max_masks: phrase masks per sample are padded / cut to this many.
 
     Records of an unknown ``schema_version``, invalid ones and ones whose files are missing are
-    skipped when the dataset is made; ``skipped`` counts them by reason. A file that disappears
-    later (during training) makes ``__getitem__`` serve the next readable record instead, with a
-    warning, and count it in ``skipped["vanished"]`` (of this process).
+    skipped when the dataset is made; ``skipped`` counts them by reason. A file that disappears or
+    cannot be read later (during training) makes ``__getitem__`` serve the next readable record
+    instead, with a warning, and count it in ``skipped["unreadable_later"]`` (of this process).
 
     Each item is a dict:
         ``pixel_values`` ``(3, R, R)`` float32 in [-1, 1] (the VAE's range); ``input_ids`` ``(77,)`` int64;
@@ -80,10 +80,10 @@ class FaceCaptionMaskDataset(Dataset):
             r = self.records[(index + k) % len(self.records)]
             try:
                 return self._item(r)
-            except FileNotFoundError as err:
-                self.skipped["vanished"] += 1
+            except OSError as err:  # FileNotFoundError, or PIL's UnidentifiedImageError for a damaged file
+                self.skipped["unreadable_later"] += 1
                 logger.warning("record %s: %s; serving the next record instead", r.key, err)
-        raise FileNotFoundError(f"every record's files are gone ({len(self.records)} records)")
+        raise FileNotFoundError(f"no record's files can be read any more ({len(self.records)} records)")
 
     def _item(self, r: Record) -> dict:
         kind = self.caption if self.caption != "random" else ("attribute" if torch.rand(()) < 0.5 else "emotion")

@@ -25,6 +25,8 @@ from ..errors import RecordError
 
 #: The version written by this facemakeup; readers refuse others with ``RecordError``.
 SCHEMA_VERSION = 1
+#: Folders of a built dataset that hold a record's files (never records files): not searched.
+DATA_FOLDERS = frozenset({"Mask", "id", "faces", "shading", "parsing", "images", "done"})
 
 
 @dataclass(frozen=True)
@@ -147,11 +149,16 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
 
 
 def records_files(root: str | os.PathLike) -> list[Path]:
-    """Every ``records-*.jsonl`` under ``root`` (outside hidden folders), in path order; or ``[root]`` for a file."""
+    """Every ``records-*.jsonl`` under ``root`` (outside hidden folders and ``DATA_FOLDERS``), in path
+    order; or ``[root]`` for a file."""
     root = Path(root)
     if root.is_file():
         return [root]
-    return sorted(p for p in root.rglob("records-*.jsonl") if not any(part.startswith(".") for part in p.relative_to(root).parts))
+    found = []
+    for folder, subfolders, names in os.walk(root):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".") and d not in DATA_FOLDERS]
+        found += [Path(folder) / n for n in names if n.startswith("records-") and n.endswith(".jsonl")]
+    return sorted(found)
 
 
 def read_records(root: str | os.PathLike, check_files: bool = True) -> tuple[list[Record], Counter]:
