@@ -5,8 +5,10 @@
 1. An uninterrupted build of the first ``--limit`` photos of ../shared/data/celeba-hq-256 (reference).
 2. Two builds started at once on one OUT: the second must be refused, the first must complete.
 3. ``--kills`` times: start the build (alternately 1 and 2 workers) on another OUT and SIGKILL it at a
-   random moment in [0.2 s, the reference's duration]; after each kill no key may appear twice.
-   Then one last re-run to completion.
+   random moment: every 4th run in its first 0.1-4 s (imports, lock, plan, verification), the others
+   0-2 photo-times after a worker started a shard (processing and commits). Shards of one photo, so
+   the kills land in every phase of a shard. After each kill no key may appear twice. Then one last
+   re-run to completion.
 4. Compare with the reference: record keys, every record line, and the SHA-256 of every output file
    (records, rejects, masks, embeddings, crops, shading and parsing maps, plan, contact sheet).
 
@@ -60,7 +62,7 @@ def main():
         sys.exit(f"no data at {args.input}")
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
-    limit = ["--limit", str(args.limit)]
+    limit = ["--limit", str(args.limit), "--shard-size", "1"]
     ref, conc, out = args.work / "reference", args.work / "concurrent", args.work / "killed"
 
     t0 = time.time()
@@ -82,16 +84,24 @@ def main():
     kills = []
     for k in range(args.kills):
         workers = 1 + k % 2
-        at = rng.uniform(0.2, full)
+        left = set((out / ".staging").glob("*"))  # what the last killed run left (this run removes it)
         proc = subprocess.Popen(cli(args.input, out, *limit, "--workers", str(workers)),
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(at)
+        t0 = time.time()
+        if k % 4 == 0:
+            phase, delay = "start", rng.uniform(0.1, 4.0)
+        else:  # a worker has made its models and opened a shard's staging folder
+            while proc.poll() is None and not set((out / ".staging").glob("*")) - left:
+                time.sleep(0.02)
+            phase, delay = "shards", rng.uniform(0.0, 2 * full / args.limit)
+        time.sleep(delay)
+        at = time.time() - t0
         finished = proc.poll() is not None
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         ks = keys(out)
         done = len(list((out / "done").glob("*.json"))) if (out / "done").is_dir() else 0
-        kills.append({"kill_at_s": round(at, 2), "workers": workers, "finished_before_kill": finished, "records": len(ks),
+        kills.append({"kill_at_s": round(at, 2), "phase": phase, "workers": workers, "finished_before_kill": finished, "records": len(ks),
                       "duplicated_keys": len(ks) - len(set(ks)), "shards_done": done})
         print(kills[-1], flush=True)
     final = subprocess.run(cli(args.input, out, *limit), capture_output=True, text=True)
