@@ -236,16 +236,22 @@ def test_disk_full_leaves_no_part_files_and_no_torn_contact_sheet(tmp_path):
 # ------------------------------------------------------------------------------------- distributors
 
 @pytest.mark.slow
-def test_dask_local_cluster_builds_the_same_records(tmp_path):
+def test_dask_builds_the_same_records(tmp_path):
+    """--distributor dask with its own LocalCluster, and with the address of a running scheduler."""
+    from dask.distributed import LocalCluster
+
     src = tmp_path / "src"
     _variants(src, 2)
     a = _build(src, tmp_path / "a")
     b = _build(src, tmp_path / "b", distributor="dask", workers=1)
-    assert b["ok"] and b["distributor"] == "dask"
-    ra, rb = _records(tmp_path / "a"), _records(tmp_path / "b")
-    assert ra == rb and a["records"] == b["records"] == 2
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+        c = _build(src, tmp_path / "c", distributor="dask", scheduler=cluster.scheduler_address)
+    assert b["ok"] and c["ok"] and b["distributor"] == c["distributor"] == "dask" and c["scheduler"].startswith("tcp://")
+    ra = _records(tmp_path / "a")
+    assert ra == _records(tmp_path / "b") == _records(tmp_path / "c") and a["records"] == 2
     for r in ra:
-        assert (tmp_path / "a" / r["id_embedding"]).read_bytes() == (tmp_path / "b" / r["id_embedding"]).read_bytes()
+        emb = (tmp_path / "a" / r["id_embedding"]).read_bytes()
+        assert emb == (tmp_path / "b" / r["id_embedding"]).read_bytes() == (tmp_path / "c" / r["id_embedding"]).read_bytes()
 
 
 def test_bad_distributor_options(tmp_path):
