@@ -313,9 +313,12 @@ def analyze(photos, out_dir, face_models, shading_crop_factor, shading_size, par
 @main.command("build-dataset")
 @click.argument("input", type=str)
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Worker processes.")
-@click.option("--shard", default="0/1", show_default=True, help="I/N: take inputs I, I+N, I+2N, ... (for job arrays).")
-@click.option("--limit", default=None, type=click.IntRange(1), help="Only the first K inputs of the shard.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Worker processes (local) or LocalCluster workers (dask).")
+@click.option("--distributor", default="local", show_default=True, type=click.Choice(["local", "dask"]),
+              help="local: processes on this machine; dask: dask.distributed (a LocalCluster, or --scheduler).")
+@click.option("--scheduler", default=None, help="Address of a running dask scheduler (tcp://HOST:8786); implies --distributor dask.")
+@click.option("--shard-size", default=None, type=click.IntRange(1), help="Photos per shard when OUT's plan is made [default: n/32, 1-256].")
+@click.option("--limit", default=None, type=click.IntRange(1), help="Only the first K photos of INPUT (fixed by OUT's plan).")
 @click.option("--min-side", default=256, show_default=True, type=int, help="Curation: minimum shorter side (px).")
 @click.option("--max-text", default=0.10, show_default=True, type=float, help="Curation: maximum text-covered fraction.")
 @click.option("--captioner", default="template", show_default=True,
@@ -323,33 +326,31 @@ def analyze(photos, out_dir, face_models, shading_crop_factor, shading_size, par
 @click.option("--tokenizer", default=None, help="SD 1.5 folder or hub id for the CLIP tokenizer (default: OpenAI's BPE vocabulary).")
 @click.option("--face-models", default=None, type=click.Path(path_type=Path), help="Folder with buffalo_l's det_10g.onnx and w600k_r50.onnx.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="Intra-op threads per model per worker.")
-def build_dataset(input, out, workers, shard, limit, min_side, max_text, captioner, tokenizer, face_models, threads):
+def build_dataset(input, out, workers, distributor, scheduler, shard_size, limit, min_side, max_text, captioner, tokenizer,
+                  face_models, threads):
     """Build FaceCaptionMask records from INPUT (folder, file list, or WebDataset .tar shards) into OUT.
 
     Curates (resolution, grayscale, text, group photos, cartoons), analyses the face, writes captions,
-    phrase masks with CLIP token indices, shading maps and ID embeddings. Re-running skips finished
-    work; safe to kill at any moment.
+    phrase masks with CLIP token indices, shading maps and ID embeddings, shard by shard. Re-running
+    finishes and repairs what is missing; safe to kill at any moment; one build per OUT at a time.
+    Exits 1 when no record was built or a shard failed.
     """
-    from .data.build import BuildConfig, build, parse_shard
+    from .data.build import BuildConfig, build, format_summary
     from .data.curation import CurationConfig
 
-    try:
-        shard_tuple = parse_shard(shard)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--shard") from None
     config = BuildConfig(curation=CurationConfig(min_side=min_side, max_text_fraction=max_text), captioner=captioner,
                          tokenizer=tokenizer, face_models=str(face_models) if face_models else None, threads=threads)
     try:
-        summary = build(input, out, workers=workers, shard=shard_tuple, limit=limit, config=config)
+        summary = build(input, out, workers=workers, limit=limit, config=config, shard_size=shard_size,
+                        distributor="dask" if scheduler else distributor, scheduler=scheduler)
     except (FileNotFoundError, ValueError, FaceMakeUpError) as err:
         _fail(err)
-    click.echo(
-        f"shard {summary['shard']}: {summary['records']} records, {summary['rejects']} rejects, {summary['errors_this_run']} errors "
-        f"({summary['processed_this_run']} processed this run, {summary['already_done']} already done"
-        + (f", {summary['images_per_second']} img/s" if summary["images_per_second"] else "") + f"); wrote {out}"
-    )
-    if summary["rejects_by_reason"]:
-        click.echo("rejects by reason: " + ", ".join(f"{k} {v}" for k, v in summary["rejects_by_reason"].items()))
+    click.echo(format_summary(summary))
+    click.echo(f"wrote {out / 'summary.json'}")
+    if not summary["ok"]:
+        click.echo("error: " + ("no record was built" if not summary["records"] else f"{len(summary['failures'])} failure(s); "
+                   "re-run the same command to retry them"), err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -41,3 +41,18 @@ class UnsupportedModelError(FaceMakeUpError, ValueError):
 
     The message names the file, what is unsupported, and which models work.
     """
+
+
+class RecordError(FaceMakeUpError, ValueError):
+    """A FaceCaptionMask record is invalid, of an unknown ``schema_version``, or its files are missing.
+
+    The message names the record (its key and records file) and what to do (rebuild, upgrade facemakeup).
+    """
+
+
+class BuildLockedError(FaceMakeUpError, RuntimeError):
+    """Another ``build-dataset`` is running on the same output folder (its lock file is held)."""
+
+
+class PlanMismatchError(FaceMakeUpError, ValueError):
+    """An output folder's shard plan was made for other inputs than the ones given now."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from PIL import Image, ImageDraw
 
@@ -142,34 +140,35 @@ def analysis_overlay(image: np.ndarray, faces: list, shading_maps: list[np.ndarr
 PHRASE_COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240))
 
 
-def record_card(record: dict, root, size: int = 256) -> Image.Image:
+def record_card(record, size: int = 256) -> Image.Image:
     """One FaceCaptionMask record drawn: the photo with its attribute-phrase masks tinted (one
     colour per phrase), and below it both captions with each phrase in its mask's colour.
 
     Args:
-        record: a record of ``data.build`` (paths relative to ``root`` or absolute).
-        root: the dataset folder.
+        record: a ``data.record.Record`` (its ``root`` resolves relative paths).
         size: side of the photo in the card (px).
 
     Returns:
         RGB ``PIL.Image`` of ``size`` x ``size + 64``.
+
+    Raises:
+        FileNotFoundError: the photo or a mask is missing (``Record.missing_files`` tells which).
     """
-    root = Path(root)
-    with Image.open(root / record["image"]) as im:
+    with Image.open(record.path(record.image)) as im:
         arr = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)).astype(np.float32)
     colours = {}  # attribute phrase -> its mask's colour
-    for k, entry in enumerate(record["phrases"]["attribute"]):
+    for k, entry in enumerate(record.phrases["attribute"]):
         colours[entry["phrase"]] = PHRASE_COLOURS[k % len(PHRASE_COLOURS)]
-        with Image.open(root / entry["mask"]) as m:
+        with Image.open(record.path(entry["mask"])) as m:
             mask = np.asarray(m.resize((size, size), Image.NEAREST)) > 127
         arr[mask] = 0.55 * arr[mask] + 0.45 * np.array(colours[entry["phrase"]], np.float32)
     card = Image.new("RGB", (size, size + 64), "white")
     card.paste(Image.fromarray(arr.astype(np.uint8)), (0, 0))
     draw = ImageDraw.Draw(card)
     y = size + 2
-    for key, caption_colours in (("face_attribute_caption", colours), ("face_emotion_caption", {})):
+    for text, caption_colours in ((record.face_attribute_caption, colours), (record.face_emotion_caption, {})):
         x = 2
-        for word in record[key].replace(",", " ,").split():
+        for word in text.replace(",", " ,").split():
             colour = next((c for p, c in caption_colours.items() if word.strip(",") in p.split()), (0, 0, 0))
             w = draw.textlength(word + " ")
             if x + w > size:
@@ -180,9 +179,9 @@ def record_card(record: dict, root, size: int = 256) -> Image.Image:
     return card
 
 
-def contact_sheet(records: list[dict], root, columns: int = 4, size: int = 256) -> Image.Image:
-    """A grid of ``record_card``s (``columns`` wide) for checking a built dataset by eye."""
-    cards = [record_card(r, root, size) for r in records]
+def contact_sheet(records: list, columns: int = 4, size: int = 256) -> Image.Image:
+    """A grid of ``record_card``s (``columns`` wide) of ``data.record.Record``s, for checking a built dataset by eye."""
+    cards = [record_card(r, size) for r in records]
     rows = max(1, -(-len(cards) // columns))
     sheet = Image.new("RGB", (columns * size, rows * (size + 64)), "white")
     for k, card in enumerate(cards):

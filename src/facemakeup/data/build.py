@@ -1,94 +1,135 @@
-"""The FaceCaptionMask builder: photos -> curated, captioned, masked records (JSONL), sharded and resumable.
+"""The FaceCaptionMask builder: photos -> curated, captioned, masked records, in shards, resumable and distributable.
 
-Follows img2dataset's shape (STYLE.md): a list of inputs split into shards by ``--shard I/N``
-(every N-th input from the I-th, so Slurm arrays, Ray or Kubernetes jobs can each take one),
-workers that turn one input into one result, and a single writer per shard that appends one
-JSON line per finished input. Layout of ``OUT`` (Face-MakeUpV2's folder and field names where it
-has them, REFERENCE.md "Dataset record"):
+Follows img2dataset's model (STYLE.md): the inputs are listed once into a **shard plan**; a shard
+is the unit of work, processed by one worker (``process_shard``, the same function under every
+distributor) and **committed atomically** with a done marker; a re-run verifies the done shards,
+redoes the rest and reports what it repaired. Distributors: ``local`` (processes on this machine)
+and ``dask`` (``dask.distributed``: a ``LocalCluster``, or any cluster given by its scheduler's
+address). Layout of ``OUT`` (Face-MakeUpV2's folder and field names where it has them):
 
-    records-IIIII-of-NNNNN.jsonl   one record per accepted photo
-    rejects-IIIII-of-NNNNN.jsonl   one line per rejected photo, with every failed filter's reason
-    summary-IIIII-of-NNNNN.json    counts, rejects by reason, throughput, provenance
-    contact-IIIII-of-NNNNN.png     16 records: masks over the photos, captions
+    plan.json                 the shard plan: the input, and each shard's photos (written once)
+    build.lock                held (``flock``) while a build runs; a second build on OUT is refused
+    records-SSSSS.jsonl       one ``record.Record`` per accepted photo of shard S (JSON lines)
+    rejects-SSSSS.jsonl       one line per rejected photo, with the failed filters' reasons
+    done/SSSSS.json           shard S's done marker: counts, rejects by reason, time per stage,
+                              models, photo errors, and the size of every file it committed
+    summary.json              the whole build: models, counts per filter, per-shard times, failures
+    contact.png               16 records: masks over the photos, captions
     Mask/Attribute/KEY_J.png, Mask/Emotion/KEY_J.png   phrase masks (uint8 0/255, photo size)
-    parsing/KEY.png                label map (uint8, CelebAMask-HQ values 0-18, photo size)
-    faces/KEY.png                  CLIP crop of the face (224 px, keypoint box x 3)
-    shading/KEY.png                shading map (512 px) of the photo's centred square (the training crop)
-    id/KEY.npy                     ArcFace ID embedding, (512,) float32, unit norm
-    images/KEY.EXT                 the photo, only for tar-shard inputs (folder inputs are referenced)
+    parsing/KEY.png           label map (uint8, CelebAMask-HQ values 0-18, photo size)
+    faces/KEY.png             CLIP crop of the face (224 px, keypoint box x 3)
+    shading/KEY.png           shading map (512 px) of the photo's centred square (the training crop)
+    id/KEY.npy                ArcFace ID embedding, (512,) float32, unit norm
+    images/KEY.EXT            the photo, only for tar inputs (folder inputs are referenced)
 
-Crash safety: every file is written to a temporary name and renamed into place, and a record's
-line is appended (flushed and fsynced) only after all its files exist. A restart reads the
-finished keys from the shard's JSONL files (cutting off a partial last line left by a kill) and
-skips them; so a ``kill -9`` at any moment loses no finished record and duplicates none.
+**Keys** (``source_key``): the photo's path relative to the input folder (or ``ARCHIVE.tar/MEMBER``),
+reduced to filename-safe characters, plus ``-`` and 12 hex digits of the SHA-256 of that path and
+the photo's bytes: ``sub/x.jpg`` and ``sub__x.jpg`` get different keys, and so do two copies of
+one photo under two names.
+
+**Commit**: a worker writes a shard's files into ``OUT/.staging/SSSSS-PID-RANDOM/``, moves them
+into place, writes the records and rejects files (each atomically: temporary file, fsync,
+rename) and last the done marker. A ``kill -9`` before the marker leaves the shard not done;
+the next run redoes it, writing the same bytes (every step is deterministic). A shard whose
+marker is there but whose files are missing or changed is redone ("repaired").
 """
 
 from __future__ import annotations
 
+import fcntl
 import glob
+import hashlib
 import importlib
 import io
 import json
+import math
 import os
+import re
+import shutil
+import socket
 import tarfile
 import time
+import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass, field, replace
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from ..errors import FaceMakeUpError, FaceTooSmallError, FitError
+from ..errors import BuildLockedError, FaceMakeUpError, PlanMismatchError
 from ..faces.parsing import region_mask
 from .captions import Caption, clip_tokenizer, find_phrases, template_captions, token_indices
 from .curation import CurationConfig, TextDetector, cartoon, grayscale, group, resolution
+from .record import Record, read_records, write_atomic, write_jsonl
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 LIST_SUFFIXES = {".txt", ".lst"}
+DISTRIBUTORS = ("local", "dask")
+#: Pipeline stages timed per shard (seconds summed over its photos).
+STAGES = ("read", "decode", "cheap_filters", "detect", "text", "cartoon", "analyze", "captions_masks", "encode", "write")
 
+
+# ------------------------------------------------------------------------------------------ inputs
 
 @dataclass(frozen=True)
 class Source:
-    """One input photo: ``key`` (unique, ``/``-separated), and either a ``path`` or a ``tar`` + ``member``."""
+    """One input photo: ``name`` (its path relative to the input folder, ``/``-separated, or
+    ``ARCHIVE.tar/MEMBER``), and either ``path`` or ``tar`` + ``member``."""
 
-    key: str
+    name: str
     path: str | None = None
     tar: str | None = None
     member: str | None = None
 
-    def read(self) -> bytes:
-        """The photo's bytes. Raises ``OSError`` if the file or member cannot be read."""
+    def to_json(self) -> list:
+        return [self.name, self.path, self.tar, self.member]
+
+    @classmethod
+    def from_json(cls, value: list) -> "Source":
+        return cls(*value)
+
+    def read(self, archives: dict | None = None) -> bytes:
+        """The photo's bytes; ``archives`` (tar path -> open ``TarFile``) keeps each archive open once.
+
+        Raises:
+            OSError: the file or member cannot be read.
+        """
         if self.path is not None:
             return Path(self.path).read_bytes()
-        with tarfile.open(self.tar) as tf:
-            f = tf.extractfile(self.member)
-            if f is None:
-                raise OSError(f"{self.tar}: {self.member} is not a file")
-            return f.read()
+        archives = {} if archives is None else archives
+        if self.tar not in archives:
+            archives[self.tar] = tarfile.open(self.tar)
+        try:
+            f = archives[self.tar].extractfile(self.member)
+        except KeyError:
+            raise OSError(f"{self.tar}: no member {self.member}") from None
+        if f is None:
+            raise OSError(f"{self.tar}: {self.member} is not a file")
+        return f.read()
 
 
 def list_sources(input: str | os.PathLike) -> list[Source]:
-    """The photos of INPUT, in a stable order.
+    """The photos of INPUT, in a stable order (the builder's only input lister).
 
     Args:
         input: a folder (its images, recursively; or, if it holds no images, its ``*.tar`` shards),
             a ``.txt``/``.lst`` file list (one path per line, relative to the list's folder; ``#``
-            comments), a WebDataset ``.tar`` shard, or a glob of shards (``"shards/*.tar"``).
+            comments), a WebDataset ``.tar`` shard, one image, or a glob of shards (``"shards/*.tar"``).
 
     Returns:
-        ``Source`` list. Keys: the path relative to the folder (folder input), the line (list input),
-        or ``SHARD/MEMBER-STEM`` (tar input, WebDataset's key), without the image extension.
+        ``Source`` list; names are paths relative to the folder, the list's lines, or ``ARCHIVE.tar/MEMBER``.
 
     Raises:
         FileNotFoundError: INPUT does not exist / matches nothing.
-        ValueError: two inputs have the same key.
+        ValueError: a list names the same photo twice.
     """
     p = Path(input)
     if p.is_dir():
         images = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
         if images:
-            sources = [Source(str(q.relative_to(p).with_suffix("")), path=str(q.resolve())) for q in images]
+            sources = [Source(q.relative_to(p).as_posix(), path=str(q.resolve())) for q in images]
         else:
             sources = _tar_sources(sorted(p.glob("*.tar")))
     elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
@@ -96,20 +137,20 @@ def list_sources(input: str | os.PathLike) -> list[Source]:
         for line in p.read_text().splitlines():
             line = line.strip()
             if line and not line.startswith("#"):
-                q = (p.parent / line) if not Path(line).is_absolute() else Path(line)
-                sources.append(Source(str(Path(line).with_suffix("")).lstrip("/"), path=str(q.resolve())))
+                q = Path(line) if Path(line).is_absolute() else p.parent / line
+                sources.append(Source(line, path=str(q.resolve())))
     elif p.is_file() and p.suffix.lower() == ".tar":
         sources = _tar_sources([p])
     elif p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
-        sources = [Source(p.stem, path=str(p.resolve()))]
+        sources = [Source(p.name, path=str(p.resolve()))]
     else:
         tars = sorted(Path(q) for q in glob.glob(str(input)))
         if not tars:
             raise FileNotFoundError(f"{input}: no such folder, file list, tar shard or matching shards")
         sources = _tar_sources(tars)
-    dup = [k for k, n in Counter(s.key for s in sources).items() if n > 1]
+    dup = [k for k, n in Counter(s.name for s in sources).items() if n > 1]
     if dup:
-        raise ValueError(f"{input}: {len(dup)} inputs share a key (e.g. {dup[0]!r}); keys must be unique")
+        raise ValueError(f"{input}: {len(dup)} photos are listed twice (e.g. {dup[0]!r}); list each once")
     return sources
 
 
@@ -119,24 +160,27 @@ def _tar_sources(tars: list[Path]) -> list[Source]:
         with tarfile.open(t) as tf:
             for m in tf.getmembers():
                 if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES:
-                    out.append(Source(f"{t.stem}/{Path(m.name).with_suffix('')}", tar=str(t.resolve()), member=m.name))
+                    out.append(Source(f"{t.name}/{m.name}", tar=str(t.resolve()), member=m.name))
     return out
 
 
-def parse_shard(text: str) -> tuple[int, int]:
-    """``"I/N"`` -> ``(I, N)`` with 0 <= I < N. Raises ``ValueError`` otherwise."""
-    try:
-        i, n = (int(v) for v in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
-    if not 0 <= i < n:
-        raise ValueError(f"--shard {text}: need 0 <= I < N")
-    return i, n
+def source_key(name: str, data: bytes) -> str:
+    """The collision-free key of a photo: ``name`` reduced to ``[A-Za-z0-9._-]`` (last 80 characters),
+    ``-``, and the first 12 hex digits of SHA-256(``name`` UTF-8, a zero byte, ``data``).
 
+    Distinct names (``sub/x.jpg``, ``sub__x.jpg``) or distinct contents give distinct keys (up to a
+    2^-48 hash collision); every output file of the photo is named by its key.
+    """
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")[-80:] or "photo"
+    digest = hashlib.sha256(name.encode("utf-8") + b"\0" + data).hexdigest()
+    return f"{slug}-{digest[:12]}"
+
+
+# ---------------------------------------------------------------------------------------- the work
 
 @dataclass
 class BuildConfig:
-    """Everything that decides a record's content (stored in every summary for provenance).
+    """Everything that decides a record's content (stored in the summary for provenance).
 
     Attributes:
         curation: filter thresholds.
@@ -160,17 +204,6 @@ class BuildConfig:
     threads: int = 1
 
 
-def _safe(key: str) -> str:
-    return key.replace("/", "__")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.part{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _png(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(array).save(buf, format="PNG", compress_level=1)
@@ -184,273 +217,600 @@ def _npy(array: np.ndarray) -> bytes:
 
 
 class RecordMaker:
-    """Turns one ``Source`` into a record (files written under ``out``) or a rejection.
+    """Turns one photo into a ``Record`` and its files, or a rejection; one per worker process.
 
-    Builds every model once (detection, ArcFace, 3D fit, parser, attributes, text detector,
-    tokenizer); one per worker process. The cheap filters run first; detection and ArcFace run on
-    every face (the group filter counts them); the 3D fit, parsing and attributes only on the
-    largest face of a photo that passed every filter.
+    Order (cheapest first, each stage only for photos that passed the previous ones): decode;
+    resolution and grayscale; face detection (``analyzer.detector``, no ArcFace) -> no face / too
+    small / group photo; text; cartoon (on the largest face); then ``FaceAnalyzer.get(max_faces=1)``
+    runs ArcFace, the 3D fit, parsing and attributes for the largest face only. ``times`` sums the
+    seconds per stage (``STAGES``).
     """
 
-    def __init__(self, out: str | os.PathLike, config: BuildConfig):
+    def __init__(self, config: BuildConfig):
         import torch
 
-        from ..faces import FaceAnalyzer, MediaPipeFitter
+        from ..faces import FaceAnalyzer
         from ..faces.attributes import AttributePredictor
         from ..faces.parsing import FaceParser
 
         torch.set_num_threads(max(1, config.threads))
-        self.out, self.config = Path(out), config
+        self.config = config
         self.analyzer = FaceAnalyzer(detector=config.face_models, recognizer=config.face_models, clip_size=config.clip_size,
-                                     fitter=None, threads=config.threads)
-        self.fitter = MediaPipeFitter()
-        self.parser = FaceParser()
-        self.attributes = AttributePredictor(threads=config.threads)
+                                     fitter="mediapipe", parser=FaceParser(), attributes=AttributePredictor(threads=config.threads),
+                                     threads=config.threads)
+        _ = self.analyzer.fitter  # made now (lazy otherwise): the models are named the same in every marker
         self.text = TextDetector(threads=config.threads)
         self.tokenizer = clip_tokenizer(config.tokenizer)
         self.captioner = None
         if config.captioner != "template":
             module, _, name = config.captioner.partition(":")
             self.captioner = getattr(importlib.import_module(module), name)
+        self.times: Counter = Counter()
 
     @property
     def model_files(self) -> dict[str, str]:
         """The models behind the records, for provenance."""
         from ..weights import WHEEL_FILES
 
-        return {**self.analyzer.model_files, "fitter": self.fitter.name, "parser": str(self.parser.weights),
-                **self.attributes.model_files, "text_detector": WHEEL_FILES["text_detector"].label,
+        return {**self.analyzer.model_files, "text_detector": WHEEL_FILES["text_detector"].label,
                 "tokenizer": self.config.tokenizer or WHEEL_FILES["clip_bpe"].label, "captioner": self.config.captioner}
 
-    def __call__(self, source: Source) -> dict:
-        """Returns ``{"status": "ok", "record": {...}}`` or ``{"status": "rejected", "key", "reasons", "curation"}``."""
+    @contextmanager
+    def _stage(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.times[name] += time.perf_counter() - t0
+
+    def __call__(self, source: Source, data: bytes) -> tuple[dict, dict[str, bytes]]:
+        """One photo -> ``({"status": "ok", "record": Record}, files)`` or ``({"status": "rejected", ...}, {})``.
+
+        ``files`` maps paths relative to OUT to their bytes. Unexpected exceptions propagate.
+        """
         from ..faces import load_image
 
-        try:
-            data = source.read()
-            rgb = load_image(data)
-        except (OSError, FaceMakeUpError) as err:
-            return _reject(source, [f"unreadable: {err}"], {})
+        with self._stage("decode"):
+            try:
+                rgb = load_image(data)
+            except (OSError, FaceMakeUpError) as err:
+                return _reject(source, [f"unreadable: {err}"], {}), {}
         cfg = self.config.curation
-        verdicts = {v.name: v for v in (resolution(rgb, cfg), grayscale(rgb, cfg))}
-        if not all(v.passed for v in verdicts.values()):  # fail fast: no face analysis for these
-            return _reject(source, [v.reason for v in verdicts.values() if not v.passed], verdicts)
-        try:
-            faces = self.analyzer.get(rgb)
-        except FaceTooSmallError as err:
-            return _reject(source, [f"face_too_small: {err}"], verdicts)
+        with self._stage("cheap_filters"):
+            verdicts = {v.name: v for v in (resolution(rgb, cfg), grayscale(rgb, cfg))}
+        if not all(v.passed for v in verdicts.values()):
+            return _reject(source, _reasons(verdicts), verdicts), {}
+        with self._stage("detect"):
+            boxes, _, kps = self.analyzer.detector.detect_multiscale(rgb, self.analyzer.det_sizes)
+        if len(boxes) == 0:
+            return _reject(source, ["no_face"], verdicts), {}
+        sizes = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
+        if sizes.max() < self.analyzer.min_face_size:
+            return _reject(source, [f"face_too_small: largest face {sizes.max():.0f} px < {self.analyzer.min_face_size}"],
+                           verdicts), {}
+        verdicts["group"] = group([float(s) for s in sizes if s >= self.analyzer.min_face_size], cfg)
+        if verdicts["group"].passed:
+            with self._stage("text"):
+                verdicts["text"] = self.text.verdict(rgb, cfg)
+            with self._stage("cartoon"):
+                verdicts["cartoon"] = cartoon(rgb, kps[int(np.argmax(sizes))], cfg)
+        if not all(v.passed for v in verdicts.values()):
+            return _reject(source, _reasons(verdicts), verdicts), {}
+        with self._stage("analyze"):
+            faces = self.analyzer.get(rgb, max_faces=1)  # ArcFace, 3D fit, parsing, attributes: the chosen face only
         if not faces:
-            return _reject(source, ["no_face"], verdicts)
-        face = faces[0]
-        verdicts["group"] = group([f.size for f in faces], cfg)
-        verdicts["text"] = self.text.verdict(rgb, cfg)
-        verdicts["cartoon"] = cartoon(rgb, face.kps, cfg)
-        reasons = [v.reason for v in verdicts.values() if not v.passed]
-        if reasons:
-            return _reject(source, reasons, verdicts)
-        try:
-            fit = self.fitter.fit(rgb, face.bbox, face.kps)
-        except FitError as err:
-            return _reject(source, [f"fit_failed: {err}"], verdicts)
-        face = replace(face, fit=fit, parsing=self.parser.parse(rgb, face.kps),
-                       attributes=self.attributes.predict(rgb, face.kps, face.bbox))
-        return {"status": "ok", "record": self._record(source, data, rgb, face, verdicts)}
+            return _reject(source, ["no_face"], verdicts), {}
+        if faces[0].fit is None:
+            return _reject(source, [f"fit_failed: {faces[0].fit_error}"], verdicts), {}
+        return self._record(source, data, rgb, faces[0], verdicts)
 
-    def _record(self, source, data, rgb, face, verdicts) -> dict:
+    def _record(self, source, data, rgb, face, verdicts) -> tuple[dict, dict[str, bytes]]:
         from ..faces.lighting import SH_BASIS
         from ..faces.render import shading_map
 
-        key, stem, out = source.key, _safe(source.key), self.out
-        attrs = face.attributes
-        info = {"key": key, "width": int(rgb.shape[1]), "height": int(rgb.shape[0]), "bbox": face.bbox[:4].tolist(),
-                "kps": face.kps.tolist(), "det_score": face.det_score, **attrs.to_json()}
-        if self.captioner is None:
-            captions = template_captions(attrs.celeba, attrs.age, attrs.gender, attrs.emotion)
-        else:
-            texts = self.captioner(rgb, dict(info))
-            captions = tuple(Caption(t, kind, find_phrases(t)) for t, kind in zip(texts, ("attribute", "emotion")))
-        files: dict[str, bytes] = {}
-        entries = {}
-        for cap, folder in zip(captions, ("Attribute", "Emotion")):
-            token_indices(self.tokenizer, cap)
-            entries[cap.kind] = []
-            for j, ph in enumerate(cap.phrases):
-                mask = region_mask(face.parsing, ph.region, face.kps)
-                if not mask.any() or not ph.token_indices:
-                    continue
-                name = f"Mask/{folder}/{stem}_{j}.png"
-                files[name] = _png(mask.astype(np.uint8) * 255)
-                entries[cap.kind].append({"mask": name, "token_indices": ph.token_indices, "phrase": ph.text, "region": ph.region})
-        if source.tar is not None:
-            image_field = f"images/{stem}{Path(source.member).suffix.lower()}"
-            files[image_field] = data
-        else:
-            image_field = source.path
-        files[f"parsing/{stem}.png"] = _png(face.parsing)
-        files[f"faces/{stem}.png"] = _png(face.clip_image)
+        key = source_key(source.name, data)
+        attrs = face.attributes.to_json()
         h, w = rgb.shape[:2]
-        side = min(h, w)  # the centred square the Dataset cuts training images to: the map lines up with it
-        square = [(w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side]
-        files[f"shading/{stem}.png"] = _png(shading_map(face.fit, face.kps, box=square,
-                                                        height=self.config.shading_size, width=self.config.shading_size))
-        files[f"id/{stem}.npy"] = _npy(face.embedding.astype(np.float32))
-        for name, blob in files.items():
-            _write_atomic(out / name, blob)
+        with self._stage("captions_masks"):
+            if self.captioner is None:
+                a = face.attributes
+                captions = template_captions(a.celeba, a.age, a.gender, a.emotion)
+            else:
+                info = {"key": key, "width": w, "height": h, "bbox": face.bbox.tolist(), "kps": face.kps.tolist(), **attrs}
+                texts = self.captioner(rgb, info)
+                captions = tuple(Caption(t, kind, find_phrases(t)) for t, kind in zip(texts, ("attribute", "emotion")))
+            masks, entries = {}, {}
+            for cap, folder in zip(captions, ("Attribute", "Emotion")):
+                token_indices(self.tokenizer, cap)
+                entries[cap.kind] = []
+                for j, ph in enumerate(cap.phrases):
+                    mask = region_mask(face.parsing, ph.region, face.kps)
+                    if not mask.any() or not ph.token_indices:
+                        continue
+                    name = f"Mask/{folder}/{key}_{j}.png"
+                    masks[name] = mask
+                    entries[cap.kind].append({"mask": name, "token_indices": ph.token_indices, "phrase": ph.text, "region": ph.region})
+            side = min(h, w)  # the centred square the Dataset cuts training images to: the map lines up with it
+            square = [(w - side) // 2, (h - side) // 2, (w - side) // 2 + side, (h - side) // 2 + side]
+            shading = shading_map(face.fit, face.kps, box=square, height=self.config.shading_size, width=self.config.shading_size)
+        with self._stage("encode"):
+            files = {name: _png(m.astype(np.uint8) * 255) for name, m in masks.items()}
+            if source.tar is not None:
+                image_field = f"images/{key}{Path(source.member).suffix.lower()}"
+                files[image_field] = data
+            else:
+                image_field = source.path
+            files[f"parsing/{key}.png"] = _png(face.parsing)
+            files[f"faces/{key}.png"] = _png(face.clip_image)
+            files[f"shading/{key}.png"] = _png(shading)
+            files[f"id/{key}.npy"] = _npy(face.embedding.astype(np.float32))
         att, emo = captions
-        return {
-            "image": image_field, "face": [f"faces/{stem}.png"],
-            "face_attribute_caption": att.text, "face_emotion_caption": emo.text,
-            "atrribute_parsing_masks": [{"mask": e["mask"], "token_indices": e["token_indices"]} for e in entries["attribute"]],
-            "emotion_parsing_masks": [{"mask": e["mask"], "token_indices": e["token_indices"]} for e in entries["emotion"]],
-            **info,
-            "clip_box": [float(v) for v in face.clip_box], "pose": face.fit.pose, "sh": face.fit.sh.tolist(),
-            "sh_basis": list(SH_BASIS), "fitter": face.fit.fitter,
-            "id_embedding": f"id/{stem}.npy", "shading": f"shading/{stem}.png", "parsing": f"parsing/{stem}.png",
-            "phrases": {"attribute": entries["attribute"], "emotion": entries["emotion"]},
-            "curation": {k: v.to_json() for k, v in verdicts.items()},
-        }
+        origin = {"name": source.name, "sha256": hashlib.sha256(data).hexdigest()}
+        origin.update({"path": source.path} if source.path else {"tar": source.tar, "member": source.member})
+        record = Record(
+            key=key, image=image_field, face=[f"faces/{key}.png"],
+            face_attribute_caption=att.text, face_emotion_caption=emo.text,
+            atrribute_parsing_masks=[{"mask": e["mask"], "token_indices": e["token_indices"]} for e in entries["attribute"]],
+            emotion_parsing_masks=[{"mask": e["mask"], "token_indices": e["token_indices"]} for e in entries["emotion"]],
+            id_embedding=f"id/{key}.npy", kps=face.kps.tolist(), bbox=face.bbox[:4].tolist(), pose=face.fit.pose,
+            sh=face.fit.sh.tolist(), sh_basis=list(SH_BASIS), shading=f"shading/{key}.png", parsing=f"parsing/{key}.png",
+            attributes=attrs["attributes"], gender=attrs["gender"], age=attrs["age"], emotion=attrs["emotion"],
+            width=int(w), height=int(h), det_score=face.det_score, clip_box=[float(v) for v in face.clip_box],
+            fitter=face.fit.fitter, phrases={"attribute": entries["attribute"], "emotion": entries["emotion"]},
+            curation={k: v.to_json() for k, v in verdicts.items()}, source=origin,
+        )
+        return {"status": "ok", "record": record}, files
+
+
+def _reasons(verdicts: dict) -> list[str]:
+    return [v.reason for v in verdicts.values() if not v.passed]
 
 
 def _reject(source: Source, reasons: list[str], verdicts: dict) -> dict:
-    return {"status": "rejected", "key": source.key, "image": source.path or f"{source.tar}:{source.member}",
+    return {"status": "rejected", "name": source.name, "image": source.path or f"{source.tar}:{source.member}",
             "reasons": reasons, "curation": {k: v.to_json() for k, v in verdicts.items()}}
 
 
-# ----------------------------------------------------------------------------------- the writer
-
-def _repair_and_read(path: Path) -> list[dict]:
-    """Lines of a JSONL file; a partial last line (a kill mid-write) is cut off the file first."""
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        cut = data.rfind(b"\n") + 1
-        with open(path, "r+b") as f:
-            f.truncate(cut)
-        data = data[:cut]
-    return [json.loads(line) for line in data.decode("utf-8").splitlines() if line.strip()]
+_MAKERS: dict[str, RecordMaker] = {}
 
 
-def _append(f, obj: dict) -> None:
-    f.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    f.flush()
-    os.fsync(f.fileno())
+def _maker(config: BuildConfig) -> RecordMaker:
+    """This process's ``RecordMaker`` for ``config`` (models load once per worker process)."""
+    tag = json.dumps(asdict(config), sort_keys=True)
+    if tag not in _MAKERS:
+        _MAKERS[tag] = RecordMaker(config)
+    return _MAKERS[tag]
 
 
-_WORKER: RecordMaker | None = None
+def process_shard(out: str | os.PathLike, index: int, sources: list, config: BuildConfig, on_photo=None) -> dict:
+    """Build and commit one shard: the worker function of every distributor.
+
+    Args:
+        out: the output folder (shared by all workers).
+        index: the shard's number in the plan.
+        sources: its photos, ``Source.to_json()`` lists.
+        config: ``BuildConfig``.
+        on_photo: called after each photo (progress), or ``None``.
+
+    Returns:
+        The done marker (also written to ``OUT/done/SSSSS.json``): counts, rejects by reason, photo
+        errors (unexpected exceptions; a shard with errors is redone by the next run), seconds,
+        seconds per stage, models, and ``files`` (path -> size) it committed.
+
+    Raises:
+        OSError: writing failed (e.g. the disk is full); nothing of the shard is marked done and
+            its staging folder is removed.
+    """
+    t0 = time.perf_counter()
+    out = Path(out)
+    maker = _maker(config)
+    times0 = Counter(maker.times)
+    staging = out / ".staging" / f"{index:05d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging.mkdir(parents=True)
+    records, rejects, errors, reasons = [], [], [], Counter()
+    archives: dict = {}
+    try:
+        for item in sources:
+            source = Source.from_json(item)
+            try:
+                with maker._stage("read"):
+                    try:
+                        data = source.read(archives)
+                    except OSError as err:
+                        data = None
+                        res, files = _reject(source, [f"unreadable: {err}"], {}), {}
+                if data is not None:
+                    res, files = maker(source, data)
+            except Exception as err:  # one bad photo must not stop a shard; the shard is redone next run
+                errors.append({"name": source.name, "error": f"{type(err).__name__}: {err}"})
+                continue
+            finally:
+                if on_photo is not None:
+                    on_photo()
+            if res["status"] == "ok":
+                with maker._stage("write"):
+                    for rel, blob in files.items():
+                        (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                        (staging / rel).write_bytes(blob)
+                records.append(res["record"])
+            else:
+                rejects.append({k: v for k, v in res.items() if k != "status"})
+                reasons.update({r.split(":")[0] for r in res["reasons"]})
+        with maker._stage("write"):
+            committed = {}
+            for p in sorted(staging.rglob("*")):
+                if p.is_file():
+                    rel = p.relative_to(staging).as_posix()
+                    committed[rel] = p.stat().st_size
+                    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(p, out / rel)
+            tag = f"{index:05d}"
+            write_jsonl(out / f"records-{tag}.jsonl", records)
+            write_jsonl(out / f"rejects-{tag}.jsonl", rejects)
+            marker = {
+                "shard": index, "inputs": len(sources), "accepted": len(records), "rejected": len(rejects),
+                "errors": errors, "rejects_by_reason": dict(reasons.most_common()),
+                "seconds": round(time.perf_counter() - t0, 3),
+                "stage_seconds": {k: round(maker.times[k] - times0[k], 3) for k in STAGES if maker.times[k] - times0[k] > 0},
+                "models": maker.model_files,
+                "records_sha256": _sha256_file(out / f"records-{tag}.jsonl"),
+                "rejects_sha256": _sha256_file(out / f"rejects-{tag}.jsonl"),
+                "files": committed, "worker": f"{socket.gethostname()}:{os.getpid()}",
+            }
+            write_atomic(out / "done" / f"{tag}.json", json.dumps(marker, indent=1).encode())
+        return marker
+    finally:
+        for tf in archives.values():
+            tf.close()
+        shutil.rmtree(staging, ignore_errors=True)
 
 
-def _init_worker(out: str, config: BuildConfig) -> None:
-    global _WORKER
-    _WORKER = RecordMaker(out, config)
+def _sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _work(source: Source) -> dict:
-    return _safe_call(_WORKER, source)
+# ------------------------------------------------------------------------------ plan, lock, verify
+
+PLAN = "plan.json"
 
 
-def _worker_models() -> dict:
-    return _WORKER.model_files
+def _input_id(input) -> str:
+    p = Path(input)
+    return str(p.resolve()) if p.exists() else str(input)
 
 
-def build(input: str | os.PathLike, out: str | os.PathLike, workers: int = 1, shard: tuple[int, int] = (0, 1),
-          limit: int | None = None, config: BuildConfig | None = None, progress: bool = True) -> dict:
-    """Build (or finish building) one shard of a FaceCaptionMask dataset.
+def make_plan(input, out: Path, shard_size: int | None = None, limit: int | None = None) -> dict:
+    """The shard plan of OUT: read if it exists (and checked against INPUT), else listed once and written.
+
+    Args:
+        shard_size: photos per shard; ``None`` = ``ceil(n / 32)`` clipped to [1, 256] (32 shards
+            for small sets, balancing up to ~8 workers). Only used when the plan is made.
+        limit: plan only the first ``limit`` photos.
+
+    Returns:
+        ``{"input", "limit", "shard_size", "inputs", "shards": [[Source.to_json(), ...], ...]}``.
+
+    Raises:
+        PlanMismatchError: OUT was planned for another INPUT or limit.
+        FileNotFoundError / ValueError: bad INPUT (see ``list_sources``) or no photos in it.
+    """
+    path = out / PLAN
+    if path.is_file():
+        plan = json.loads(path.read_text())
+        if plan["input"] != _input_id(input) or plan["limit"] != limit:
+            raise PlanMismatchError(
+                f"{out} holds a build of {plan['input']} (limit {plan['limit']}), not of {_input_id(input)} (limit {limit}): "
+                "re-run with the same INPUT and --limit, or write into another OUT")
+        return plan
+    sources = list_sources(input)[:limit]
+    if not sources:
+        raise FileNotFoundError(f"{input}: no photos ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
+    size = shard_size or min(256, max(1, math.ceil(len(sources) / 32)))
+    plan = {"input": _input_id(input), "limit": limit, "shard_size": size, "inputs": len(sources),
+            "shards": [[s.to_json() for s in sources[i:i + size]] for i in range(0, len(sources), size)]}
+    write_atomic(path, json.dumps(plan).encode())
+    return plan
+
+
+class BuildLock:
+    """``OUT/build.lock``, held with ``flock`` while a build runs (released by the kernel when the process dies).
+
+    The file holds the holder's pid, host and start time. A file whose lock is free was left by a
+    process that died (``kill -9``, a crash): it is taken over and ``stale`` holds what it said.
+
+    Raises (on ``__enter__``):
+        BuildLockedError: another live process holds the lock.
+    """
+
+    def __init__(self, out: Path):
+        self.path = Path(out) / "build.lock"
+        self.fd = None
+        self.stale: dict | None = None
+
+    def __enter__(self) -> "BuildLock":
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 4096).decode(errors="replace").strip()
+                os.close(fd)
+                raise BuildLockedError(
+                    f"{self.path.parent} is being built by another build-dataset ({holder or 'starting'}); wait for it to "
+                    "finish (a re-run then finishes whatever it left), or write into another OUT") from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:  # else the previous holder removed the file between our open and flock: retry
+                break
+            os.close(fd)
+        old = os.read(fd, 4096).decode(errors="replace").strip()
+        if old:
+            try:
+                self.stale = json.loads(old)
+            except json.JSONDecodeError:
+                self.stale = {"content": old}
+        info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        os.fsync(fd)
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.path.unlink(missing_ok=True)
+        os.close(self.fd)
+
+
+def verify_shard(out: Path, index: int) -> str:
+    """``"done"`` if shard ``index`` is committed and its files verify, ``"todo"`` if it never was,
+    else why it must be redone (damaged marker, photo errors last run, a missing or changed file)."""
+    tag = f"{index:05d}"
+    marker_path = out / "done" / f"{tag}.json"
+    if not marker_path.is_file():
+        return "todo"
+    try:
+        marker = json.loads(marker_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return "done marker damaged"
+    if marker.get("errors"):
+        return f"{len(marker['errors'])} photo error(s) last run: {marker['errors'][0]['error']}"
+    for kind in ("records", "rejects"):
+        f = out / f"{kind}-{tag}.jsonl"
+        if not f.is_file():
+            return f"{f.name} missing"
+        if _sha256_file(f) != marker.get(f"{kind}_sha256"):
+            return f"{f.name} changed"
+    for rel, size in marker.get("files", {}).items():
+        try:
+            if (out / rel).stat().st_size != size:
+                return f"{rel} changed size"
+        except FileNotFoundError:
+            return f"{rel} missing"
+    return "done"
+
+
+def _clean(out: Path) -> None:
+    """Remove what killed runs left: staging folders and temporary ``.*.part*`` files of atomic writes."""
+    shutil.rmtree(out / ".staging", ignore_errors=True)
+    for folder in (out, out / "done"):
+        for p in folder.glob(".*.part*"):
+            p.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------------- distributors
+
+def _die_with_parent() -> None:  # a local worker must not outlive a killed build (it would keep writing)
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _run_local(out, plan, todo, config, workers, bar):
+    """Yields ``(shard, marker or exception)`` as shards finish, on processes of this machine."""
+    if workers <= 1:
+        for i in todo:
+            try:
+                yield i, process_shard(out, i, plan["shards"][i], config, on_photo=lambda: bar.update(1))
+            except Exception as err:
+                yield i, err
+        return
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_die_with_parent) as ex:
+        futures = {ex.submit(process_shard, str(out), i, plan["shards"][i], config): i for i in todo}
+        for f in as_completed(futures):
+            i = futures[f]
+            bar.update(len(plan["shards"][i]))
+            try:
+                yield i, f.result()
+            except Exception as err:
+                yield i, err
+
+
+def _run_dask(out, plan, todo, config, workers, scheduler, bar):
+    """Yields ``(shard, marker or exception)`` as shards finish on a dask.distributed cluster
+    (``scheduler`` address, or a ``LocalCluster`` of ``workers`` single-threaded processes)."""
+    from dask.distributed import Client, LocalCluster, as_completed
+
+    cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                                  dashboard_address=None)
+    client = Client(scheduler or cluster)
+    run = uuid.uuid4().hex[:8]
+    try:
+        futures = {client.submit(process_shard, str(out), i, plan["shards"][i], config, pure=False,
+                                 key=f"facemakeup-shard-{i:05d}-{run}"): i for i in todo}
+        for f in as_completed(futures):
+            i = futures[f]
+            bar.update(len(plan["shards"][i]))
+            try:
+                yield i, f.result()
+            except Exception as err:
+                yield i, err
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# ------------------------------------------------------------------------------------------ build
+
+def build(input: str | os.PathLike, out: str | os.PathLike, workers: int = 1, limit: int | None = None,
+          config: BuildConfig | None = None, distributor: str = "local", scheduler: str | None = None,
+          shard_size: int | None = None, progress: bool = True) -> dict:
+    """Build (or finish, or repair) a FaceCaptionMask dataset in OUT.
 
     Args:
         input: see ``list_sources``.
-        out: output folder (created); several shards may write into the same folder.
-        workers: processes (1 = in this process).
-        shard: ``(I, N)``: this run takes inputs I, I+N, I+2N, ... of INPUT's sorted list.
-        limit: take only the first ``limit`` inputs of the shard.
+        out: output folder (created). Holds the shard plan; one build at a time (``BuildLock``).
+        workers: processes (``local``; 1 = in this process) or ``LocalCluster`` workers (``dask``).
+        limit: only the first ``limit`` photos (fixed by the plan).
         config: ``BuildConfig`` (defaults if None).
+        distributor: ``"local"`` or ``"dask"``.
+        scheduler: a dask scheduler address (``tcp://host:8786``); ``None`` = a ``LocalCluster``.
+        shard_size: photos per shard when the plan is made (see ``make_plan``).
         progress: show a tqdm progress bar.
 
     Returns:
-        The summary (also written to ``summary-IIIII-of-NNNNN.json``): inputs, already done,
-        accepted, rejected, rejects by reason, errors (unexpected exceptions on a photo: reported, not
-        written, so a re-run retries them), seconds, images/s, models and versions.
+        The summary (also ``OUT/summary.json``): ``ok`` (some records and no failed shard), counts
+        (inputs, records, rejects, per filter), shards (done before, processed, repaired with
+        reasons, failed with reasons), per-shard seconds, seconds per stage, images/s, models,
+        config, provenance.
 
     Raises:
-        FileNotFoundError / ValueError: bad INPUT (see ``list_sources``).
+        BuildLockedError: another build runs on OUT.
+        PlanMismatchError: OUT was planned for another INPUT / limit.
+        FileNotFoundError / ValueError: bad INPUT, distributor or scheduler.
         ModelNotFoundError: a model is missing (checked before any photo is processed).
     """
     from tqdm import tqdm
 
     from ..provenance import environment
-    from ..viz import contact_sheet
 
+    if distributor not in DISTRIBUTORS:
+        raise ValueError(f"distributor must be one of {DISTRIBUTORS}, got {distributor!r}")
+    if scheduler and distributor != "dask":
+        raise ValueError(f"a scheduler address ({scheduler}) needs distributor='dask'")
     config = config or BuildConfig()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    i, n = shard
-    tag = f"{i:05d}-of-{n:05d}"
-    sources = list_sources(input)[i::n][:limit]
-    rec_path, rej_path = out / f"records-{tag}.jsonl", out / f"rejects-{tag}.jsonl"
-    done = {r.get("key") for r in _repair_and_read(rec_path)} | {r.get("key") for r in _repair_and_read(rej_path)}
-    todo = [s for s in sources if s.key not in done]
-    t0 = time.time()
-    counts, reasons = Counter(), Counter()
-    bar = tqdm(total=len(sources), initial=len(sources) - len(todo), desc=f"build {tag}", unit="img", disable=not progress)
-    model_files, errors = {}, []
-    if todo:
-        preflight(config)
-    with open(rec_path, "a", encoding="utf-8") as rec_f, open(rej_path, "a", encoding="utf-8") as rej_f:
-        pool = None
-        if workers <= 1 or not todo:
-            maker = RecordMaker(out, config) if todo else None
-            model_files = maker.model_files if maker else {}
-            results = (_safe_call(maker, s) for s in todo)
-        else:
-            import multiprocessing as mp
-
-            pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(str(out), config))
-            results = pool.imap(_work, todo, chunksize=1)
-        try:
-            for res in results:
-                if res["status"] == "ok":
-                    _append(rec_f, res["record"])
-                    counts["accepted"] += 1
-                elif res["status"] == "error":
-                    errors.append({"key": res["key"], "error": res["error"]})
-                else:
-                    _append(rej_f, {k: v for k, v in res.items() if k != "status"})
-                    counts["rejected"] += 1
-                    reasons.update({r.split(":")[0] for r in res["reasons"]})
-                bar.update(1)
-                bar.set_postfix(ok=counts["accepted"], rejected=counts["rejected"])
-            if pool is not None:
-                model_files = pool.apply(_worker_models)
-        finally:
-            if pool is not None:
-                pool.terminate()
-    bar.close()
-    seconds = time.time() - t0
-    records = _repair_and_read(rec_path)
-    rejects = _repair_and_read(rej_path)
-    all_reasons = Counter(r.split(":")[0] for rej in rejects for r in rej["reasons"])
-    sheet = None
-    if records:
-        sheet = f"contact-{tag}.png"
-        contact_sheet(records[:16], out).save(out / sheet)
-    summary = {
-        "task": "build-dataset", "input": str(input), "out": str(out), "shard": f"{i}/{n}", "inputs": len(sources),
-        "already_done": len(sources) - len(todo), "processed_this_run": len(todo), "accepted_this_run": counts["accepted"],
-        "rejected_this_run": counts["rejected"], "errors_this_run": len(errors), "errors": errors[:100],
-        "records": len(records), "rejects": len(rejects),
-        "rejects_by_reason": dict(all_reasons.most_common()), "seconds": round(seconds, 1),
-        "images_per_second": round(len(todo) / seconds, 3) if todo and seconds > 0 else None, "workers": workers,
-        "contact_sheet": sheet, "config": asdict(config), "models": model_files, **environment(),
-    }
-    _write_atomic(out / f"summary-{tag}.json", json.dumps(summary, indent=2).encode())
+    with BuildLock(out) as lock:
+        _clean(out)
+        plan = make_plan(input, out, shard_size, limit)
+        n = len(plan["shards"])
+        state = {i: verify_shard(out, i) for i in range(n)}
+        todo = [i for i in range(n) if state[i] != "done"]
+        repairs = [{"shard": i, "reason": state[i]} for i in todo if state[i] != "todo"]
+        for r in repairs:
+            (out / "done" / f"{r['shard']:05d}.json").unlink(missing_ok=True)
+        if todo:
+            preflight(config)
+        photos = sum(len(plan["shards"][i]) for i in todo)
+        bar = tqdm(total=photos, desc="build-dataset", unit="img", disable=not progress)
+        t0 = time.time()
+        run = (_run_dask(out, plan, todo, config, workers, scheduler, bar) if distributor == "dask"
+               else _run_local(out, plan, todo, config, workers, bar))
+        failures, processed = [], []
+        for i, res in run:
+            if isinstance(res, BaseException):
+                failures.append({"shard": i, "reason": f"{type(res).__name__}: {res}"})
+            else:
+                processed.append(i)
+                failures += [{"shard": i, "reason": f"{e['name']}: {e['error']}"} for e in res["errors"]]
+            bar.set_postfix(failed=len(failures))
+        bar.close()
+        seconds = time.time() - t0
+        _clean(out)
+        summary = _summarize(out, plan, n - len(todo), processed, repairs, failures, seconds, photos)
+        summary.update({"task": "build-dataset", "input": plan["input"], "out": str(out), "distributor": distributor,
+                        "scheduler": scheduler, "workers": workers, "took_over_stale_lock": lock.stale,
+                        "config": asdict(config), **environment()})
+        write_atomic(out / "summary.json", json.dumps(summary, indent=2).encode())
     return summary
 
 
-def _safe_call(maker: RecordMaker, source: Source) -> dict:
+def _summarize(out: Path, plan: dict, done_before: int, processed: list[int], repairs: list, failures: list, seconds: float, photos: int) -> dict:
+    markers = {}
+    for i in range(len(plan["shards"])):
+        try:
+            markers[i] = json.loads((out / "done" / f"{i:05d}.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+    reasons, stages, models = Counter(), Counter(), {}
+    for i, m in markers.items():
+        reasons.update(m["rejects_by_reason"])
+        models.update(m["models"])
+        if i in processed:
+            stages.update(m["stage_seconds"])
+    records, skipped = ([], Counter())
     try:
-        return maker(source)
-    except Exception as err:  # one bad photo must not stop a million-photo build; not persisted: a re-run retries it
-        return {"status": "error", "key": source.key, "error": f"{type(err).__name__}: {err}"}
+        records, skipped = read_records(out, check_files=False)  # one stat per record below, not one per file
+    except FileNotFoundError:
+        pass
+    missing_photo = sum(not r.path(r.image).is_file() for r in records)
+    sheet, shown = None, []
+    for r in records:
+        if len(shown) == 16:
+            break
+        if not r.missing_files():
+            shown.append(r)
+    if shown:
+        from ..viz import contact_sheet
+
+        buf = io.BytesIO()
+        try:
+            contact_sheet(shown).save(buf, format="PNG")
+            write_atomic(out / "contact.png", buf.getvalue())
+            sheet = "contact.png"
+        except OSError as err:
+            failures.append({"shard": None, "reason": f"contact sheet: {type(err).__name__}: {err}"})
+    accepted = sum(m["accepted"] for m in markers.values())
+    return {
+        "ok": bool(accepted) and not failures, "inputs": plan["inputs"], "records": accepted,
+        "rejects": sum(m["rejected"] for m in markers.values()), "records_with_missing_photo": missing_photo,
+        "records_unreadable": dict(skipped),
+        "rejects_by_reason": dict(reasons.most_common()),
+        "shards": {"total": len(plan["shards"]), "done_before": done_before, "processed_this_run": len(processed),
+                   "repaired": repairs, "failed": sorted({f["shard"] for f in failures if f["shard"] is not None})},
+        "failures": failures, "shard_seconds": {str(i): m["seconds"] for i, m in sorted(markers.items())},
+        "stage_seconds_this_run": {k: round(stages[k], 2) for k in STAGES if k in stages},
+        "photos_this_run": photos, "seconds": round(seconds, 2),
+        "images_per_second": round(photos / seconds, 3) if photos and seconds > 0 else None,
+        "models": models, "contact_sheet": sheet,
+    }
+
+
+def format_summary(summary: dict, max_shards: int = 12) -> str:
+    """The summary as the table ``facemakeup build-dataset`` prints: counts, filters, models, shard times, failures."""
+    s = summary
+    lines = [f"records {s['records']}   rejects {s['rejects']}   inputs {s['inputs']}   "
+             f"shards {s['shards']['total']} ({s['shards']['done_before']} done before, {s['shards']['processed_this_run']} "
+             f"built now, {len(s['shards']['repaired'])} repaired, {len(s['shards']['failed'])} failed)"
+             + (f"   {s['images_per_second']} img/s" if s["images_per_second"] else "")]
+    lines.append("rejects by filter: " + (", ".join(f"{k} {v}" for k, v in s["rejects_by_reason"].items()) or "none"))
+    if s["records_with_missing_photo"]:
+        lines.append(f"records whose photo is gone (skipped by readers): {s['records_with_missing_photo']}")
+    if s["records_unreadable"]:
+        lines.append("records unreadable: " + ", ".join(f"{k} {v}" for k, v in s["records_unreadable"].items()))
+    lines.append("models:" + "".join(f"\n  {k}: {v}" for k, v in s["models"].items()))
+    times = sorted(s["shard_seconds"].items(), key=lambda kv: -kv[1])
+    shown = ", ".join(f"{k}: {v:.1f}s" for k, v in times[:max_shards]) + (f" (+{len(times) - max_shards} more)" if len(times) > max_shards else "")
+    lines.append("shard seconds (slowest first): " + (shown or "none"))
+    if s["stage_seconds_this_run"]:
+        lines.append("seconds per stage this run: " + ", ".join(f"{k} {v}" for k, v in s["stage_seconds_this_run"].items()))
+    for r in s["shards"]["repaired"]:
+        lines.append(f"repaired shard {r['shard']}: {r['reason']}")
+    for f in s["failures"]:
+        lines.append(f"FAILED shard {f['shard']}: {f['reason']}")
+    if s.get("took_over_stale_lock"):
+        lines.append(f"took over the stale lock of a build that died: {s['took_over_stale_lock']}")
+    return "\n".join(lines)
 
 
 def preflight(config: BuildConfig) -> None:
