@@ -29,7 +29,6 @@ Example:
 
 import io
 import json
-import logging
 import os
 import random
 import re
@@ -50,8 +49,6 @@ from .faces.image import load_image
 from .faces.lighting import sh_from_direction
 from .faces.render import render_sphere, shading_map
 from .viz import conditions_sheet, draw_faces
-
-logger = logging.getLogger(__name__)
 
 #: Reference photos one request may mix.
 MAX_REFERENCES = 4
@@ -88,7 +85,7 @@ class DemoRequest:
         shading_crop_factor: shading-map crop, keypoint box x this (V2 demo: 5).
         prompt, negative_prompt: text. ip_scale, s_scale, controlnet_scale, guidance_scale: as the
             pipeline's ``ip_scale``, ``s_scale``, ``controlnet_conditioning_scale``, ``guidance_scale``.
-        steps: denoising steps. num_images: images per request. seed: integer seed.
+        steps: denoising steps. num_images: images per request. seed: integer seed (``None``: refused).
         width, height: output size in pixels (multiples of 8).
     """
 
@@ -111,7 +108,7 @@ class DemoRequest:
     guidance_scale: float = 7.5
     steps: int = 50
     num_images: int = 1
-    seed: int = 42
+    seed: int | None = 42
     width: int = 512
     height: int = 512
 
@@ -366,6 +363,8 @@ class DemoBackend:
 
         if not (req.prompt or "").strip():
             raise ValueError("write a prompt, e.g. 'a photo of a person smiling, best quality'")
+        if req.seed is None:
+            raise ValueError("enter a seed (an integer >= 0) or press 'Random seed'")
         steps, num_images, seed = int(req.steps), int(req.num_images), int(req.seed)
         width, height = int(req.width), int(req.height)
         for name, value in (("width", width), ("height", height)):
@@ -568,7 +567,7 @@ def build_demo(pipeline, output_dir="facemakeup-demo", analyzer=None, max_pixels
                 face_indices=faces, target=v[0], pose_from=v[1], light_from=v[2], light_x=v[3], light_y=v[4], light_strength=v[5],
                 crop_factor=v[6], shading_crop_factor=v[7], prompt=v[8], negative_prompt=v[9], ip_scale=v[10], s_scale=v[11],
                 controlnet_scale=v[12], guidance_scale=v[13], steps=int(v[14]), num_images=int(v[15]),
-                seed=int(v[16] if v[16] is not None else 42), width=int(v[17]), height=int(v[18]),
+                seed=v[16], width=int(v[17]), height=int(v[18]),
             )
 
         def run(fn, *args):
@@ -606,7 +605,7 @@ def build_demo(pipeline, output_dir="facemakeup-demo", analyzer=None, max_pixels
 
         def on_sphere(x, y, s, evt: gr.SelectData):
             px, py = sphere_point(*evt.index)
-            px, py = (float(np.clip(px, -1, 1)), float(np.clip(py, -1, 1)))
+            px, py = (round(float(np.clip(px, -1, 1)), 2), round(float(np.clip(py, -1, 1)), 2))  # the sliders' step
             return px, py, "direction (sphere)", sphere_image(px, py, s)
 
         faces_events = {"concurrency_id": "faces", "concurrency_limit": 1}
