@@ -27,6 +27,7 @@ Example:
 """
 
 
+import hashlib
 import io
 import json
 import os
@@ -65,7 +66,7 @@ NEGATIVE_PROMPT = "monochrome, lowres, bad anatomy, worst quality, low quality, 
 #: Side of the clickable lit sphere in pixels.
 SPHERE_SIZE = 160
 #: Analysed photos kept in memory (by content hash).
-CACHE_SIZE = 16
+CACHE_SIZE = 8
 
 
 @dataclass
@@ -235,8 +236,6 @@ class DemoBackend:
                 and the uploaded name.
             NoFaceError: no face in the photo (``FaceTooSmallError`` when all faces are too small).
         """
-        import hashlib
-
         label = safe_label(path, prefix)
         size = os.path.getsize(path)
         if size > self.max_file_size:
