@@ -49,7 +49,7 @@ def backend(tmp_path_factory, analyzer):
 
 
 def req(*refs, **kw):
-    return DemoRequest(references=[str(r) for r in refs], width=64, height=64, steps=2, prompt="a portrait", **kw)
+    return DemoRequest(references=[str(r) for r in refs], **{"width": 64, "height": 64, "steps": 2, "prompt": "a portrait", **kw})
 
 
 def test_sphere_click_lights_the_clicked_point():
@@ -108,7 +108,8 @@ def test_bad_uploads_are_named_errors(backend, photos, tmp_path):
     with pytest.raises(ValueError, match="upload one, or choose 'reference'"):
         backend.preview(req(photos / "astronaut.png", light_from="target photo"))
     with pytest.raises(ValueError, match="positive sum"):
-        backend.preview(req(photos / "astronaut.png", weights=[0.0]))
+        backend.preview(req(photos / "astronaut.png", photos / "hopper.jpg", weights=[0.0, 0.0]))
+    assert backend.conditions(req(photos / "astronaut.png", weights=[0.0])).weights == [1.0]  # one photo: its (hidden) weight is unused
     with pytest.raises(ValueError, match="write a prompt"):
         backend.generate(DemoRequest(references=[str(photos / "astronaut.png")], prompt="  "))
 
@@ -170,11 +171,17 @@ def test_build_demo_queues_one_generation_at_a_time(backend):
     assert sorted(p.name for p in examples.iterdir()) == ["astronaut.png", "grace_hopper.jpg"]
 
 
-def test_demo_command_binds_loopback_by_default():
+def test_demo_command_binds_loopback_and_names_missing_models(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
     from facemakeup.cli import main
 
     params = {p.name: p for p in main.commands["demo"].params}
     assert params["host"].default == "127.0.0.1" and params["port"].default == 7860
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "cache"))  # the command sets it (inside --out): restored afterwards
+    monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "False")
+    res = CliRunner().invoke(main, ["demo", "--model", str(tmp_path / "no-model"), "--out", str(tmp_path / "out")])
+    assert res.exit_code == 1 and "hf download" in res.output and "--model DIR" in res.output
 
 
 # ---------------------------------------------------------------------------------------- browser

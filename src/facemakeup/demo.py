@@ -75,7 +75,8 @@ class DemoRequest:
 
     Attributes:
         references: file paths of 1..``MAX_REFERENCES`` reference photos.
-        weights: mixing weight (>= 0) of each reference, in order; extra entries are ignored.
+        weights: mixing weight (>= 0) of each reference, in order; extra entries are ignored, and so
+            are all when there is one reference.
         face_indices: which face of each reference photo (0 = largest); extra entries are ignored.
         target: optional target photo (Face-MakeUpV2's image for the shading), file path.
         pose_from: one of ``POSE_SOURCES``. light_from: one of ``LIGHT_SOURCES``.
@@ -277,7 +278,7 @@ class DemoBackend:
             raise ValueError("upload at least one reference photo of the person")
         if len(refs) > MAX_REFERENCES:
             raise ValueError(f"{len(refs)} reference photos uploaded; the demo mixes at most {MAX_REFERENCES}")
-        weights = [float(w) for w in list(req.weights)[: len(refs)]]
+        weights = [float(w) for w in list(req.weights)[: len(refs)]] if len(refs) > 1 else [1.0]  # one photo: nothing to weigh
         if len(weights) != len(refs) or any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"reference weights must be >= 0 with a positive sum, got {weights}")
         photos = [self.read_photo(p, f"reference {k + 1}") for k, p in enumerate(refs)]
