@@ -298,3 +298,16 @@ def test_page_rejects_bad_uploads_with_a_message(server, page, photos, tmp_path,
     page.locator("#references input[type=file]").set_input_files(str(path))
     expect_error(page, message)
     assert page.locator("#gallery img").count() == 0
+
+
+@pytest.mark.slow
+def test_page_face_picker_for_a_photo_with_two_faces(server, page, photos):
+    open_page(page, server[0])
+    page.locator("#references input[type=file]").set_input_files(str(photos / "two <faces>.png"))
+    page.wait_for_function("document.querySelector('#status').innerText.includes('2 face(s)')")
+    picker = page.locator("#face0")
+    picker.wait_for(state="visible")
+    assert not page.locator("#weight0").is_visible()  # one photo: a face picker, no weight
+    picker.locator("input").click()
+    page.get_by_role("option", name="#1").click()
+    page.wait_for_function("document.querySelector('#preview').innerText.includes('2 face(s), using #1')")
