@@ -258,3 +258,24 @@ def test_fused_pipeline_saves_a_plain_unet(tmp_path, astronaut):
     assert pipe.face_adapter.lora_fused  # still fused after saving
     again = FaceMakeUpPipeline.from_pretrained(tmp_path)  # reloads unfused, same result
     torch.testing.assert_close(again("a face", **kw).images, unfused, rtol=1e-4, atol=1e-5)
+
+
+def test_step_callback_sees_every_step_and_can_replace_latents(pipe, astronaut):
+    seen = []
+
+    def record(p, i, t, kwargs):
+        seen.append((i, int(t), tuple(kwargs["latents"].shape)))
+        return {}
+
+    kw = dict(reference_image=astronaut, num_inference_steps=3, seed=1, output_type="np")
+    plain = pipe("x", **kw).images
+    again = pipe("x", callback_on_step_end=record, **kw).images
+    np.testing.assert_array_equal(plain, again)  # a callback that returns nothing changes nothing
+    assert [s[0] for s in seen] == [0, 1, 2] and [s[1] for s in seen] == pipe.scheduler.timesteps.tolist()
+    assert seen[0][2] == (1, 4, 32, 32)
+    zeroed = pipe("x", callback_on_step_end=lambda p, i, t, k: {"latents": torch.zeros_like(k["latents"])}, **kw).images
+    with torch.no_grad():
+        decoded = pipe.vae.decode(torch.zeros(1, 4, 32, 32)).sample  # the last step's latents replaced by zeros
+    np.testing.assert_allclose(zeroed[0], pipe.image_processor.postprocess(decoded, output_type="np")[0], atol=1e-5)
+    with pytest.raises(ValueError, match="may only name 'latents'"):
+        pipe("x", callback_on_step_end=record, callback_on_step_end_tensor_inputs=["prompt_embeds"], **kw)

@@ -353,5 +353,43 @@ def build_dataset(input, out, workers, distributor, scheduler, shard_size, limit
         sys.exit(1)
 
 
+@main.command()
+@click.option("--model", default=None, help="'tiny' (random, noise images), a saved FaceMakeUpPipeline folder, or an SD 1.5 backbone id/folder [default: stable-diffusion-v1-5/stable-diffusion-v1-5].")
+@click.option("--image-encoder", default=None, help="CLIP image encoder id/folder [default: laion/CLIP-ViT-H-14-laion2B-s32B-b79K].")
+@click.option("--adapter", default=None, type=click.Path(path_type=Path), help="ID-adapter weights: IP-Adapter-FaceID-PlusV2 / Face-MakeUp checkpoint file, or a FaceIDAdapter folder.")
+@click.option("--shadingnet", default=None, help="ShadingNet (ControlNet) weights: Face-MakeUpV2 model.bin, a ControlNet folder, or 'init' (untrained).")
+@click.option("--out", "out_dir", default="facemakeup-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The only folder the demo writes to: results, zips, examples, gradio's upload cache.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes the demo to the network.")
+@click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
+@click.option("--max-pixels", default=4096 * 4096, show_default=True, type=click.IntRange(1), help="Refuse uploads with more pixels.")
+@click.option("--max-file-size", default=20, show_default=True, type=click.FloatRange(0, min_open=True), help="Refuse uploads larger than this (MB).")
+def demo(model, image_encoder, adapter, shadingnet, out_dir, host, port, max_pixels, max_file_size):
+    """Start the web demo (gradio) on http://HOST:PORT."""
+    import os
+
+    out_dir = out_dir.resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ["GRADIO_TEMP_DIR"] = str(out_dir / "gradio")  # uploads and served copies stay inside --out
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from .demo import build_demo, launch_demo
+    from .pipeline import DEFAULT_BACKBONE, DEFAULT_IMAGE_ENCODER, load_pipeline
+
+    model = model or DEFAULT_BACKBONE
+    try:
+        pipe = load_pipeline(model, image_encoder=image_encoder or DEFAULT_IMAGE_ENCODER, adapter=str(adapter) if adapter else None,
+                             shadingnet=shadingnet)
+    except (FaceMakeUpError, ValueError) as err:
+        _fail(err)
+    info = {"pipeline": model, "image_encoder": image_encoder or DEFAULT_IMAGE_ENCODER, "adapter": str(adapter) if adapter else None,
+            "shadingnet": shadingnet}
+    if model == "tiny":
+        info = {"pipeline": "tiny", "note": "tiny randomly initialised pipeline: the images are noise, not faces"}
+    max_bytes = int(max_file_size * 2**20)
+    app = build_demo(pipe, output_dir=out_dir, max_pixels=max_pixels, max_file_size=max_bytes, model_info=info)
+    click.echo(f"demo on http://{host}:{port} (writing to {out_dir}); Ctrl+C stops it")
+    launch_demo(app, out_dir, host=host, port=port, max_file_size=max_bytes)
+
+
 if __name__ == "__main__":
     main()

@@ -25,7 +25,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 import PIL.Image
@@ -268,7 +268,7 @@ class FaceMakeUpPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ checks
     def check_inputs(self, prompt, negative_prompt, reference_image, id_embeds, face_images, clip_embeds, reference_weights,
                      height, width, num_inference_steps, guidance_scale, ip_scale, num_images_per_prompt, generator, seed,
-                     prompt_embeds=None, negative_prompt_embeds=None, shading_image=None):
+                     prompt_embeds=None, negative_prompt_embeds=None, shading_image=None, callback_on_step_end_tensor_inputs=("latents",)):
         """Validate user input up front; every error names the argument and what was received."""
         if prompt_embeds is not None:
             if prompt is not None:
@@ -324,6 +324,8 @@ class FaceMakeUpPipeline(DiffusionPipeline):
             raise ValueError("pass either `generator` or `seed`, not both")
         if self.controlnet is not None and id_embeds is not None and shading_image is None:
             raise ValueError("this pipeline has a ShadingNet: with `id_embeds`, also pass `shading_image`")
+        if any(k != "latents" for k in callback_on_step_end_tensor_inputs):
+            raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name 'latents', got {list(callback_on_step_end_tensor_inputs)}")
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -355,6 +357,8 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         shading_crop_factor: float = 5.0,
         output_type: str = "pil",
         return_dict: bool = True,
+        callback_on_step_end: Callable[["FaceMakeUpPipeline", int, Any, dict], dict] | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ("latents",),
     ) -> FaceMakeUpPipelineOutput | tuple:
         """Generate images of the reference person.
 
@@ -395,6 +399,12 @@ class FaceMakeUpPipeline(DiffusionPipeline):
             shading_crop_factor (`float`, defaults to 5.0): crop of the default shading map.
             output_type (`str`, defaults to "pil"): "pil", "np", "pt" or "latent".
             return_dict (`bool`, defaults to True): return a ``FaceMakeUpPipelineOutput``, else a tuple.
+            callback_on_step_end (`Callable`, *optional*): called after each denoising step as
+                ``callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`` (diffusers' step
+                callback); ``callback_kwargs`` holds the tensors named in
+                ``callback_on_step_end_tensor_inputs``; a returned ``"latents"`` replaces the latents.
+            callback_on_step_end_tensor_inputs (`list[str]`, defaults to ``["latents"]``): tensors
+                passed to the callback; only ``"latents"`` is available.
 
         Returns:
             ``FaceMakeUpPipelineOutput`` (or ``(images, output)`` if ``return_dict=False``).
@@ -407,7 +417,7 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         # 0. Check inputs; encode the prompts
         self.check_inputs(prompt, negative_prompt, reference_image, id_embeds, face_images, clip_embeds, reference_weights,
                           height, width, num_inference_steps, guidance_scale, ip_scale, num_images_per_prompt, generator, seed,
-                          prompt_embeds, negative_prompt_embeds, shading_image)
+                          prompt_embeds, negative_prompt_embeds, shading_image, callback_on_step_end_tensor_inputs)
         device = self._execution_device
         negatives = None if negative_prompt is None else ([negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt))
         if prompt_embeds is None:
@@ -480,7 +490,7 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         extra = {"generator": generator} if "generator" in self.scheduler.step.__code__.co_varnames else {}
 
         # 6. Denoising loop
-        for t in self.progress_bar(self.scheduler.timesteps):
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_in = torch.cat([latents] * 2) if do_cfg else latents
             model_in = self.scheduler.scale_model_input(model_in, t)
             residuals = {}
@@ -495,6 +505,9 @@ class FaceMakeUpPipeline(DiffusionPipeline):
                 noise_uncond, noise_text = noise.chunk(2)
                 noise = noise_uncond + guidance_scale * (noise_text - noise_uncond)
             latents = self.scheduler.step(noise, t, latents, **extra).prev_sample
+            if callback_on_step_end is not None:
+                outputs = callback_on_step_end(self, i, t, {k: latents for k in callback_on_step_end_tensor_inputs})
+                latents = (outputs or {}).get("latents", latents)
 
         # 7. Decode
         if output_type == "latent":
