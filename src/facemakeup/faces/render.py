@@ -137,9 +137,14 @@ def shading_map(fit, kps: np.ndarray, sh: np.ndarray | None = None, crop_factor:
 
     Returns:
         ``(height, width, 3)`` uint8 grey image (three equal channels).
+
+    Raises:
+        ValueError: ``fit`` has no mesh (``FaceFit.from_json`` of JSON written without it).
     """
     from .align import landmark_box
 
+    if fit.vertices is None:
+        raise ValueError("this FaceFit has no mesh (read from JSON written without it): fit the photo again to render it")
     x0, y0, x1, y1 = landmark_box(kps, crop_factor) if box is None else box
     side = x1 - x0
     scale = max(height, width) / side  # pixels of the output per pixel of the photo
