@@ -148,6 +148,12 @@ class Face:
         """The larger side of ``bbox`` in pixels."""
         return float(max(self.bbox[2] - self.bbox[0], self.bbox[3] - self.bbox[1]))
 
+    @property
+    def photo(self) -> np.ndarray | None:
+        """The ``(H, W, 3)`` uint8 RGB photo the face was found in (decoded once by ``get``), or
+        ``None`` for a face read from JSON."""
+        return None if self._source is None else self._source.image
+
     def computed(self, stage: str) -> bool:
         """Whether ``stage`` (a ``STAGES`` name) has run for this face (or was read from JSON)."""
         return self.__dict__.get(f"_value_{STAGES[stage][0]}", PENDING) is not PENDING
@@ -314,6 +320,7 @@ class FaceAnalyzer:
             files["fitter"] = self._fitter if isinstance(self._fitter, str) else self._fitter.name
         if self.parser is not None:
             files["parser"] = str(self.parser.weights)
+            files["parser_quality"] = self.parser.quality
         if self.attributes is not None:
             files.update(self.attributes.model_files)
         return files
