@@ -11,7 +11,9 @@ load (shared with other jobs) hits them alike: read the ratios. ``--before-src``
 folder of an older facemakeup (``git archive <commit> src | tar -x -C /tmp/before``) for the
 "before" rows. Model inference (onnxruntime sessions and the LiteRT landmark network) is timed by
 wrapping those calls; the rest is the project's own Python; a cProfile of the "after" run lists
-the heaviest own functions. Writes benchmarks/results/analysis_speed.json.
+the heaviest own functions and the share of time spent on the lines of our own .py files
+(``own_python_tottime_share``; OpenCV/numpy C calls they make not included). Process CPU time is
+recorded beside wall time: on a loaded machine it is the steadier measure. Writes benchmarks/results/analysis_speed.json.
 """
 
 from __future__ import annotations
@@ -93,10 +95,12 @@ def worker(version: str, cores: int, paths: list[str], profile: bool) -> dict:
 
         profiler = cProfile.Profile()
         profiler.enable()
+    cpu = 0.0
     for rgb in images:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         face = analyse(rgb, stages)
         total += time.perf_counter() - t0
+        cpu += time.process_time() - c0
         if face is not None:
             n += 1
             if face.fit is not None:
@@ -104,7 +108,7 @@ def worker(version: str, cores: int, paths: list[str], profile: bool) -> dict:
                 shading_map(face.fit, face.kps)
                 shading += time.perf_counter() - t0
     out = {"version": version, "cores": cores, "photos": len(images), "faces": n, "total_s": total,
-           "faces_per_second": n / total, "stage_s": stages, "shading_map_s": shading,
+           "faces_per_second": n / total, "cpu_s": cpu, "faces_per_cpu_second": n / cpu, "stage_s": stages, "shading_map_s": shading,
            "model_inference_s": dict(counter), "model_share": sum(counter.values()) / total,
            "own_code_share": 1 - sum(counter.values()) / total}
     if profiler is not None:
@@ -113,6 +117,7 @@ def worker(version: str, cores: int, paths: list[str], profile: bool) -> dict:
         profiler.disable()
         stats = pstats.Stats(profiler)
         own = [(fn, st) for fn, st in stats.stats.items() if "facemakeup" in fn[0]]
+        out["own_python_tottime_share"] = sum(st[2] for _, st in own) / stats.total_tt  # our .py lines, not C calls they make
         own.sort(key=lambda x: -x[1][2])  # by own time (tottime)
         out["heaviest_own_functions_tottime_s"] = {f"{Path(fn[0]).name}:{fn[1]}({fn[2]})": round(st[2], 4) for fn, st in own[:10]}
     return out
@@ -135,7 +140,8 @@ def main() -> None:
 
     if not SHARED_DATA.is_dir():
         sys.exit(f"no data at {SHARED_DATA} (set FACEMAKEUP_SHARED_DATA)")
-    paths = [str(p) for p in sorted((SHARED_DATA / "wild" / "images").iterdir())[: args.limit]]
+    every = sorted((SHARED_DATA / "wild" / "images").iterdir())
+    paths = [str(p) for p in every[:: max(1, len(every) // args.limit)][: args.limit]]  # spread over all sources and sizes
     versions = {"after": str(ROOT / "src")}
     if args.before_src:
         versions = {"before": str(Path(args.before_src).resolve()), **versions}
@@ -159,6 +165,7 @@ def main() -> None:
             rows = [x for x in runs if x["version"] == version and x["cores"] == cores]
             summary[f"{version}_{cores}core"] = {
                 "faces_per_second_median": statistics.median(x["faces_per_second"] for x in rows),
+                "faces_per_cpu_second_median": statistics.median(x["faces_per_cpu_second"] for x in rows),
                 "own_code_share_median": statistics.median(x["own_code_share"] for x in rows),
                 "shading_map_ms_median": 1000 * statistics.median(x["shading_map_s"] / max(x["faces"], 1) for x in rows),
             }
@@ -167,14 +174,17 @@ def main() -> None:
                 k: round(1000 * statistics.median(x["stage_s"][k] / max(x["faces"], 1) for x in rows), 2) for k in stage_keys}
     if "before" in versions:
         for cores in (1, 2):
-            summary[f"speedup_{cores}core"] = (summary[f"after_{cores}core"]["faces_per_second_median"]
-                                               / summary[f"before_{cores}core"]["faces_per_second_median"])
+            for key in ("faces_per_second_median", "faces_per_cpu_second_median"):
+                summary[f"speedup_{cores}core_{key.split('_median')[0]}"] = (summary[f"after_{cores}core"][key]
+                                                                            / summary[f"before_{cores}core"][key])
     result = {
         "photos": len(paths),
         "measures": "main face per photo: detection + ArcFace embedding + CLIP crop + 3D fit with SH lighting "
                     "(images decoded before timing); the 512 px shading map timed separately",
-        "note": "machine shared with other jobs while measuring: absolute numbers are noisy, compare the "
-                "configurations (alternated in rounds, load recorded per run)",
+        "note": "machine shared with other jobs while measuring (load average ~15-20 on 2 cores): absolute "
+                "wall-clock numbers are several times too low; compare the configurations (alternated in rounds, "
+                "load recorded per run). faces_per_cpu_second (process CPU time) is far less sensitive to the "
+                "load: on 1 core it estimates the throughput of an unshared core",
         "summary": summary,
         "runs": runs,
         "cpu_count": os.cpu_count(),
