@@ -120,7 +120,7 @@ def test_analyze_folder_and_glob_with_failures_reported(tmp_path, photo):
     assert res.exit_code == 0, res.output
     assert "skipped" in res.output and "broken.png" in res.output and "rocket.jpg: no face found" in res.output
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["photos"] == 4 and summary["analysed"] == 3 and summary["faces"] == 2
+    assert summary["photos"] == 4 and summary["analysed"] == 2 and summary["faces"] == 2  # no face: not analysed
     assert {Path(f["image"]).name for f in summary["failures"]} == {"broken.png", "rocket.jpg"}
     rec = json.loads((out / "astro.json").read_text())
     assert rec["width"] == 512 and rec["height"] == 512 and len(rec["faces"]) == 1
@@ -130,7 +130,8 @@ def test_analyze_folder_and_glob_with_failures_reported(tmp_path, photo):
     assert set(face["pose"]) == {"yaw", "pitch", "roll"} and all(abs(v) < 0.5 for v in face["pose"].values())
     assert Image.open(out / face["shading_map"]).size == (512, 512)
     assert Image.open(out / "astro_overlay.png").height == 512
-    assert json.loads((out / "rocket.json").read_text())["faces"] == []
+    assert rec["main_face"] == 0 and len(rec["faces"][0]["embedding"]) == 512
+    assert not (out / "rocket.json").exists()  # a photo without a face gets no JSON
 
 
 def test_analyze_parsing_and_attributes(tmp_path):

@@ -8,7 +8,8 @@ import skimage.data
 from PIL import Image
 
 from facemakeup.errors import FaceTooSmallError, ImageReadError, ModelNotFoundError, NoFaceError
-from facemakeup.faces import FaceAnalyzer, clip_crop, estimate_norm, landmark_box, load_image, norm_crop
+from facemakeup.faces import Face, FaceAnalyzer, clip_crop, estimate_norm, landmark_box, load_image, norm_crop
+from facemakeup.faces.analyzer import STAGES, face_choice_scores
 from facemakeup.faces.align import ARCFACE_TEMPLATE
 
 
@@ -75,19 +76,167 @@ def test_embedding_is_stable_under_rescaling_and_shift(analyzer, astronaut):
     assert float(a @ b) > 0.85
 
 
-def test_several_faces_sorted_by_size_and_face_index(analyzer, astronaut):
+def test_several_faces_in_choice_order_and_face_index(analyzer, astronaut):
     camera = np.repeat(skimage.data.camera()[:, :, None], 3, axis=2)
     group = np.concatenate([camera, astronaut], axis=1)  # two people, different sizes
     faces = analyzer.get(group)
     assert len(faces) == 2
-    assert faces[0].size >= faces[1].size
+    h, w = group.shape[:2]
+    scores = face_choice_scores(np.stack([f.bbox for f in faces]), np.array([f.det_score for f in faces]), h, w)
+    assert scores[0] > scores[1]  # main face first
     astro = analyzer.get_face(astronaut).embedding
     sims = [float(f.embedding @ astro) for f in faces]
     assert max(sims) > 0.8 and min(sims) < 0.3  # one of them is the astronaut, the other is not
-    assert analyzer.get_face(group, face_index=1) is not None
+    assert analyzer.get_face(group, face_index=1).det_score == faces[1].det_score
     with pytest.raises(IndexError, match="2 face"):
         analyzer.get_face(group, face_index=2)
     assert len(analyzer.get(group, max_faces=1)) == 1
+
+
+# ---------------------------------------------------------------------------- the face-choice rule
+def test_face_choice_scores_follow_the_written_rule():
+    h, w = 400, 600
+    boxes = np.array([[250, 150, 350, 250],    # centred, 100 px, inside
+                      [540, 100, 700, 260],    # 160 px, cut by the right edge (60 px visible)
+                      [-20, -20, 60, 60]])     # corner, partly outside
+    det = np.array([0.9, 0.8, 0.7])
+
+    def expected(b, s):
+        vx0, vy0, vx1, vy1 = max(b[0], 0), max(b[1], 0), min(b[2], w), min(b[3], h)
+        visible = (vx1 - vx0) * (vy1 - vy0)
+        fraction = visible / ((b[2] - b[0]) * (b[3] - b[1]))
+        dist = np.hypot((vx0 + vx1) / 2 - w / 2, (vy0 + vy1) / 2 - h / 2) / np.hypot(w / 2, h / 2)
+        return np.sqrt(visible) * fraction * (0.5 + 0.5 * (1 - dist)) * s
+
+    got = face_choice_scores(boxes, det, h, w)
+    np.testing.assert_allclose(got, [expected(b, s) for b, s in zip(boxes, det)], rtol=1e-12)
+    assert got[0] == pytest.approx(100 * 1 * 1 * 0.9)  # centred and whole: its side times its score
+    assert np.argmax(got) == 0 and np.argmax(boxes[:, 2] - boxes[:, 0]) == 1  # the cut box is larger but loses
+
+
+def _paste(canvas, tile, x, y):
+    """Paste ``tile`` with its top-left at (x, y), cropping what falls outside ``canvas``."""
+    h, w = canvas.shape[:2]
+    th, tw = tile.shape[:2]
+    x0, y0, x1, y1 = max(x, 0), max(y, 0), min(x + tw, w), min(y + th, h)
+    canvas[y0:y1, x0:x1] = tile[y0 - y:y1 - y, x0 - x:x1 - x]
+
+
+def test_centred_face_beats_a_larger_face_cut_by_the_edge(analyzer, astronaut):
+    x0, y0, x1, y1 = analyzer.get_face(astronaut).bbox.astype(int)
+    pad = (x1 - x0) // 2
+    head = astronaut[max(y0 - pad, 0):y1 + pad, max(x0 - pad, 0):x1 + pad]  # the face with some margin
+    big = np.asarray(Image.fromarray(head).resize((int(head.shape[1] * 1.7), int(head.shape[0] * 1.7)), Image.BICUBIC))
+    canvas = np.full((520, 900, 3), 128, np.uint8)
+    _paste(canvas, head, 450 - head.shape[1] // 2, 260 - head.shape[0] // 2)  # centred
+    _paste(canvas, big, 900 - big.shape[1] // 2, 260 - big.shape[0] // 2)  # larger, half outside on the right
+    faces = analyzer.get(canvas)
+    assert len(faces) == 2
+    centre = faces[0].bbox.reshape(2, 2).mean(0)
+    assert abs(centre[0] - 450) < 40 and abs(centre[1] - 260) < 60  # the main face is the centred one
+    cut = faces[1]
+    # the old rule ("the longest box side") would have taken the cut face: its box is larger and ends at the edge
+    assert cut.size > 1.3 * faces[0].size and cut.bbox[2] > canvas.shape[1] - 3
+    assert analyzer.get_face(canvas).det_score == faces[0].det_score
+
+
+def test_real_group_photo_main_face_is_the_centred_subject(shared_data, analyzer):
+    path = shared_data / "wild" / "images" / "lfw__Tony_Blair_0001.jpg"  # LFW: the subject centred, a cut face at the left edge
+    rgb = load_image(path)
+    h, w = rgb.shape[:2]
+    faces = analyzer.get(rgb)
+    assert len(faces) >= 2
+    centres = np.stack([f.bbox.reshape(2, 2).mean(0) for f in faces])
+    dist = np.hypot(centres[:, 0] - w / 2, centres[:, 1] - h / 2)
+    assert np.argmin(dist) == 0 and dist[0] < 0.1 * w
+    assert min(f.bbox[0] for f in faces[1:]) < 5  # another face at the frame's edge
+
+
+# ---------------------------------------------------------------------------- stages and JSON
+def test_each_stage_runs_once_and_only_on_demand(astronaut, monkeypatch):
+    from facemakeup.faces.parsing import FaceParser
+
+    analyzer = FaceAnalyzer(parser=FaceParser(), threads=1)
+    calls = {}
+
+    def count(obj, name):
+        fn = getattr(obj, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] = calls.get(name, 0) + 1
+            return fn(*args, **kwargs)
+
+        monkeypatch.setattr(obj, name, wrapper)
+
+    for obj, name in ((analyzer.recognizer, "embed"), (analyzer.fitter, "fit"), (analyzer.parser, "parse_batch")):
+        count(obj, name)
+    camera = np.repeat(skimage.data.camera()[:, :, None], 3, axis=2)
+    group = np.concatenate([camera, astronaut], axis=1)
+    faces = analyzer.get(group)
+    assert calls == {} and not any(f.computed(s) for f in faces for s in STAGES)  # detection only
+    e = faces[0].embedding
+    assert faces[0].aligned.shape == (112, 112, 3) and faces[0].embedding is e
+    assert calls == {"embed": 1} and not faces[1].computed("embed")
+    analyzer.run(faces, "embed", "fit", "parsing")  # face 1's embedding, both fits, both label maps (one batch)
+    assert calls == {"embed": 2, "fit": 2, "parse_batch": 1}
+    for f in faces:
+        assert f.fit is not None and f.fit.pose and f.parsing.shape == group.shape[:2] and f.embedding.shape == (512,)
+    analyzer.run(faces, "embed", "fit", "parsing")
+    assert calls == {"embed": 2, "fit": 2, "parse_batch": 1}  # cached
+    with pytest.raises(KeyError, match="unknown stage"):
+        analyzer.run(faces, "age")
+    from dataclasses import FrozenInstanceError
+
+    with pytest.raises(FrozenInstanceError):
+        faces[0].embedding = e
+
+
+def test_face_json_round_trip(analyzer, astronaut):
+    import json
+
+    from facemakeup.faces.attributes import FaceAttributes
+    from facemakeup.faces.render import shading_map
+
+    face = analyzer.get(astronaut, stages=("embed", "clip", "fit"))[0]
+    object.__setattr__(face, "attributes", FaceAttributes(celeba={"Smiling": 0.9}, gender={"female": 0.8, "male": 0.2},
+                                                          age=30.5, emotion={"happy": 1.0}))
+    data = json.loads(json.dumps(face.to_json(mesh=True)))
+    back = Face.from_json(data)
+    for name in ("bbox", "kps", "embedding", "clip_box"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(face, name))
+    assert back.det_score == face.det_score and back.embedding.dtype == np.float32
+    for name in ("vertices", "triangles", "normals", "rotation", "sh", "visible", "skin"):
+        np.testing.assert_array_equal(getattr(back.fit, name), getattr(face.fit, name))
+    assert back.fit.pose == face.fit.pose and back.fit.fitter == face.fit.fitter
+    assert back.attributes == face.attributes and data["age"] == 30.5 and data["gender"]["male"] == 0.2
+    assert back.to_json(mesh=True) == data
+    np.testing.assert_array_equal(shading_map(back.fit, back.kps, height=64, width=64), shading_map(face.fit, face.kps, height=64, width=64))
+    assert back.aligned is None and back.parsing is None and back.photo is None
+
+    small = Face.from_json(json.loads(json.dumps(face.to_json())))  # without the mesh: pose and light only
+    assert small.fit.pose == face.fit.pose and not small.fit.has_mesh
+    with pytest.raises(ValueError, match="no mesh"):
+        shading_map(small.fit, small.kps)
+    only_detected = analyzer.get(astronaut)[0].to_json()
+    assert set(only_detected) == {"bbox", "kps", "det_score"}  # to_json runs nothing
+
+
+def test_parser_left_right_follow_celebamask_and_flip_averaging_is_mirror_consistent(astronaut):
+    from facemakeup.faces.parsing import HFLIP_PERMUTATION, FaceParser, celebahq_crop
+
+    fast, accurate = FaceParser(quality="fast"), FaceParser(quality="accurate")
+    assert (fast.input_size, fast.flip, accurate.input_size, accurate.flip) == (256, False, 512, True)
+    face = FaceAnalyzer(fitter=None, threads=1).get_face(astronaut)
+    labels = fast.parse(astronaut, face.kps)
+    xs = {c: np.nonzero(labels == c)[1].mean() for c in (4, 5)}
+    assert xs[4] > xs[5]  # CelebAMask-HQ: l_eye is the subject's left eye, on the image's right
+    accurate.input_size = 256  # the flip averaging's symmetry holds at any size; 256 keeps the test fast
+    crop = celebahq_crop(astronaut, face.kps, 256)
+    p, q = accurate.probabilities(np.stack([crop, crop[:, ::-1]]))
+    np.testing.assert_allclose(q, p[list(HFLIP_PERMUTATION)][:, :, ::-1], atol=1e-4)  # mirror in, mirror out
+    assert not np.allclose(fast.probabilities(crop[None])[0], p, atol=1e-3)  # the averaging changes the result
+    with pytest.raises(ValueError, match="unknown parsing quality"):
+        FaceParser(quality="best")
 
 
 def test_no_face_in_a_landscape_photo(analyzer, tmp_path):

@@ -35,6 +35,19 @@ def _fail(err: Exception) -> None:
     sys.exit(1)
 
 
+def _face_choice(ctx, param, value):
+    """``--face-index``: "all" or a face number (0 = the main face)."""
+    if value is None or str(value).lower() == "all":
+        return None if value is None else "all"
+    try:
+        index = int(value)
+    except ValueError:
+        index = -1
+    if index < 0:
+        raise click.BadParameter(f"expected 'all' or a face number >= 0 (0 = the main face), got {value!r}")
+    return index
+
+
 def _light_dir(ctx, param, value):
     if value is None:
         return None
@@ -72,24 +85,25 @@ def _light_dir(ctx, param, value):
 @click.option("--light-strength", default=0.7, show_default=True, type=click.FloatRange(0), help="With --light-dir: irradiance on a surface facing the light (plus 0.15 ambient).")
 @click.option("--height", default=None, type=int, help="Pixels, multiple of 8 [default: the model's, 512 for SD 1.5].")
 @click.option("--width", default=None, type=int)
-@click.option("--face-index", default=0, show_default=True, type=int, help="Which face of each photo, 0 = largest.")
+@click.option("--face-index", "--face", "face_index", default="0", show_default=True, callback=_face_choice,
+              help="Which face of each photo: 0 = the main face (visible size, centrality, detector score), N = the N-th in that order, 'all' = every face (mixed as references).")
 @click.option("--crop-factor", default=3.0, show_default=True, type=float, help="CLIP face crop: keypoint box x this.")
 @click.option("--shading-crop-factor", default=5.0, show_default=True, type=float, help="Shading map crop: keypoint box x this.")
 def generate(references, weights, prompt, negative_prompt, out_dir, model, image_encoder, adapter, shadingnet, face_models, seed,
              num_images, steps, guidance_scale, ip_scale, s_scale, controlnet_scale, shading_from, light_from, light_dir, light_strength, height,
              width, face_index, crop_factor, shading_crop_factor):
     """Generate images of the person in --reference, as --prompt describes."""
-    from dataclasses import replace
-
     import torch
     from PIL import Image
 
-    from .faces import FaceAnalyzer, clip_crop, load_image
+    from .faces import FaceAnalyzer
     from .faces.lighting import sh_from_direction
     from .faces.render import shading_map
     from .provenance import environment, sha256_file
     from .viz import conditions_sheet
 
+    if weights and face_index == "all":
+        _fail(ValueError("--weight needs one face per --reference; drop --weight or pick one face with --face-index N"))
     if weights and len(weights) != len(references):
         _fail(ValueError(f"{len(weights)} --weight values for {len(references)} --reference photos"))
     if light_from is not None and light_dir is not None:
@@ -99,8 +113,9 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         # 1. Faces first: a photo without a usable face fails before any large model loads.
         t0 = time.perf_counter()
         analyzer = FaceAnalyzer(detector=face_models, recognizer=face_models, crop_factor=crop_factor)
-        photos = [load_image(r) for r in references]
-        faces = [analyzer.get_face(ref, face_index) for ref in references]  # by path, so errors name the file
+        chosen = [(ref, f) for ref in references for f in _reference_faces(analyzer, ref, face_index)]  # by path: errors name the file
+        faces = [f for _, f in chosen]
+        photos = [f.photo for f in faces]  # decoded once, by the analyser
         shading_face = analyzer.get_face(shading_from) if shading_from else faces[0]
         light_face = analyzer.get_face(light_from) if light_from else None
         timings["face_analysis_s"] = time.perf_counter() - t0
@@ -113,9 +128,9 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         t0 = time.perf_counter()
         pipe = load_pipeline(model, image_encoder=image_encoder, adapter=str(adapter) if adapter else None, shadingnet=shadingnet)
         timings["load_s"] = time.perf_counter() - t0
-        # the faces found above feed the pipeline directly (no second analysis), CLIP crops at the encoder's size
-        clip_size = pipe.image_encoder.config.image_size if pipe.image_encoder is not None else analyzer.clip_size
-        faces = [replace(f, clip_image=clip_crop(photo, f.kps, clip_size, crop_factor)) for photo, f in zip(photos, faces)]
+        # the faces found above feed the pipeline directly (no second analysis); their CLIP crops are
+        # made once, on first use below, at the encoder's size
+        analyzer.clip_size = pipe.image_encoder.config.image_size if pipe.image_encoder is not None else analyzer.clip_size
         pipe.face_adapter.fuse_lora()  # inference only: merge the LoRA, no per-step LoRA cost
 
         # 3. The shading map (Face-MakeUpV2): the reference's or the target's face, its own or another light
@@ -169,14 +184,12 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         extra.append("grid.png")
 
     def _face_record(path, face):
-        return {"path": str(path), "sha256": sha256_file(path), "bbox": face.bbox.tolist(), "kps": face.kps.tolist(),
-                "det_score": face.det_score, "pose": face.fit.pose if face.fit else None}
+        return {"path": str(path), "sha256": sha256_file(path), **face.to_json()}
 
     record = {
         "task": "generate",
         "inputs": {
-            "references": [{**_face_record(r, f), "face_index": face_index, "clip_box": f.clip_box.tolist()}
-                           for r, f in zip(references, faces)],
+            "references": [{**_face_record(r, f), "face_index": face_index} for r, f in chosen],
             "reference_weights": out.reference_weights,
             "prompt": prompt,
             "negative_prompt": negative_prompt,
@@ -203,6 +216,16 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
     click.echo(f"wrote {len(names)} image(s), conditions.png and provenance.json to {out_dir}")
 
 
+def _reference_faces(analyzer, path, face_index) -> list:
+    """The face(s) of one reference photo: ``face_index`` (an int) or every face ("all", main first)."""
+    if face_index != "all":
+        return [analyzer.get_face(path, face_index)]
+    faces = analyzer.get(path)
+    if not faces:
+        analyzer.get_face(path)  # raises NoFaceError naming the file
+    return faces
+
+
 def _expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
     """Files, folders (their images, sorted) and glob patterns -> image paths, in order, no repeats."""
     paths: list[Path] = []
@@ -220,45 +243,65 @@ def _expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
     return paths
 
 
+def _output_stems(paths: list[Path]) -> dict[Path, str]:
+    """Output name per photo: its stem, or, for stems shared by several inputs (same name in different
+    folders, or a.jpg beside a.png), ``STEM_HASH`` with the first 8 hex digits of the SHA-1 of the
+    resolved path. Deterministic: the same input keeps its name whatever else is analysed with it."""
+    import hashlib
+    from collections import Counter
+
+    counts = Counter(p.stem for p in paths)
+    return {p: p.stem if counts[p.stem] == 1 else f"{p.stem}_{hashlib.sha1(str(p.resolve()).encode()).hexdigest()[:8]}"
+            for p in paths}
+
+
 @main.command()
 @click.argument("photos", nargs=-1, required=True)
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--face-models", default=None, type=click.Path(path_type=Path), help="Folder with buffalo_l's det_10g.onnx and w600k_r50.onnx.")
+@click.option("--face-index", "--face", "face_index", default="all", show_default=True, callback=_face_choice,
+              help="Faces to analyse in full: 'all', or N (0 = the main face: visible size, centrality, detector score). Every detected face is listed either way.")
 @click.option("--shading-crop-factor", default=5.0, show_default=True, type=float, help="Shading map crop: keypoint box x this.")
 @click.option("--shading-size", default=512, show_default=True, type=int, help="Side of the shading map in pixels.")
 @click.option("--parsing", is_flag=True, help="Also write each face's label map NAME_faceK_parsing.png (CelebAMask-HQ values 0-18).")
+@click.option("--parsing-quality", default="fast", show_default=True, type=click.Choice(["fast", "accurate"]),
+              help="fast: 256 px, one pass; accurate: 512 px averaged with the mirror image (about 8x slower). Accuracy of each: assets/face_parser.md.")
 @click.option("--attributes/--no-attributes", default=True, show_default=True, help="CelebA attributes, gender, age, emotion.")
-def analyze(photos, out_dir, face_models, shading_crop_factor, shading_size, parsing, attributes):
-    """Faces, 3D pose, SH lighting, shading maps, attributes and (with --parsing) region labels of PHOTOS.
+def analyze(photos, out_dir, face_models, face_index, shading_crop_factor, shading_size, parsing, parsing_quality, attributes):
+    """Faces, identity embedding, 3D pose, SH lighting, shading maps, attributes and (with --parsing) region labels of PHOTOS.
 
-    PHOTOS are files, folders or globs. Writes NAME.json, NAME_overlay.png and NAME_faceK_shading.png
-    per photo, and summary.json. With --parsing also NAME_parsing.png (all faces) and
-    NAME_faceK_parsing.png (uint8 label maps, CelebAMask-HQ values 0-18, the photo's size).
-    Photos and faces that fail are reported on stderr and in summary.json, and skipped. Exits 1
-    when no face at all could be analysed.
+    PHOTOS are files, folders or globs. Per photo with a face: NAME.json (every detected face in
+    "faces", in the order of the face-choice rule; "main_face": the index of the photo's main face),
+    NAME_overlay.png and NAME_faceK_shading.png, and summary.json. NAME is the photo's stem (with a
+    short hash of its path when two inputs share a stem). With --parsing also NAME_parsing.png (all
+    analysed faces) and NAME_faceK_parsing.png (uint8 label maps, CelebAMask-HQ values 0-18, the
+    photo's size). Photos without a face and faces that fail are reported on stderr and in
+    summary.json; a photo without a face gets no NAME.json. Exits 1 when no face at all was analysed.
     """
     from tqdm import tqdm
 
     from PIL import Image
 
     from .faces import FaceAnalyzer, load_image
-    from .faces.lighting import SH_BASIS
     from .faces.render import shading_map
     from .provenance import environment
     from .viz import analysis_overlay
 
     paths = _expand_inputs(photos)
+    stems = _output_stems(paths)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
-        analyzer = FaceAnalyzer(detector=face_models, recognizer=face_models, parser=True if parsing else None,
-                                attributes=True if attributes else None)
+        parser = None
+        if parsing:
+            from .faces.parsing import FaceParser
+
+            parser = FaceParser(quality=parsing_quality)
+        analyzer = FaceAnalyzer(detector=face_models, recognizer=face_models, parser=parser, attributes=True if attributes else None)
     except FaceMakeUpError as err:
         _fail(err)
     failures, done, n_faces = [], 0, 0
-    stems: dict[str, int] = {}
     for path in tqdm(paths, desc="analyze", unit="photo"):
-        stem = path.stem if path.stem not in stems else f"{path.stem}_{stems[path.stem]}"
-        stems[path.stem] = stems.get(path.stem, 0) + 1
+        stem = stems[path]
         try:
             rgb = load_image(path)
             faces = analyzer.get(rgb)
@@ -269,41 +312,41 @@ def analyze(photos, out_dir, face_models, shading_crop_factor, shading_size, par
         if not faces:
             failures.append({"image": str(path), "face": None, "reason": "no face found"})
             click.echo(f"skipped {path}: no face found", err=True)
-        records, fitted, maps = [], [], []
-        for k, face in enumerate(faces):
+            continue
+        if face_index != "all" and face_index >= len(faces):
+            failures.append({"image": str(path), "face": face_index, "reason": f"only {len(faces)} face(s) found"})
+            click.echo(f"skipped {path}: --face-index {face_index}, but only {len(faces)} face(s) found", err=True)
+            continue
+        chosen = list(range(len(faces))) if face_index == "all" else [face_index]
+        analyzer.run([faces[k] for k in chosen], "embed", "clip", "fit", "attributes", "parsing")
+        records, maps = [face.to_json() for face in faces], {}
+        for k in chosen:
+            face, rec = faces[k], records[k]
             if face.fit is None:
                 failures.append({"image": str(path), "face": k, "reason": f"3D fit failed: {face.fit_error}"})
-                click.echo(f"skipped face {k} of {path}: 3D fit failed: {face.fit_error}", err=True)
-                continue
-            smap = shading_map(face.fit, face.kps, crop_factor=shading_crop_factor, height=shading_size, width=shading_size)
-            map_name = f"{stem}_face{k}_shading.png"
-            Image.fromarray(smap).save(out_dir / map_name)
-            rec = {
-                "bbox": face.bbox.tolist(), "kps": face.kps.tolist(), "det_score": face.det_score,
-                "pose": face.fit.pose, "sh": face.fit.sh.tolist(), "sh_basis": list(SH_BASIS),
-                "shading_map": map_name, "fitter": face.fit.fitter,
-            }
-            if face.attributes is not None:
-                rec.update(face.attributes.to_json())
+                click.echo(f"face {k} of {path}: 3D fit failed: {face.fit_error}", err=True)
+            else:
+                maps[k] = shading_map(face.fit, face.kps, crop_factor=shading_crop_factor, height=shading_size, width=shading_size)
+                rec["shading_map"] = f"{stem}_face{k}_shading.png"
+                Image.fromarray(maps[k]).save(out_dir / rec["shading_map"])
             if face.parsing is not None:
                 rec["parsing"] = f"{stem}_face{k}_parsing.png"
                 Image.fromarray(face.parsing).save(out_dir / rec["parsing"])
-            records.append(rec)
-            fitted.append(face)
-            maps.append(smap)
-        record = {"image": str(path), "width": int(rgb.shape[1]), "height": int(rgb.shape[0]), "faces": records}
-        if parsing and fitted:
+        record = {"image": str(path), "width": int(rgb.shape[1]), "height": int(rgb.shape[0]), "main_face": 0,
+                  "analysed_faces": chosen, "faces": records}
+        if parsing:
             combined = np.zeros(rgb.shape[:2], np.uint8)
-            for face in reversed(fitted):  # smallest first: the larger face wins where two overlap
-                combined = np.where(face.parsing > 0, face.parsing, combined)
+            for k in reversed(chosen):  # the main face last: it wins where two overlap
+                combined = np.where(faces[k].parsing > 0, faces[k].parsing, combined)
             record["parsing"] = f"{stem}_parsing.png"
             Image.fromarray(combined).save(out_dir / record["parsing"])
         (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2))
-        analysis_overlay(rgb, fitted, maps).save(out_dir / f"{stem}_overlay.png")
+        analysis_overlay(rgb, [faces[k] for k in chosen], [maps.get(k) for k in chosen], labels=chosen).save(out_dir / f"{stem}_overlay.png")
         done += 1
-        n_faces += len(records)
+        n_faces += len(chosen)
     summary = {"task": "analyze", "photos": len(paths), "analysed": done, "faces": n_faces, "failures": failures,
-               "models": analyzer.model_files, "shading_crop_factor": shading_crop_factor, **environment()}
+               "face_index": face_index, "models": analyzer.model_files, "parsing_quality": parsing_quality if parsing else None,
+               "shading_crop_factor": shading_crop_factor, **environment()}
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     click.echo(f"{done} of {len(paths)} photos analysed, {n_faces} faces, {len(failures)} failures; wrote {out_dir}")
     if n_faces == 0:

@@ -9,12 +9,15 @@ from PIL import Image, ImageDraw
 KPS_COLOURS = [(255, 64, 64), (64, 255, 64), (64, 128, 255), (255, 255, 0), (255, 0, 255)]
 
 
-def draw_faces(image: np.ndarray, faces) -> Image.Image:
-    """The photo with each face's box (green), keypoints (coloured dots) and CLIP-crop box (dashed, cyan).
+def draw_faces(image: np.ndarray, faces, labels: list | None = None) -> Image.Image:
+    """The photo with each face's box (green; the main face, label 0, yellow), keypoints (coloured
+    dots) and CLIP-crop box (dashed, cyan; when known).
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
-        faces: ``Face`` records (``bbox``, ``kps``, ``det_score``, ``clip_box``), pixels of ``image``.
+        faces: ``Face`` records (``bbox``, ``kps``, ``det_score``, ``clip_box``; e.g. ``Face.from_json``
+            of an ``analyze`` JSON), pixels of ``image``.
+        labels: the number written on each face (default 0, 1, ...: the order of the face-choice rule).
 
     Returns:
         An RGB ``PIL.Image`` of the same size.
@@ -22,21 +25,23 @@ def draw_faces(image: np.ndarray, faces) -> Image.Image:
     out = Image.fromarray(image).convert("RGB")
     draw = ImageDraw.Draw(out)
     width = max(2, round(max(out.size) / 300))
-    for i, face in enumerate(faces):
+    for i, face in zip(labels if labels is not None else range(len(faces)), faces):
         x0, y0, x1, y1 = (float(v) for v in face.bbox)
-        draw.rectangle([x0, y0, x1, y1], outline=(0, 255, 0), width=width)
-        draw.text((x0 + 2, max(y0 - 12, 0)), f"#{i} {face.det_score:.2f}", fill=(0, 255, 0))
-        cx0, cy0, cx1, cy1 = (float(v) for v in face.clip_box)
-        dash = 3 * width
-        for a in np.arange(cx0, cx1, 2 * dash):  # dashed square: the CLIP crop
-            draw.line([(a, cy0), (min(a + dash, cx1), cy0)], fill=(0, 255, 255), width=width)
-            draw.line([(a, cy1), (min(a + dash, cx1), cy1)], fill=(0, 255, 255), width=width)
-        for a in np.arange(cy0, cy1, 2 * dash):
-            draw.line([(cx0, a), (cx0, min(a + dash, cy1))], fill=(0, 255, 255), width=width)
-            draw.line([(cx1, a), (cx1, min(a + dash, cy1))], fill=(0, 255, 255), width=width)
+        colour = (255, 255, 0) if i == 0 else (0, 255, 0)
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=width)
+        draw.text((x0 + 2, max(y0 - 12, 0)), f"#{i}{' main' if i == 0 else ''} {face.det_score:.2f}", fill=colour)
+        if face.clip_box is not None:
+            cx0, cy0, cx1, cy1 = (float(v) for v in face.clip_box)
+            dash = 3 * width
+            for a in np.arange(cx0, cx1, 2 * dash):  # dashed square: the CLIP crop
+                draw.line([(a, cy0), (min(a + dash, cx1), cy0)], fill=(0, 255, 255), width=width)
+                draw.line([(a, cy1), (min(a + dash, cx1), cy1)], fill=(0, 255, 255), width=width)
+            for a in np.arange(cy0, cy1, 2 * dash):
+                draw.line([(cx0, a), (cx0, min(a + dash, cy1))], fill=(0, 255, 255), width=width)
+                draw.line([(cx1, a), (cx1, min(a + dash, cy1))], fill=(0, 255, 255), width=width)
         r = 1.5 * width
-        for (x, y), colour in zip(face.kps, KPS_COLOURS):
-            draw.ellipse([x - r, y - r, x + r, y + r], fill=colour)
+        for (x, y), kp_colour in zip(face.kps, KPS_COLOURS):
+            draw.ellipse([x - r, y - r, x + r, y + r], fill=kp_colour)
     return out
 
 
@@ -91,30 +96,34 @@ def draw_pose_axes(draw: ImageDraw.ImageDraw, face, length: float | None = None,
         draw.line([(ox, oy), (ox + length * dx, oy + length * dy)], fill=colour, width=width)
 
 
-def analysis_overlay(image: np.ndarray, faces: list, shading_maps: list[np.ndarray], height: int = 512) -> Image.Image:
+def analysis_overlay(image: np.ndarray, faces: list, shading_maps: list, height: int = 512, labels: list | None = None) -> Image.Image:
     """What ``facemakeup analyze`` found in a photo, as one picture.
 
-    Left: the photo with boxes, keypoints, the 3D fit's visible landmarks (white dots), pose axes
-    and pose in degrees. Right, per face: its
-    shading map and a sphere lit by its estimated SH lighting.
+    Left: the photo with boxes (the main face's yellow), keypoints, the 3D fit's visible landmarks
+    (white dots), pose axes and pose in degrees. Right, per fitted face: its shading map and a sphere
+    lit by its estimated SH lighting.
 
     Args:
         image: ``(H, W, 3)`` uint8 RGB.
-        faces: ``Face`` records with a ``fit``.
-        shading_maps: one ``(s, s, 3)`` uint8 map per face.
+        faces: ``Face`` records; those whose ``fit`` is ``None`` get their box only.
+        shading_maps: per face an ``(s, s, 3)`` uint8 map, or ``None``.
         height: height of the picture in pixels.
+        labels: the number of each face (see ``draw_faces``).
 
     Returns:
         An RGB ``PIL.Image``.
     """
     from .faces.render import render_sphere
 
-    photo = draw_faces(image, faces)
+    photo = draw_faces(image, faces, labels)
     draw = ImageDraw.Draw(photo)
     width = max(2, round(max(photo.size) / 250))
     for face in faces:
-        for x, y in face.fit.vertices[face.fit.visible, :2]:  # the 3D fit's visible landmarks
-            draw.point((float(x), float(y)), fill=(255, 255, 255))
+        if face.fit is None:
+            continue
+        if face.fit.has_mesh:
+            for x, y in face.fit.vertices[face.fit.visible, :2]:  # the 3D fit's visible landmarks
+                draw.point((float(x), float(y)), fill=(255, 255, 255))
         draw_pose_axes(draw, face, width=width)
         p = face.fit.pose
         label = f"yaw {np.degrees(p['yaw']):.0f} pitch {np.degrees(p['pitch']):.0f} roll {np.degrees(p['roll']):.0f}"
@@ -123,6 +132,8 @@ def analysis_overlay(image: np.ndarray, faces: list, shading_maps: list[np.ndarr
     panels = [photo]
     half = height // 2
     for face, smap in zip(faces, shading_maps):
+        if face.fit is None or smap is None:
+            continue
         col = Image.new("RGB", (half, height))
         col.paste(Image.fromarray(smap).resize((half, half), Image.BICUBIC), (0, 0))
         col.paste(Image.fromarray((render_sphere(face.fit.sh, half) * 255).round().astype(np.uint8)), (0, half))

@@ -99,6 +99,11 @@ class FaceAttributes:
         d = asdict(self)
         return {"attributes": d["celeba"], "gender": d["gender"], "age": d["age"], "emotion": d["emotion"]}
 
+    @classmethod
+    def from_json(cls, data: dict) -> "FaceAttributes":
+        """The inverse of ``to_json`` (other keys of ``data`` are ignored)."""
+        return cls(celeba=dict(data["attributes"]), gender=dict(data["gender"]), age=data["age"], emotion=dict(data["emotion"]))
+
 
 def age_chip(image: np.ndarray, kps: np.ndarray, size: int = 64) -> np.ndarray:
     """``(size, size, 3)`` uint8 RGB chip for the age network (see ``AGE_CHIP_TEMPLATE``)."""
@@ -208,15 +213,34 @@ class AttributePredictor:
         Returns:
             ``FaceAttributes`` (probabilities rounded to 4 decimals, age to 0.1 year).
         """
-        p = self.celeba_probabilities(celebahq_crop(image, kps, ATTRIBUTE_CROP)[None])[0]
-        celeba = {name: round(float(v), 4) for name, v in zip(CELEBA_ATTRIBUTES, p)}
-        chip = age_chip(image, kps)[None]
-        male = celeba["Male"] if self.gender is None else round((celeba["Male"] + float(self.male_probability(chip)[0])) / 2, 4)
-        age = round(float(self.age_years(chip)[0]), 1) if self.age is not None else None
-        emotion = {}
-        if self.emotion is not None:
-            emotion = {k: round(float(v), 4) for k, v in zip(EMOTIONS, self.emotion_probabilities(emotion_crop(image, bbox)))}
-        return FaceAttributes(celeba=celeba, gender={"female": round(1 - male, 4), "male": male}, age=age, emotion=emotion)
+        return self.predict_batch([image], [kps], [bbox])[0]
+
+    def predict_batch(self, images: list[np.ndarray], kps: list[np.ndarray], bboxes: list[np.ndarray]) -> list[FaceAttributes]:
+        """``predict`` for several faces (of one or several photos): the CelebA heads and the age and
+        gender networks run once on the stacked crops.
+
+        Args:
+            images: per face, its ``(H, W, 3)`` uint8 RGB photo. kps: per face ``(5, 2)`` pixels.
+            bboxes: per face ``(4,)`` pixels.
+
+        Returns:
+            One ``FaceAttributes`` per face, in order.
+        """
+        crops = np.stack([celebahq_crop(im, k, ATTRIBUTE_CROP) for im, k in zip(images, kps)])
+        probs = self.celeba_probabilities(crops)
+        chips = np.stack([age_chip(im, k) for im, k in zip(images, kps)])
+        males = self.male_probability(chips) if self.gender is not None else None
+        ages = self.age_years(chips) if self.age is not None else None
+        out = []
+        for i, p in enumerate(probs):
+            celeba = {name: round(float(v), 4) for name, v in zip(CELEBA_ATTRIBUTES, p)}
+            male = celeba["Male"] if males is None else round((celeba["Male"] + float(males[i])) / 2, 4)
+            emotion = {}
+            if self.emotion is not None:
+                emotion = {k: round(float(v), 4) for k, v in zip(EMOTIONS, self.emotion_probabilities(emotion_crop(images[i], bboxes[i])))}
+            out.append(FaceAttributes(celeba=celeba, gender={"female": round(1 - male, 4), "male": male},
+                                      age=round(float(ages[i]), 1) if ages is not None else None, emotion=emotion))
+        return out
 
 
 def save_heads(path: str | os.PathLike, net: AttributeNet, metadata: dict) -> None:

@@ -100,32 +100,47 @@ class FaceParserNet(nn.Module):
         return F.interpolate(self.head(y), size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+#: ``FaceParser`` quality settings: (network input side as a multiple of the side the weights were
+#: trained at (their ``input_size`` metadata, 256 for the shipped ones), average with the mirrored crop).
+PARSING_QUALITY = {"fast": (1, False), "accurate": (2, True)}
+
+
 class FaceParser:
     """Label every pixel of a face photo with a CelebAMask-HQ class.
 
     Args:
         weights: a ``.safetensors`` file of ``FaceParserNet`` (its metadata holds ``input_size``);
             ``None`` = the weights shipped with the package.
+        quality: ``"fast"`` (the crop at the training side, 256 px for the shipped weights, one pass)
+            or ``"accurate"`` (twice that side, averaged with the mirrored crop's probabilities,
+            left/right classes swapped back; about 8x the time).
+            The model card (``assets/face_parser.md``) gives the accuracy of each.
 
     Raises:
         ModelNotFoundError: ``weights`` does not exist (or the package was installed without its asset).
+        ValueError: unknown ``quality``.
     """
 
-    def __init__(self, weights: str | os.PathLike | None = None):
-        from safetensors import safe_open
+    def __init__(self, weights: str | os.PathLike | None = None, quality: str = "fast"):
         from safetensors.torch import load_file
 
         from ..weights import asset
 
+        if quality not in PARSING_QUALITY:
+            raise ValueError(f"unknown parsing quality {quality!r}: choose from {list(PARSING_QUALITY)}")
         path = Path(weights) if weights is not None else asset(DEFAULT_WEIGHTS)
         if not path.is_file():
             raise ModelNotFoundError(
                 f"no face-parser weights at {path}: train them with `python scripts/train_face_parser.py` "
                 "(needs CelebAMask-HQ) or reinstall facemakeup, whose wheel ships assets/face_parser.safetensors"
             )
+        from safetensors import safe_open
+
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
-        self.input_size = int(meta.get("input_size", 256))
+        self.quality = quality
+        factor, self.flip = PARSING_QUALITY[quality]
+        self.input_size = int(meta.get("input_size", 256)) * factor
         self.weights = path
         self.net = FaceParserNet(width=int(meta.get("width", 64)))
         self.net.load_state_dict(load_file(str(path)), strict=True)
@@ -133,7 +148,8 @@ class FaceParser:
 
     @torch.no_grad()
     def probabilities(self, crops: np.ndarray) -> np.ndarray:
-        """Class probabilities for CelebA-HQ-framed crops.
+        """Class probabilities for CelebA-HQ-framed crops (with ``quality="accurate"``, averaged with
+        the mirrored crop's, whose left/right classes are swapped back: ``HFLIP_PERMUTATION``).
 
         Args:
             crops: ``(N, S, S, 3)`` uint8 RGB (any S; resized to ``input_size``).
@@ -144,7 +160,11 @@ class FaceParser:
         x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255.0
         if x.shape[-1] != self.input_size:
             x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear", antialias=True, align_corners=False)
-        return self.net(x).softmax(1).numpy()
+        p = self.net(x).softmax(1)  # (N, 19, S, S)
+        if self.flip:
+            mirrored = self.net(x.flip(-1)).softmax(1).flip(-1)  # classes still mirrored: l_eye means the other eye
+            p = (p + mirrored[:, list(HFLIP_PERMUTATION)]) / 2
+        return p.numpy()
 
     def parse(self, image: np.ndarray, kps: np.ndarray) -> np.ndarray:
         """Label map of one face, the photo's size.
@@ -156,13 +176,25 @@ class FaceParser:
         Returns:
             ``(H, W)`` uint8 labels 0-18 (``CELEBAMASK_CLASSES``); pixels outside the face's crop are 0.
         """
+        return self.parse_batch([image], [kps])[0]
+
+    def parse_batch(self, images: list[np.ndarray], kps: list[np.ndarray]) -> list[np.ndarray]:
+        """``parse`` for several faces (of one or several photos), one network run.
+
+        Args:
+            images: per face, its ``(H, W, 3)`` uint8 RGB photo. kps: per face ``(5, 2)`` pixels.
+
+        Returns:
+            Per face an ``(H, W)`` uint8 label map of its photo's size.
+        """
         size = self.input_size
-        M = celebahq_transform(kps, size)
-        crop = cv2.warpAffine(image, M, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
-        labels = self.probabilities(crop[None])[0].argmax(0).astype(np.uint8)
-        h, w = image.shape[:2]
-        return cv2.warpAffine(labels, M, (w, h), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
-                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        transforms = [celebahq_transform(k, size) for k in kps]
+        crops = np.stack([cv2.warpAffine(im, M, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
+                          for im, M in zip(images, transforms)])
+        labels = self.probabilities(crops).argmax(1).astype(np.uint8)  # (N, S, S)
+        return [cv2.warpAffine(lab, M, (im.shape[1], im.shape[0]), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+                for lab, M, im in zip(labels, transforms, images)]
 
 
 def region_mask(labels: np.ndarray, region: str | tuple[int, ...], kps: np.ndarray | None = None) -> np.ndarray:

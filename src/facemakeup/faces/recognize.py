@@ -31,6 +31,8 @@ class ArcFace:
         self.model_file = resolve_model_file("recognizer", model)
         self.session = open_session(self.model_file, threads)
         self.input_name = self.session.get_inputs()[0].name
+        # graphs with a symbolic batch dimension take all faces in one run; a fixed batch of 1 runs per face
+        self.batched = self.session.get_inputs()[0].shape[0] != 1
 
     def embed(self, aligned: np.ndarray) -> np.ndarray:
         """Embed aligned faces.
@@ -44,7 +46,9 @@ class ArcFace:
         single = aligned.ndim == 3
         batch = aligned[None] if single else aligned
         blob = ((batch.astype(np.float32) - 127.5) / 127.5).transpose(0, 3, 1, 2)  # (N, 3, 112, 112)
-        # The exported graphs declare batch 1 in places; one run per face is safe for every ArcFace ONNX.
-        emb = np.concatenate([self.session.run(None, {self.input_name: blob[i : i + 1]})[0] for i in range(len(blob))])
+        if self.batched:
+            emb = self.session.run(None, {self.input_name: blob})[0]
+        else:
+            emb = np.concatenate([self.session.run(None, {self.input_name: blob[i : i + 1]})[0] for i in range(len(blob))])
         emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
         return emb[0] if single else emb

@@ -42,21 +42,27 @@ def rasterize(xy: np.ndarray, depth: np.ndarray, triangles: np.ndarray, height: 
     triangles = np.asarray(triangles)
     tri_id = np.full((height, width), -1, dtype=np.int32)
     fixed = np.round((xy - 0.5) * 16).astype(np.int32)  # cv2 puts pixel centres on integers; 4 fractional bits
-    for t in np.argsort(depth[triangles].mean(axis=1), kind="stable"):  # far to near: nearer triangles overwrite
-        cv2.fillConvexPoly(tri_id, fixed[triangles[t]], int(t), lineType=cv2.LINE_8, shift=4)
+    order = np.argsort(depth[triangles].mean(axis=1), kind="stable")  # far to near: nearer triangles overwrite
+    for t, poly in zip(order.tolist(), fixed[triangles[order]]):
+        cv2.fillConvexPoly(tri_id, poly, t, cv2.LINE_8, 4)
     bary = np.zeros((height, width, 3), dtype=np.float32)
     zbuf = np.full((height, width), -np.inf, dtype=np.float32)
     ys, xs = np.nonzero(tri_id >= 0)
     if len(ys):
-        corners = triangles[tri_id[ys, xs]]  # (P, 3)
-        a, b, c = xy[corners[:, 0]], xy[corners[:, 1]], xy[corners[:, 2]]
-        px, py = xs + 0.5, ys + 0.5
+        # barycentric weights are affine in the pixel position: w_k = c_k0 + c_k1 * x + c_k2 * y per triangle
+        a, b, c = (xy[triangles[:, k]] for k in range(3))  # (M, 2) each
         area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
         area = np.where(np.abs(area) < 1e-12, 1e-12, area)
-        w0 = ((b[:, 0] - px) * (c[:, 1] - py) - (b[:, 1] - py) * (c[:, 0] - px)) / area
-        w1 = ((c[:, 0] - px) * (a[:, 1] - py) - (c[:, 1] - py) * (a[:, 0] - px)) / area
-        w = np.clip(np.stack([w0, w1, 1 - w0 - w1], axis=1), 0, None)  # edge pixels: onto the triangle
+        coef = np.stack([
+            np.stack([b[:, 0] * c[:, 1] - b[:, 1] * c[:, 0], b[:, 1] - c[:, 1], c[:, 0] - b[:, 0]], axis=1),  # w0
+            np.stack([c[:, 0] * a[:, 1] - c[:, 1] * a[:, 0], c[:, 1] - a[:, 1], a[:, 0] - c[:, 0]], axis=1),  # w1
+        ], axis=1) / area[:, None, None]  # (M, 2, 3)
+        tid = tri_id[ys, xs]
+        k = coef[tid]  # (P, 2, 3)
+        w01 = k[:, :, 0] + k[:, :, 1] * (xs + 0.5)[:, None] + k[:, :, 2] * (ys + 0.5)[:, None]  # (P, 2)
+        w = np.clip(np.concatenate([w01, 1 - w01.sum(axis=1, keepdims=True)], axis=1), 0, None)  # edge pixels: onto the triangle
         w /= np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
+        corners = triangles[tid]  # (P, 3)
         bary[ys, xs] = w
         zbuf[ys, xs] = (w * depth[corners]).sum(axis=1)
     return tri_id, bary, zbuf
@@ -137,9 +143,14 @@ def shading_map(fit, kps: np.ndarray, sh: np.ndarray | None = None, crop_factor:
 
     Returns:
         ``(height, width, 3)`` uint8 grey image (three equal channels).
+
+    Raises:
+        ValueError: ``fit`` has no mesh (``FaceFit.from_json`` of JSON written without it).
     """
     from .align import landmark_box
 
+    if fit.vertices is None:
+        raise ValueError("this FaceFit has no mesh (read from JSON written without it): fit the photo again to render it")
     x0, y0, x1, y1 = landmark_box(kps, crop_factor) if box is None else box
     side = x1 - x0
     scale = max(height, width) / side  # pixels of the output per pixel of the photo

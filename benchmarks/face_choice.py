@@ -1,0 +1,124 @@
+"""How often the face-choice rule picks another face than "the largest box", on ../shared/data/wild.
+
+    python benchmarks/face_choice.py [--limit N] [--sheet /tmp/face_choice.jpg]
+
+For every photo with two or more faces, compares the main face of ``face_choice_scores`` (visible
+area, centrality, detector score) with the old rule (the longest box side). Where they differ and
+the photo's identity has other photos, the two candidates' ArcFace embeddings are compared with
+the main faces of those other photos: the face that is more similar is the identity the photo is
+labelled with. Writes benchmarks/results/face_choice.json and a contact sheet of every photo with
+several faces (green: main face, red: largest box where it differs, grey: the others; research-only
+photos: the sheet must be written OUTSIDE the repository, /tmp by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections import defaultdict
+
+import numpy as np
+from PIL import Image, ImageDraw
+from tqdm import tqdm
+
+from common import ROOT, SHARED_DATA, write_result
+from facemakeup.faces import FaceAnalyzer, load_image
+from facemakeup.faces.analyzer import face_choice_scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--limit", type=int, default=None, help="first N photos")
+    parser.add_argument("--sheet", default="/tmp/face_choice_changed.jpg", help="contact sheet path (outside the repository)")
+    args = parser.parse_args()
+    if not SHARED_DATA.is_dir():
+        sys.exit(f"no data at {SHARED_DATA} (set FACEMAKEUP_SHARED_DATA)")
+    sheet_path = __import__("pathlib").Path(args.sheet).resolve()
+    if ROOT in sheet_path.parents:
+        sys.exit(f"{sheet_path}: the sheet shows research-only photos; write it outside the repository")
+
+    wild = SHARED_DATA / "wild"
+    identity = {}
+    with open(wild / "MANIFEST.tsv") as f:
+        for row in csv.DictReader(f, delimiter="\t"):
+            identity[row["file"]] = row["identity_id_if_known"] or None
+    files = sorted(identity)[: args.limit]
+    analyzer = FaceAnalyzer(fitter=None)
+    photos = {}
+    for name in tqdm(files, desc="detect"):
+        rgb = load_image(wild / name)
+        faces = analyzer.get(rgb, stages=("embed",))
+        photos[name] = (rgb, faces)
+
+    by_identity = defaultdict(list)
+    for name, (_, faces) in photos.items():
+        if faces and identity[name]:
+            by_identity[identity[name]].append(name)
+
+    multi, changed, cases = 0, [], []
+    verdicts = {"new_more_similar": 0, "old_more_similar": 0, "no_other_photo": 0}
+    for name, (rgb, faces) in photos.items():
+        if len(faces) < 2:
+            continue
+        multi += 1
+        old = int(np.argmax([f.size for f in faces]))  # the old rule: the longest box side
+        others = [photos[o][1][0].embedding for o in by_identity.get(identity[name], []) if o != name]
+        if old != 0:
+            changed.append(name)
+        if old == 0:
+            verdict = "same face"
+        elif not others:
+            verdicts["no_other_photo"] += 1
+            verdict = "no other photo"
+        else:
+            ref = np.stack(others)
+            new_sim, old_sim = float((ref @ faces[0].embedding).mean()), float((ref @ faces[old].embedding).mean())
+            verdict = f"id sim new {new_sim:.2f} / old {old_sim:.2f}"
+            verdicts["new_more_similar" if new_sim > old_sim else "old_more_similar"] += 1
+        h, w = rgb.shape[:2]
+        scores = face_choice_scores(np.stack([f.bbox for f in faces]), np.array([f.det_score for f in faces]), h, w)
+        cases.append({"file": name, "faces": len(faces), "changed": old != 0, "old_index": old, "old_box_side": faces[old].size,
+                      "new_box_side": faces[0].size, "scores": [round(float(s), 1) for s in scores], "verdict": verdict})
+
+    if cases:
+        tiles = []
+        for case in cases:
+            rgb, faces = photos[case["file"]]
+            img = Image.fromarray(rgb)
+            draw = ImageDraw.Draw(img)
+            lw = max(2, round(max(img.size) / 200))
+            for f in faces[1:]:
+                draw.rectangle([float(v) for v in f.bbox], outline=(160, 160, 160), width=lw)
+            draw.rectangle([float(v) for v in faces[case["old_index"]].bbox], outline=(255, 0, 0), width=lw)
+            draw.rectangle([float(v) for v in faces[0].bbox], outline=(0, 255, 0), width=lw)
+            img.thumbnail((320, 320))
+            tile = Image.new("RGB", (320, 350), "white")
+            tile.paste(img, (0, 0))
+            ImageDraw.Draw(tile).text((4, 324), f"{case['file'][7:40]}\n{case['verdict']}", fill=(0, 0, 0))
+            tiles.append(tile)
+        cols = min(5, len(tiles))
+        sheet = Image.new("RGB", (cols * 320, -(-len(tiles) // cols) * 350), "white")
+        for k, t in enumerate(tiles):
+            sheet.paste(t, ((k % cols) * 320, (k // cols) * 350))
+        sheet_path.parent.mkdir(parents=True, exist_ok=True)
+        sheet.save(sheet_path, quality=90)
+
+    result = {
+        "data": "../shared/data/wild (unaligned photos, 150-1024 px)",
+        "photos": len(photos),
+        "photos_with_a_face": sum(bool(f) for _, f in photos.values()),
+        "photos_with_several_faces": multi,
+        "main_face_changed": len(changed),
+        "changed_share_of_all_photos": len(changed) / max(len(photos), 1),
+        "identity_check_of_changed": verdicts,
+        "identity_check": "mean ArcFace cosine of each candidate with the main faces of the same identity's other photos",
+        "cases": cases,
+        "contact_sheet": f"{sheet_path} (not in the repository: research-only photos); green = main face, red = largest box where it differs, grey = other faces",
+    }
+    print({k: v for k, v in result.items() if k != "cases"})
+    print("wrote", write_result("face_choice", result))
+
+
+if __name__ == "__main__":
+    main()
