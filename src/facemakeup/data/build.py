@@ -58,7 +58,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..errors import BuildLockedError, FaceMakeUpError, PlanMismatchError
+from ..errors import BuildLockedError, FaceMakeUpError, FaceTooSmallError, PlanMismatchError
 from ..faces.parsing import region_mask
 from .captions import Caption, clip_tokenizer, find_phrases, template_captions, token_indices
 from .curation import CurationConfig, TextDetector, cartoon, grayscale, group, resolution
@@ -220,10 +220,10 @@ class RecordMaker:
     """Turns one photo into a ``Record`` and its files, or a rejection; one per worker process.
 
     Order (cheapest first, each stage only for photos that passed the previous ones): decode;
-    resolution and grayscale; face detection (``analyzer.detector``, no ArcFace) -> no face / too
-    small / group photo; text; cartoon (on the largest face); then ``FaceAnalyzer.get(max_faces=1)``
-    runs ArcFace, the 3D fit, parsing and attributes for the largest face only. ``times`` sums the
-    seconds per stage (``STAGES``).
+    resolution and grayscale; face detection (``FaceAnalyzer.get``: detection only, faces in the
+    main-face order of ``face_choice_scores``) -> no face / too small / group photo; text; cartoon (on
+    the main face); then ``FaceAnalyzer.run`` computes ArcFace, the 3D fit, parsing and attributes for
+    the main face only. ``times`` sums the seconds per stage (``STAGES``).
     """
 
     def __init__(self, config: BuildConfig):
@@ -281,28 +281,26 @@ class RecordMaker:
         if not all(v.passed for v in verdicts.values()):
             return _reject(source, _reasons(verdicts), verdicts), {}
         with self._stage("detect"):
-            boxes, _, kps = self.analyzer.detector.detect_multiscale(rgb, self.analyzer.det_sizes)
-        if len(boxes) == 0:
+            try:
+                faces = self.analyzer.get(rgb)  # detection only; the main face first
+            except FaceTooSmallError as err:
+                return _reject(source, [f"face_too_small: {err}"], verdicts), {}
+        if not faces:
             return _reject(source, ["no_face"], verdicts), {}
-        sizes = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-        if sizes.max() < self.analyzer.min_face_size:
-            return _reject(source, [f"face_too_small: largest face {sizes.max():.0f} px < {self.analyzer.min_face_size}"],
-                           verdicts), {}
-        verdicts["group"] = group([float(s) for s in sizes if s >= self.analyzer.min_face_size], cfg)
+        face = faces[0]
+        verdicts["group"] = group([f.size for f in faces], cfg)
         if verdicts["group"].passed:
             with self._stage("text"):
                 verdicts["text"] = self.text.verdict(rgb, cfg)
             with self._stage("cartoon"):
-                verdicts["cartoon"] = cartoon(rgb, kps[int(np.argmax(sizes))], cfg)
+                verdicts["cartoon"] = cartoon(rgb, face.kps, cfg)
         if not all(v.passed for v in verdicts.values()):
             return _reject(source, _reasons(verdicts), verdicts), {}
-        with self._stage("analyze"):
-            faces = self.analyzer.get(rgb, max_faces=1)  # ArcFace, 3D fit, parsing, attributes: the chosen face only
-        if not faces:
-            return _reject(source, ["no_face"], verdicts), {}
-        if faces[0].fit is None:
-            return _reject(source, [f"fit_failed: {faces[0].fit_error}"], verdicts), {}
-        return self._record(source, data, rgb, faces[0], verdicts)
+        with self._stage("analyze"):  # ArcFace, 3D fit, parsing, attributes: the main face only
+            self.analyzer.run([face], "embed", "clip", "fit", "attributes", "parsing")
+        if face.fit is None:
+            return _reject(source, [f"fit_failed: {face.fit_error}"], verdicts), {}
+        return self._record(source, data, rgb, face, verdicts)
 
     def _record(self, source, data, rgb, face, verdicts) -> tuple[dict, dict[str, bytes]]:
         from ..faces.lighting import SH_BASIS
