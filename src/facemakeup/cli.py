@@ -265,7 +265,7 @@ def _output_stems(paths: list[Path]) -> dict[Path, str]:
 @click.option("--shading-size", default=512, show_default=True, type=int, help="Side of the shading map in pixels.")
 @click.option("--parsing", is_flag=True, help="Also write each face's label map NAME_faceK_parsing.png (CelebAMask-HQ values 0-18).")
 @click.option("--parsing-quality", default="fast", show_default=True, type=click.Choice(["fast", "accurate"]),
-              help="fast: 256 px, one pass; accurate: 512 px averaged with the mirror image (about 8x slower). Accuracy of each: assets/face_parser.md.")
+              help="fast: one pass; accurate: averaged with the mirror image (about 2x slower). Accuracy of each: assets/face_parser.md.")
 @click.option("--attributes/--no-attributes", default=True, show_default=True, help="CelebA attributes, gender, age, emotion.")
 def analyze(photos, out_dir, face_models, face_index, shading_crop_factor, shading_size, parsing, parsing_quality, attributes):
     """Faces, identity embedding, 3D pose, SH lighting, shading maps, attributes and (with --parsing) region labels of PHOTOS.
