@@ -67,7 +67,8 @@ from .record import Record, read_records, write_atomic, write_jsonl
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 LIST_SUFFIXES = {".txt", ".lst"}
 DISTRIBUTORS = ("local", "dask")
-#: Pipeline stages timed per shard (seconds summed over its photos).
+#: Pipeline stages timed per shard (seconds summed over its photos); ``analyze`` is ``FaceAnalyzer.get`` on
+#: the chosen face, ``captions_masks`` includes the shading map.
 STAGES = ("read", "decode", "cheap_filters", "detect", "text", "cartoon", "analyze", "captions_masks", "encode", "write")
 
 
