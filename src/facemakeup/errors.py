@@ -34,3 +34,15 @@ class ModelNotFoundError(FaceMakeUpError, OSError):
 
 class FitError(FaceMakeUpError, ValueError):
     """The 3D face fit (mesh, pose, lighting) failed for a detected face; the message says why."""
+
+
+class CheckpointError(FaceMakeUpError, ValueError):
+    """A checkpoint file cannot be used: truncated or corrupt, refused (unsafe pickle), or of an
+    unknown layout. The message names the file and what to do."""
+
+
+class CheckpointLayoutError(CheckpointError):
+    """A checkpoint's keys or shapes match no known layout (or do not fit the UNet).
+
+    The message names the nearest known layout and the keys that differ from it.
+    """
