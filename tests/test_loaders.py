@@ -274,13 +274,13 @@ def test_convert_round_trips_give_identical_outputs(tmp_path, parts, layout):
         dst = tmp_path / to / ("model.safetensors" if to == "ip-adapter" else "")
         write_checkpoint(dst, first.adapter, None, to)
         pipe = ours_pipeline(parts)
-        pipe.load_face_adapter(dst.parent / "model.bin" if to == "face-makeup-v2" else dst, shortcut=shortcut)
+        pipe.load_face_adapter(tmp_path / to / "model.bin" if to == "face-makeup-v2" else dst, shortcut=shortcut)
         for key in ("attn_layers", "projection", "shortcut", "multi_face", "num_tokens", "lora_rank", "clip_embed_dim"):
             assert pipe.face_adapter.config[key] == direct.face_adapter.config[key], (to, key)
         for k, v in pipe.face_adapter.state_dict().items():
             assert torch.equal(v, reference[k]), (to, k)  # the very same weights, bit for bit
-        # ... hence the same images (up to the CPU GEMM's dependence on buffer alignment)
-        torch.testing.assert_close(run_ours(pipe, x, 0.6, 1.0), expected, rtol=0, atol=1e-5)
+        # ... hence the same latents, up to float32 rounding (CPU GEMM results depend on buffer alignment)
+        torch.testing.assert_close(run_ours(pipe, x, 0.6, 1.0), expected, rtol=0, atol=1e-4)
     # ours -> theirs -> ours: the exported keys are the published ones
     if "ip-adapter" in targets:
         again = load_checkpoint(tmp_path / "ip-adapter" / "model.safetensors", parts["unet"], shortcut=shortcut)
@@ -393,7 +393,7 @@ def test_pickle_with_code_is_refused_without_running_it(tmp_path, parts, capsys)
     torch.save({"image_proj": {"x": Payload()}, "ip_adapter": {}}, path)
     with pytest.raises(CheckpointError) as err:
         load_checkpoint(path, parts["unet"])
-    assert "builtins.print" in str(err.value) and "tensors only" in str(err.value)
+    assert "asks for print" in str(err.value) and "tensors only" in str(err.value)
     assert "weights_only" not in str(err.value)  # never advise loading it with code
     assert "this must never run" not in capsys.readouterr().out
     legacy = tmp_path / "legacy.pt"

@@ -44,7 +44,7 @@ from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CL
 
 from .errors import ModelNotFoundError
 from .faces.image import ImageInput
-from .model.id_adapter import FaceIDAdapter
+from .model.id_adapter import FaceIDAdapter, _like
 from .model.loaders import load_checkpoint
 from .model.shadingnet import shadingnet_from_unet
 
@@ -241,12 +241,12 @@ class FaceMakeUpPipeline(DiffusionPipeline):
             from .errors import CheckpointLayoutError
 
             raise CheckpointLayoutError(f"{ckpt.source} ({ckpt.layout}) holds no ID adapter")
-        adapter = ckpt.adapter.to(self.unet.device, self.unet.dtype)
+        adapter = _like(ckpt.adapter, self.unet)
         adapter.attach(self.unet)
         adapter.set_ip_scale(DEFAULT_IP_SCALE)
         self.register_modules(face_adapter=adapter)
         if load_controlnet and ckpt.controlnet is not None:
-            self.register_modules(controlnet=ckpt.controlnet.to(self.unet.device, self.unet.dtype))
+            self.register_modules(controlnet=_like(ckpt.controlnet, self.unet))
         return ckpt.layout
 
     def set_face_adapter_scale(self, scale: float | dict) -> None:
@@ -679,7 +679,7 @@ def _load_weights(unet, adapter, shadingnet, vae_scale_factor: int, local_files_
             from .errors import CheckpointLayoutError
 
             raise CheckpointLayoutError(f"{shadingnet} ({ckpt.layout}) holds no ControlNet")
-        controlnet = ckpt.controlnet.to(unet.device, unet.dtype)
+        controlnet = _like(ckpt.controlnet, unet)
     elif ckpt is not None and ckpt.controlnet is not None:
         logger.warning("%s also holds a ControlNet (%s); pass it as the ShadingNet too to use it", adapter, ckpt.layout)
     return face_adapter, controlnet
