@@ -78,7 +78,7 @@ def _light_dir(ctx, param, value):
 @click.option("--width", default=None, type=int)
 @click.option("--face-index", default=0, show_default=True, type=int, help="Which face of each photo, 0 = largest.")
 @click.option("--crop-factor", default=3.0, show_default=True, type=float, help="CLIP face crop: keypoint box x this.")
-@click.option("--shading-crop-factor", default=5.0, show_default=True, type=float, help="Shading map crop: keypoint box x this.")
+@click.option("--shading-crop-factor", default=5.0, show_default=True, type=float, help="Crop of the shading / keypoint map: keypoint box x this.")
 def generate(references, weights, prompt, negative_prompt, out_dir, model, image_encoder, adapter, shadingnet, condition, shortcut, face_models, seed,
              num_images, steps, guidance_scale, ip_scale, s_scale, controlnet_scale, shading_from, light_from, light_dir, light_strength, height,
              width, face_index, crop_factor, shading_crop_factor):

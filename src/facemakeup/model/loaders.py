@@ -401,8 +401,9 @@ def resolve(path_or_hub_id: str | os.PathLike, subfolder: str | None = None, wei
     try:
         if weight_name:
             return Path(huggingface_hub.hf_hub_download(repo, weight_name, subfolder=subfolder or None, local_files_only=bool(local_files_only) or None))
-        root = huggingface_hub.snapshot_download(repo, allow_patterns=[f"{subfolder}/*"] if subfolder else None,
-                                                 local_files_only=bool(local_files_only) or None)
+        patterns = [f"{subfolder}/*"] if subfolder else ["face_adapter/*", "shadingnet/*", "controlnet/*", "config.json",
+                                                         "diffusion_pytorch_model.safetensors"]  # our layout, never a whole repo
+        root = huggingface_hub.snapshot_download(repo, allow_patterns=patterns, local_files_only=bool(local_files_only) or None)
         return Path(root) / (subfolder or "")
     except Exception as err:  # offline, unknown repo or file: all mean "download it yourself"
         what = f"{repo} {'/'.join(p for p in (subfolder, weight_name) if p)}".strip()
