@@ -1,27 +1,39 @@
-"""Per-step time of FaceMakeUpPipeline (with and without ShadingNet) vs StableDiffusionPipeline on the same UNet.
+"""Per-step time of FaceMakeUpPipeline against diffusers' own paths, side by side on one UNet.
 
     python benchmarks/pipeline_speed.py [--sizes tiny sd15] [--steps 3]
 
-Both pipelines run CFG (batch 2 through the UNet) from the same latents (SD 1.5 layout at 256x256
-px; the tiny test model at its native 64x64 px, as its VAE downsamples only 2x), random
-weights (SD 1.5 does not install offline; speed does not depend on the weights). Per-step time is
-(T(1 + steps) - T(1)) / steps, which removes the one-off work (text encoding, ID projection, VAE
-decode). "sd15" is the SD 1.5 UNet layout (860M parameters); "tiny" is the test model.
-Writes benchmarks/results/pipeline_speed.json.
+Rows, all with CFG (batch 2 through the UNet), the same latents and the same random weights:
+
+- ``stable_diffusion``: diffusers' ``StableDiffusionPipeline``, no adapter;
+- ``diffusers_ip_adapter``: the same + ``load_ip_adapter`` of a random IP-Adapter-FaceID-PlusV2
+  state dict (h94 layout; diffusers loads its projection and IP k/v, not its LoRA);
+- ``facemakeup``: ``FaceMakeUpPipeline.load_face_adapter`` of that very file (IP k/v + LoRA
+  rank 128, unfused), ``facemakeup_lora_fused``: LoRA fused as ``facemakeup generate`` does;
+- ``diffusers_controlnet_ip_adapter``: ``StableDiffusionControlNetPipeline`` with a ControlNet made
+  by ``ControlNetModel.from_unet`` + the same ``load_ip_adapter``;
+- ``facemakeup_lora_fused_controlnet``: ours with that ControlNet as ShadingNet.
+
+Per-step time is (T(1 + steps) - T(1)) / steps, which removes the one-off work (text encoding, ID
+tokens, VAE decode). "sd15" is the SD 1.5 UNet layout (860M parameters) at 256x256 px with CLIP
+ViT-H-sized features (257 x 1280); "tiny" the test model at 64x64 px. SD 1.5 does not install offline;
+speed does not depend on the weights. Writes benchmarks/results/pipeline_speed.json with the CPU
+count and load.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, StableDiffusionControlNetPipeline, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from common import write_result
-from facemakeup.model import FaceIDAdapter
 from facemakeup.model.shadingnet import shadingnet_from_unet
 from facemakeup.model.tiny import tiny_components
 from facemakeup.pipeline import FaceMakeUpPipeline
@@ -42,6 +54,35 @@ def sd15_components() -> dict:
     return parts
 
 
+def faceid_plusv2(unet, clip_dim: int, rank: int = 128) -> dict:
+    """Random weights in the h94 ``ip-adapter-faceid-plusv2_sd15.bin`` layout (names and shapes)."""
+    g = torch.Generator().manual_seed(0)
+    w = lambda *shape: torch.randn(*shape, generator=g) * 0.02  # noqa: E731
+    d = unet.config.cross_attention_dim
+    inner = 64 * max(d // 64, 1)
+    proj = {"proj.0.weight": w(1024, 512), "proj.0.bias": w(1024), "proj.2.weight": w(4 * d, 1024), "proj.2.bias": w(4 * d),
+            "norm.weight": 1 + w(d), "norm.bias": w(d)}
+    r = "perceiver_resampler."
+    proj.update({r + "proj_in.weight": w(d, clip_dim), r + "proj_in.bias": w(d), r + "proj_out.weight": w(d, d), r + "proj_out.bias": w(d),
+                 r + "norm_out.weight": 1 + w(d), r + "norm_out.bias": w(d)})
+    for i in range(4):
+        p = f"{r}layers.{i}."
+        proj.update({p + "0.norm1.weight": 1 + w(d), p + "0.norm1.bias": w(d), p + "0.norm2.weight": 1 + w(d), p + "0.norm2.bias": w(d),
+                     p + "0.to_q.weight": w(inner, d), p + "0.to_kv.weight": w(2 * inner, d), p + "0.to_out.weight": w(d, inner),
+                     p + "1.0.weight": 1 + w(d), p + "1.0.bias": w(d), p + "1.1.weight": w(4 * d, d), p + "1.3.weight": w(d, 4 * d)})
+    ip = {}
+    for i, name in enumerate(unet.attn_processors):
+        attn = unet.get_submodule(name[: -len(".processor")])
+        hidden, ctx = attn.to_k.out_features, attn.to_k.in_features
+        for t, fan_in in (("to_q", hidden), ("to_k", ctx), ("to_v", ctx), ("to_out", hidden)):
+            ip[f"{i}.{t}_lora.down.weight"] = w(rank, fan_in)
+            ip[f"{i}.{t}_lora.up.weight"] = w(hidden, rank)
+        if attn.is_cross_attention:
+            ip[f"{i}.to_k_ip.weight"] = w(hidden, d)
+            ip[f"{i}.to_v_ip.weight"] = w(hidden, d)
+    return {"image_proj": proj, "ip_adapter": ip}
+
+
 def timed(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
@@ -51,64 +92,74 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def per_step(make, steps: int, repeats: int) -> float:
+    """(T(1 + steps) - T(1)) / steps for ``make(n)`` = a call running n denoising steps."""
+    return (timed(make(1 + steps), repeats) - timed(make(1), repeats)) / steps
+
+
 def bench(size: str, steps: int, repeats: int) -> dict:
     parts = tiny_components() if size == "tiny" else sd15_components()
     px = 64 if size == "tiny" else 256
-    unet_params = sum(p.numel() for p in parts["unet"].parameters())
-    sd = StableDiffusionPipeline(**{k: v for k, v in parts.items() if k not in ("image_encoder", "feature_extractor")},
-                                 safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    sd.set_progress_bar_config(disable=True)
+    clip_dim, clip_len = (32, 65) if size == "tiny" else (1280, 257)
+    unet = parts["unet"]
     scale = 2 ** (len(parts["vae"].config.block_out_channels) - 1)
-    shadingnet = shadingnet_from_unet(parts["unet"], scale)
-    adapter = FaceIDAdapter.for_unet(parts["unet"], parts["image_encoder"].config.hidden_size, lora_rank=128)
-    clip_len = (parts["image_encoder"].config.image_size // parts["image_encoder"].config.patch_size) ** 2 + 1
-    ours = FaceMakeUpPipeline(face_adapter=adapter, **parts)
-    ours.set_progress_bar_config(disable=True)
-    latents = torch.randn(1, 4, px // scale, px // scale, generator=torch.Generator().manual_seed(0))
-    id_embeds = torch.nn.functional.normalize(torch.randn(1, 512), dim=-1)
-    clip = torch.randn(1, clip_len, parts["image_encoder"].config.hidden_size)
-
-    def run_ours(n):
-        return lambda: ours("a portrait", id_embeds=id_embeds, clip_embeds=clip, height=px, width=px, num_inference_steps=n,
-                            latents=latents, output_type="latent")
-
-    shading = torch.rand(1, 3, px, px, generator=torch.Generator().manual_seed(1))
-
-    def run_v2(n):
-        return lambda: ours("a portrait", id_embeds=id_embeds, clip_embeds=clip, height=px, width=px, num_inference_steps=n,
-                            latents=latents, output_type="latent", shading_image=shading)
-
-    def run_sd(n):
-        # SD's own unet call, with ours detached, so both run the very same UNet weights
-        return lambda: sd("a portrait", height=px, width=px, num_inference_steps=n, latents=latents, output_type="latent")
-
+    controlnet = shadingnet_from_unet(unet, scale)
+    sd_parts = {k: v for k, v in parts.items() if k not in ("image_encoder", "feature_extractor")}
+    g = torch.Generator().manual_seed(0)
+    latents = torch.randn(1, 4, px // scale, px // scale, generator=g)
+    id_embeds = torch.nn.functional.normalize(torch.randn(1, 512, generator=g), dim=-1)
+    clip = torch.randn(1, clip_len, clip_dim, generator=g)
+    uncond_clip = torch.randn(1, clip_len, clip_dim, generator=g)
+    shading = torch.rand(1, 3, px, px, generator=g)
+    state = faceid_plusv2(unet, clip_dim)
+    common = dict(height=px, width=px, latents=latents, output_type="latent")
+    t = {}
     with torch.no_grad():
-        t_ours = (timed(run_ours(1 + steps), repeats) - timed(run_ours(1), repeats)) / steps
-        adapter.fuse_lora()  # what `facemakeup generate` does: LoRA merged into the UNet
-        t_fused = (timed(run_ours(1 + steps), repeats) - timed(run_ours(1), repeats)) / steps
-        ours.register_modules(controlnet=shadingnet)  # the same pipeline with a ShadingNet (Face-MakeUpV2)
-        t_v2 = (timed(run_v2(1 + steps), repeats) - timed(run_v2(1), repeats)) / steps
-        ours.register_modules(controlnet=None)
-        adapter.unfuse_lora()
-        adapter.detach()
-        t_sd = (timed(run_sd(1 + steps), repeats) - timed(run_sd(1), repeats)) / steps
-        adapter.attach(parts["unet"])
+        # diffusers: plain, + load_ip_adapter, ControlNet pipeline + load_ip_adapter (one UNet, adapters unloaded in between)
+        sd = StableDiffusionPipeline(**sd_parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        sd.set_progress_bar_config(disable=True)
+        t["stable_diffusion"] = per_step(lambda n: lambda: sd("a portrait", num_inference_steps=n, **common), steps, repeats)
+        cn = StableDiffusionControlNetPipeline(**sd_parts, controlnet=controlnet, safety_checker=None, feature_extractor=None,
+                                               requires_safety_checker=False)
+        cn.set_progress_bar_config(disable=True)
+        embeds = [torch.cat([torch.zeros_like(id_embeds), id_embeds])[:, None]]  # (2, 1, 512): CFG halves
+        for name, pipe, extra in (("diffusers_ip_adapter", sd, {}), ("diffusers_controlnet_ip_adapter", cn, {"image": shading})):
+            pipe.load_ip_adapter({k: dict(v) for k, v in state.items()}, subfolder="", weight_name="", image_encoder_folder=None)
+            pipe.set_ip_adapter_scale(0.6)
+            proj = pipe.unet.encoder_hid_proj.image_projection_layers[0]
+            proj.clip_embeds, proj.shortcut, proj.shortcut_scale = torch.cat([uncond_clip, clip])[:, None], True, 1.0
+            t[name] = per_step(lambda n: lambda: pipe("a portrait", ip_adapter_image_embeds=embeds, num_inference_steps=n, **extra, **common),
+                               steps, repeats)
+            pipe.unload_ip_adapter()
+        del sd, cn
+
+        # ours: the very same file through load_face_adapter
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "ip-adapter-faceid-plusv2_sd15.bin"
+            torch.save(state, path)
+            ours = FaceMakeUpPipeline(face_adapter=None, **parts)
+            ours.load_face_adapter(path)
+        ours.set_progress_bar_config(disable=True)
+        kw = dict(id_embeds=id_embeds, clip_embeds=clip, uncond_clip_embeds=uncond_clip, ip_scale=0.6, **common)
+        t["facemakeup"] = per_step(lambda n: lambda: ours("a portrait", num_inference_steps=n, **kw), steps, repeats)
+        ours.face_adapter.fuse_lora()  # what `facemakeup generate` does
+        t["facemakeup_lora_fused"] = per_step(lambda n: lambda: ours("a portrait", num_inference_steps=n, **kw), steps, repeats)
+        ours.register_modules(controlnet=controlnet)
+        t["facemakeup_lora_fused_controlnet"] = per_step(
+            lambda n: lambda: ours("a portrait", num_inference_steps=n, shading_image=shading, **kw), steps, repeats)
+        adapter_params = sum(p.numel() for p in ours.face_adapter.parameters())
+        ours.unload_face_adapter()
+    base = t["stable_diffusion"]
     return {
         "unet": size,
-        "unet_parameters_M": round(unet_params / 1e6, 1),
-        "adapter_parameters_M": round(sum(p.numel() for p in adapter.parameters()) / 1e6, 1),
-        "pixels": px,
-        "cfg": True,
-        "lora_rank": 128,
-        "steps_timed": steps,
-        "repeats": repeats,
-        "s_per_step_facemakeup": t_ours,
-        "s_per_step_facemakeup_lora_fused": t_fused,
-        "s_per_step_facemakeup_lora_fused_with_shadingnet": t_v2,
-        "s_per_step_stable_diffusion": t_sd,
-        "ratio": t_ours / t_sd,
-        "ratio_lora_fused": t_fused / t_sd,
-        "ratio_lora_fused_with_shadingnet": t_v2 / t_sd,
+        "unet_parameters_M": round(sum(p.numel() for p in unet.parameters()) / 1e6, 1),
+        "adapter_parameters_M": round(adapter_params / 1e6, 1),
+        "pixels": px, "cfg": True, "lora_rank": 128, "steps_timed": steps, "repeats": repeats,
+        **{f"s_per_step_{k}": v for k, v in t.items()},
+        **{f"ratio_{k}_vs_stable_diffusion": v / base for k, v in t.items() if k != "stable_diffusion"},
+        "ratio_facemakeup_lora_fused_vs_diffusers_ip_adapter": t["facemakeup_lora_fused"] / t["diffusers_ip_adapter"],
+        "ratio_facemakeup_lora_fused_controlnet_vs_diffusers_controlnet_ip_adapter":
+            t["facemakeup_lora_fused_controlnet"] / t["diffusers_controlnet_ip_adapter"],
     }
 
 
@@ -119,10 +170,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (median) for the tiny model")
     parser.add_argument("--sd15-repeats", type=int, default=2, help="timing repeats (median) for the SD 1.5-sized UNet")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     rows = []
     for size in args.sizes:
+        load_before = os.getloadavg()
         row = bench(size, args.steps, args.repeats if size == "tiny" else args.sd15_repeats)
+        row["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
         print(row)
         rows.append(row)
     print("wrote", write_result("pipeline_speed", {"runs": rows, "torch_threads": torch.get_num_threads()}))

@@ -8,6 +8,7 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from facemakeup.model import FaceIDAdapter
+from facemakeup.model.loaders import adapter_from_state_dict
 from facemakeup.model.tiny import tiny_components
 from facemakeup.pipeline import FaceMakeUpPipeline
 
@@ -67,7 +68,7 @@ def checkpoint(parts):
 def ours_and_diffusers(parts, checkpoint):
     """Our pipeline and diffusers' StableDiffusionPipeline + load_ip_adapter on copies of one tiny model."""
     mine = {k: copy.deepcopy(v) for k, v in parts.items()}
-    adapter = FaceIDAdapter.from_ip_adapter_state_dict(checkpoint, mine["unet"])
+    adapter = adapter_from_state_dict(checkpoint, mine["unet"])
     ours = FaceMakeUpPipeline(face_adapter=adapter, **mine)
 
     theirs = {k: copy.deepcopy(v) for k, v in parts.items() if k not in ("image_encoder", "feature_extractor")}
@@ -137,7 +138,7 @@ def test_ip_scale_zero_and_fresh_adapter_leave_the_unet_unchanged(parts):
 
 def test_adapter_weights_are_shared_with_the_unet(parts, checkpoint):
     unet = copy.deepcopy(parts["unet"])
-    adapter = FaceIDAdapter.from_ip_adapter_state_dict(checkpoint, unet)
+    adapter = adapter_from_state_dict(checkpoint, unet)
     adapter.attach(unet)
     name = "down_blocks.0.attentions.0.transformer_blocks.0.attn2"
     assert unet.get_submodule(name).processor.to_k_ip[0] is adapter.ip_kv[name.replace(".", "__")]["to_k_ip"]
@@ -151,18 +152,8 @@ def test_adapter_weights_are_shared_with_the_unet(parts, checkpoint):
     assert sum(p.numel() for p in adapter.parameters()) < sum(p.numel() for p in unet.parameters())
 
 
-def test_checkpoint_mismatch_lists_keys(parts, checkpoint):
-    broken = copy.deepcopy(checkpoint)
-    del broken["ip_adapter"]["3.to_k_ip.weight"]
-    broken["ip_adapter"]["99.to_k_ip.weight"] = torch.zeros(1)
-    with pytest.raises(ValueError, match=r"missing 1 keys \['3.to_k_ip.weight'\], unexpected 1 keys \['99.to_k_ip.weight'\]"):
-        FaceIDAdapter.from_ip_adapter_state_dict(broken, copy.deepcopy(parts["unet"]))
-    with pytest.raises(ValueError, match="not an IP-Adapter-FaceID-Plus"):
-        FaceIDAdapter.from_ip_adapter_state_dict({"image_proj": {"proj.weight": torch.zeros(1)}, "ip_adapter": {}}, parts["unet"])
-
-
 def test_adapter_save_load_round_trip(tmp_path, parts, checkpoint):
-    adapter = FaceIDAdapter.from_ip_adapter_state_dict(checkpoint, copy.deepcopy(parts["unet"]))
+    adapter = adapter_from_state_dict(checkpoint, copy.deepcopy(parts["unet"]))
     adapter.save_pretrained(tmp_path)
     again = FaceIDAdapter.from_pretrained(tmp_path)
     assert again.config.lora_rank == RANK and again.config.attn_layers == adapter.config.attn_layers
@@ -173,7 +164,7 @@ def test_adapter_save_load_round_trip(tmp_path, parts, checkpoint):
 def test_fused_lora_gives_the_same_noise_and_detach_restores_the_unet(parts, checkpoint):
     unet = copy.deepcopy(parts["unet"])
     base = {k: v.clone() for k, v in unet.state_dict().items()}
-    adapter = FaceIDAdapter.from_ip_adapter_state_dict(checkpoint, unet)
+    adapter = adapter_from_state_dict(checkpoint, unet)
     adapter.attach(unet)
     torch.manual_seed(3)
     latents, text = torch.randn(1, 4, 32, 32), torch.randn(1, 77, 32)
@@ -182,10 +173,11 @@ def test_fused_lora_gives_the_same_noise_and_detach_restores_the_unet(parts, che
     unfused = call()
     adapter.fuse_lora()
     layer = unet.get_submodule("mid_block.attentions.0.transformer_blocks.0.attn1.to_q")
-    assert layer.merged and not torch.equal(layer.base_layer.weight, base["mid_block.attentions.0.transformer_blocks.0.attn1.to_q.weight"])
+    assert type(layer) is torch.nn.Linear  # plain layers while fused: no per-step LoRA work
+    assert not torch.equal(layer.weight, base["mid_block.attentions.0.transformer_blocks.0.attn1.to_q.weight"])
     torch.testing.assert_close(call(), unfused, rtol=1e-4, atol=1e-5)
     adapter.detach()  # unfuses first
     for k, v in unet.state_dict().items():
-        torch.testing.assert_close(v, base[k], rtol=0, atol=1e-6)
+        assert torch.equal(v, base[k]), k  # bit-exact
     with pytest.raises(ValueError, match="attach the adapter"):
         adapter.fuse_lora()

@@ -12,7 +12,7 @@ from safetensors import safe_open
 from facemakeup.errors import ModelNotFoundError, NoFaceError
 from facemakeup.model import FaceIDAdapter
 from facemakeup.model.tiny import tiny_components
-from facemakeup.pipeline import FaceMakeUpPipeline, load_face_adapter, load_pipeline
+from facemakeup.pipeline import FaceMakeUpPipeline, load_pipeline
 
 STEPS = 2
 
@@ -170,8 +170,8 @@ def test_from_backbone_loads_local_folders(tmp_path, astronaut):
     torch.testing.assert_close(pipe.face_adapter.ip_kv[name.replace(".", "__")]["to_k_ip"].weight, ckpt["ip_adapter"][f"{index}.to_k_ip.weight"])
     out = pipe("a face", reference_image=astronaut, num_inference_steps=1, output_type="np")
     assert out.images.shape == (1, 64, 64, 3) and np.isfinite(out.images).all()
-    with pytest.raises(ModelNotFoundError, match="missing.bin: download .*--adapter"):
-        load_face_adapter(tmp_path / "missing.bin", pipe.unet)
+    with pytest.raises(ModelNotFoundError, match="missing.bin"):
+        pipe.load_face_adapter(tmp_path / "missing.bin")
 
 
 # ---------------------------------------------------------------------------- ShadingNet
@@ -234,14 +234,10 @@ def test_face_makeup_v2_checkpoint_loads_adapter_and_shadingnet(tmp_path, astron
     again = FaceMakeUpPipeline.from_pretrained(tmp_path / "saved")
     kw = dict(reference_image=astronaut, num_inference_steps=1, seed=0, output_type="latent", controlnet_conditioning_scale=1.0)
     torch.testing.assert_close(again("a face", **kw).images, pipe("a face", **kw).images, rtol=1e-5, atol=1e-5)
-    bad = {"controlnet": {"nonsense.weight": torch.zeros(1)}}
-    torch.save(bad, tmp_path / "bad.bin")
-    from facemakeup.model.shadingnet import load_shadingnet
+    from facemakeup.model.loaders import controlnet_from_state_dict
 
     with pytest.raises(ValueError, match="does not fit a ControlNet"):
-        load_shadingnet(tmp_path / "bad.bin", parts["unet"], 2)
-    with pytest.raises(ValueError, match="carries the ID adapter"):
-        load_shadingnet(tmp_path / "model.bin", pipe.unet, 2)
+        controlnet_from_state_dict({"nonsense.weight": torch.zeros(1)}, parts["unet"], 2)
 
 
 def test_fused_pipeline_saves_a_plain_unet(tmp_path, astronaut):

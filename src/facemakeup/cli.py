@@ -2,6 +2,7 @@
 
     facemakeup generate --reference PHOTO --prompt TEXT --out DIR [--model ID|PATH|tiny] [--seed N] ...
     facemakeup analyze PHOTO_OR_DIR_OR_GLOB... --out DIR
+    facemakeup convert SRC DST --to ours|face-makeup-v2|ip-adapter
 """
 
 from __future__ import annotations
@@ -69,8 +70,11 @@ def _light_dir(ctx, param, value):
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--model", default=None, help="'tiny' (random, noise images), a saved FaceMakeUpPipeline folder, or an SD 1.5 backbone id/folder [default: stable-diffusion-v1-5/stable-diffusion-v1-5].")
 @click.option("--image-encoder", default=None, help="CLIP image encoder id/folder [default: laion/CLIP-ViT-H-14-laion2B-s32B-b79K].")
-@click.option("--adapter", default=None, type=click.Path(path_type=Path), help="ID-adapter weights: IP-Adapter-FaceID-PlusV2 / Face-MakeUp checkpoint file, or a FaceIDAdapter folder.")
-@click.option("--shadingnet", default=None, help="ShadingNet (ControlNet) weights: Face-MakeUpV2 model.bin, a ControlNet folder, or 'init' (untrained).")
+@click.option("--adapter", default=None, type=click.Path(path_type=Path), help="ID-adapter weights: an IP-Adapter-FaceID / -Plus / -PlusV2 / -Portrait file, a Face-MakeUp V1/V2 model.bin, or our folder (face_adapter/).")
+@click.option("--shadingnet", default=None, help="ControlNet weights: Face-MakeUp V1/V2 model.bin, our folder (shadingnet/), a ControlNet folder, or 'init' (untrained).")
+@click.option("--condition", default="shading", show_default=True, type=click.Choice(["shading", "keypoints", "none"]),
+              help="What the ControlNet reads: the shading map (Face-MakeUpV2), the 5-keypoint map (Face-MakeUp V1), or nothing.")
+@click.option("--shortcut/--no-shortcut", default=None, help="FaceID-Plus v1 checkpoints need --no-shortcut (PlusV2 and Face-MakeUp: shortcut, the default).")
 @click.option("--face-models", default=None, type=click.Path(path_type=Path), help="Folder with buffalo_l's det_10g.onnx and w600k_r50.onnx [default: offline SCRFD-500M + w600k_mbf].")
 @click.option("--seed", default=42, show_default=True, type=int)
 @click.option("--num-images", default=1, show_default=True, type=click.IntRange(1, 64))
@@ -88,8 +92,8 @@ def _light_dir(ctx, param, value):
 @click.option("--face-index", "--face", "face_index", default="0", show_default=True, callback=_face_choice,
               help="Which face of each photo: 0 = the main face (visible size, centrality, detector score), N = the N-th in that order, 'all' = every face (mixed as references).")
 @click.option("--crop-factor", default=3.0, show_default=True, type=float, help="CLIP face crop: keypoint box x this.")
-@click.option("--shading-crop-factor", default=5.0, show_default=True, type=float, help="Shading map crop: keypoint box x this.")
-def generate(references, weights, prompt, negative_prompt, out_dir, model, image_encoder, adapter, shadingnet, face_models, seed,
+@click.option("--shading-crop-factor", default=5.0, show_default=True, type=float, help="Crop of the shading / keypoint map: keypoint box x this.")
+def generate(references, weights, prompt, negative_prompt, out_dir, model, image_encoder, adapter, shadingnet, condition, shortcut, face_models, seed,
              num_images, steps, guidance_scale, ip_scale, s_scale, controlnet_scale, shading_from, light_from, light_dir, light_strength, height,
              width, face_index, crop_factor, shading_crop_factor):
     """Generate images of the person in --reference, as --prompt describes."""
@@ -126,18 +130,28 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         model = model or DEFAULT_BACKBONE
         image_encoder = image_encoder or DEFAULT_IMAGE_ENCODER
         t0 = time.perf_counter()
-        pipe = load_pipeline(model, image_encoder=image_encoder, adapter=str(adapter) if adapter else None, shadingnet=shadingnet)
+        pipe = load_pipeline(model, image_encoder=image_encoder, adapter=str(adapter) if adapter else None, shadingnet=shadingnet,
+                             shortcut=shortcut)
         timings["load_s"] = time.perf_counter() - t0
         # the faces found above feed the pipeline directly (no second analysis); their CLIP crops are
         # made once, on first use below, at the encoder's size
         analyzer.clip_size = pipe.image_encoder.config.image_size if pipe.image_encoder is not None else analyzer.clip_size
         pipe.face_adapter.fuse_lora()  # inference only: merge the LoRA, no per-step LoRA cost
 
-        # 3. The shading map (Face-MakeUpV2): the reference's or the target's face, its own or another light
+        # 3. The ControlNet's map: V2's shading map (the reference's or the target's face, its own or
+        #    another light) or V1's keypoint map (the reference's or the target's keypoints)
         shading = None
         if pipe.controlnet is None and (shading_from or light_from or light_dir):
             raise ValueError("--shading-from/--light-from/--light-dir need a ShadingNet: pass --shadingnet")
-        if pipe.controlnet is not None:
+        if condition != "shading" and (light_from or light_dir):
+            raise ValueError(f"--light-from/--light-dir relight the shading map; --condition {condition} has none")
+        if pipe.controlnet is not None and condition == "keypoints":
+            from .faces.conditions import keypoint_map
+
+            h = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
+            w = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
+            shading = keypoint_map(shading_face.kps, shading_crop_factor, h, w)
+        if pipe.controlnet is not None and condition == "shading":
             h = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
             w = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
             for name, face in (("shading", shading_face), ("light", light_face)):
@@ -152,7 +166,7 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
                    negative_prompt=negative_prompt, num_images_per_prompt=num_images, height=height, width=width,
                    num_inference_steps=steps, guidance_scale=guidance_scale, ip_scale=ip_scale, s_scale=s_scale,
                    reference_weights=list(weights) or None, seed=seed, shading_image=shading,
-                   controlnet_conditioning_scale=controlnet_scale)
+                   controlnet_conditioning_scale=controlnet_scale, condition=condition)
         timings["generate_s"] = time.perf_counter() - t0
         timings["per_step_s"] = timings["generate_s"] / steps
     except (FaceMakeUpError, IndexError, ValueError) as err:
@@ -171,8 +185,9 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         names.append(name)
     extra = []
     if out.shading_image is not None:
-        Image.fromarray(out.shading_image).save(out_dir / "shading.png")
-        extra.append("shading.png")
+        map_name = "keypoints.png" if condition == "keypoints" else "shading.png"
+        Image.fromarray(out.shading_image).save(out_dir / map_name)
+        extra.append(map_name)
     conditions_sheet(photos, faces, shading=out.shading_image).save(out_dir / "conditions.png")
     if len(out.images) > 1:
         from diffusers.utils import make_image_grid
@@ -200,6 +215,7 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         },
         "parameters": {"seed": seed, "num_images": num_images, "steps": steps, "guidance_scale": guidance_scale,
                        "ip_scale": ip_scale, "s_scale": s_scale, "controlnet_scale": controlnet_scale if shading is not None else None,
+                       "condition": condition if shading is not None else None,
                        "height": out.images[0].height, "width": out.images[0].width, "crop_factor": crop_factor,
                        "shading_crop_factor": shading_crop_factor, "scheduler": type(pipe.scheduler).__name__},
         "models": {"pipeline": model, "image_encoder": image_encoder if model != "tiny" else "tiny (random)",
@@ -432,6 +448,57 @@ def demo(model, image_encoder, adapter, shadingnet, out_dir, host, port, max_pix
     app = build_demo(pipe, output_dir=out_dir, max_pixels=max_pixels, max_file_size=max_bytes, model_info=info)
     click.echo(f"demo on http://{host}:{port} (writing to {out_dir}); Ctrl+C stops it")
     launch_demo(app, out_dir, host=host, port=port, max_file_size=max_bytes)
+
+
+# ---------------------------------------------------------------------------- convert (issue 12)
+def _layout_unet(model: str):
+    """``(UNet without weights, vae_scale_factor)`` giving the attention layout a checkpoint is for."""
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    if model == "tiny":
+        from .model.tiny import tiny_components
+
+        parts = tiny_components()
+        return parts["unet"], 2 ** (len(parts["vae"].config.block_out_channels) - 1)
+    if model == "sd15":  # SD 1.5's UNet config (diffusers' defaults with these three)
+        with init_empty_weights():
+            return UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64), 8
+    config = UNet2DConditionModel.load_config(model, subfolder="unet")
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(config)
+    vae_config = Path(model) / "vae" / "config.json"
+    blocks = json.loads(vae_config.read_text())["block_out_channels"] if vae_config.is_file() else [0] * 4
+    return unet, 2 ** (len(blocks) - 1)
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dst", type=click.Path(path_type=Path))
+@click.option("--to", "target", required=True, type=click.Choice(["ours", "face-makeup-v2", "ip-adapter"]),
+              help="ours: folder with face_adapter/ + shadingnet/; face-makeup-v2: V2's model.bin; ip-adapter: h94 FaceID-PlusV2 .bin/.safetensors.")
+@click.option("--model", default="sd15", show_default=True, help="UNet the checkpoint is for: 'sd15', 'tiny', or an SD 1.5-family backbone id/folder.")
+@click.option("--subfolder", default=None, help="Folder inside SRC (hub repo or folder).")
+@click.option("--weight-name", default=None, help="File inside SRC (hub repo or folder).")
+@click.option("--shortcut/--no-shortcut", default=None, help="FaceID-Plus v1 sources: --no-shortcut (kept in ours' config).")
+def convert(src, dst, target, model, subfolder, weight_name, shortcut):
+    """Convert the checkpoint SRC (any layout facemakeup reads) to DST in the --to layout.
+
+    SRC: an IP-Adapter-FaceID / -Plus / -PlusV2 / -Portrait file, a Face-MakeUp V1/V2 model.bin,
+    our folder (e.g. a training run's final/), or a hub repo id with --weight-name.
+    """
+    from .model.loaders import load_checkpoint, write_checkpoint
+
+    try:
+        unet, vae_scale = _layout_unet(model)
+        ckpt = load_checkpoint(src, unet, subfolder=subfolder, weight_name=weight_name, shortcut=shortcut, vae_scale_factor=vae_scale)
+        written = write_checkpoint(dst, ckpt.adapter, ckpt.controlnet, target)
+    except (FaceMakeUpError, ValueError, OSError) as err:
+        _fail(err)
+    parts = " + ".join(p for p, c in (("ID adapter", ckpt.adapter), ("ControlNet", ckpt.controlnet)) if c is not None)
+    left = " (its ControlNet is not part of the ip-adapter layout: left out)" if target == "ip-adapter" and ckpt.controlnet is not None else ""
+    missing = " (no ControlNet in the source: model.bin has no 'controlnet')" if target == "face-makeup-v2" and ckpt.controlnet is None else ""
+    click.echo(f"{src}: layout {ckpt.layout} ({parts}) -> {target}: wrote {', '.join(map(str, written))}{left}{missing}")
 
 
 if __name__ == "__main__":

@@ -56,3 +56,15 @@ class BuildLockedError(FaceMakeUpError, RuntimeError):
 
 class PlanMismatchError(FaceMakeUpError, ValueError):
     """An output folder's shard plan was made for other inputs than the ones given now."""
+
+
+class CheckpointError(FaceMakeUpError, ValueError):
+    """A checkpoint file cannot be used: truncated or corrupt, refused (unsafe pickle), or of an
+    unknown layout. The message names the file and what to do."""
+
+
+class CheckpointLayoutError(CheckpointError):
+    """A checkpoint's keys or shapes match no known layout (or do not fit the UNet).
+
+    The message names the nearest known layout and the keys that differ from it.
+    """

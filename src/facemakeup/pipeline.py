@@ -10,7 +10,12 @@ branch uses the negative prompt, a zero ID embedding and the CLIP features of a 
 
 With a ShadingNet (``controlnet``, Face-MakeUpV2), the reference's (or a target's) 3D face rendered
 under its SH lighting (``faces.render.shading_map``, crop factor 5) steers pose and lighting; the
-ShadingNet attends to the ID tokens only.
+ShadingNet attends to the ID tokens only. Face-MakeUp V1's ControlNet reads the 5 keypoints drawn as
+InstantID's ``draw_kps`` instead (``condition="keypoints"``, ``faces.conditions``).
+
+Weights of every published layout (IP-Adapter-FaceID, -Plus, -PlusV2, -Portrait, Face-MakeUp V1/V2,
+ours) load with ``load_face_adapter`` / ``set_face_adapter_scale`` / ``unload_face_adapter``, the
+trio of diffusers' ``load_ip_adapter`` API (``model.loaders`` reads them).
 
 Example:
     >>> pipe = FaceMakeUpPipeline.from_backbone("stable-diffusion-v1-5/stable-diffusion-v1-5",
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Union
@@ -36,11 +42,11 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-from .errors import FitError, ModelNotFoundError
+from .errors import ModelNotFoundError
 from .faces.image import ImageInput
-from .model.checkpoint import read_checkpoint
-from .model.id_adapter import FaceIDAdapter
-from .model.shadingnet import load_shadingnet, shadingnet_from_unet
+from .model.id_adapter import FaceIDAdapter, _like
+from .model.loaders import load_checkpoint
+from .model.shadingnet import shadingnet_from_unet
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +54,8 @@ logger = logging.getLogger(__name__)
 DEFAULT_BACKBONE = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 #: CLIP ViT-H-14 laion2B-s32B-b79K, the image encoder of IP-Adapter-FaceID-PlusV2 and Face-MakeUp.
 DEFAULT_IMAGE_ENCODER = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"
+#: Weight of the ID attention until ``set_face_adapter_scale`` says otherwise (Face-MakeUp V1 demo).
+DEFAULT_IP_SCALE = 0.6
 
 
 @dataclass
@@ -62,7 +70,7 @@ class FaceMakeUpPipelineOutput(BaseOutput):
         face_images: the N CLIP face crops, ``(S, S, 3)`` uint8 RGB (``None`` if ``clip_embeds`` were passed).
         reference_weights: the N mixing weights, normalised to sum to 1.
         id_tokens: ``(1, num_tokens, D)`` the ID tokens (of the mixed references) the UNet attended to.
-        shading_image: ``(H, W, 3)`` uint8 shading map the ShadingNet saw, or ``None``.
+        shading_image: ``(H, W, 3)`` uint8 map the ControlNet saw (shading or keypoint map), or ``None``.
     """
 
     images: Union[list[PIL.Image.Image], np.ndarray, torch.Tensor]
@@ -83,15 +91,16 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         tokenizer: ``CLIPTokenizer``.
         unet: a plain ``UNet2DConditionModel``; the pipeline attaches ``face_adapter`` to it.
         scheduler: any diffusers scheduler (Face-MakeUp uses DDIM).
-        face_adapter: ``FaceIDAdapter`` (ID projection, decoupled cross-attention, LoRA).
+        face_adapter: ``FaceIDAdapter`` (ID projection, decoupled cross-attention, LoRA), or ``None``
+            (then ``load_face_adapter`` before generating).
         image_encoder: ``CLIPVisionModelWithProjection`` for the face crop (ViT-H-14). Optional if
             ``clip_embeds`` are always passed.
         feature_extractor: ``CLIPImageProcessor`` of the image encoder.
-        controlnet: ``ControlNetModel``, the ShadingNet (optional; Face-MakeUpV2).
+        controlnet: ``ControlNetModel``, the ShadingNet (optional; Face-MakeUpV2) or V1's keypoint ControlNet.
     """
 
     model_cpu_offload_seq = "text_encoder->image_encoder->face_adapter->controlnet->unet->vae"
-    _optional_components = ["image_encoder", "feature_extractor", "controlnet"]
+    _optional_components = ["face_adapter", "image_encoder", "feature_extractor", "controlnet"]
 
     def __init__(
         self,
@@ -100,7 +109,7 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         tokenizer: CLIPTokenizer,
         unet: UNet2DConditionModel,
         scheduler,
-        face_adapter: FaceIDAdapter,
+        face_adapter: FaceIDAdapter | None,
         image_encoder: CLIPVisionModelWithProjection | None = None,
         feature_extractor: CLIPImageProcessorPil | None = None,
         controlnet: ControlNetModel | None = None,
@@ -119,7 +128,9 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         )
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor)
-        face_adapter.attach(unet)
+        if face_adapter is not None:
+            face_adapter.attach(unet)
+            face_adapter.set_ip_scale(DEFAULT_IP_SCALE)
         self.face_analyzer = None  # a faces.FaceAnalyzer, made on first use (ONNX, CPU: not a torch module)
 
     # ------------------------------------------------------------------ loading and saving
@@ -133,6 +144,7 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         lora_rank: int = 128,
         torch_dtype: torch.dtype = torch.float32,
         local_files_only: bool | None = None,
+        shortcut: bool | None = None,
     ) -> "FaceMakeUpPipeline":
         """Assemble the pipeline from an SD 1.5 backbone, a CLIP image encoder and ID-adapter weights.
 
@@ -141,19 +153,23 @@ class FaceMakeUpPipeline(DiffusionPipeline):
                 ``text_encoder/``, ``tokenizer/``, ``scheduler/``).
             image_encoder: hub id or local folder of a transformers CLIP model (full CLIP or vision
                 tower; its ``CLIPImageProcessor`` is loaded from the same place); ``None`` leaves it out.
-            adapter: IP-Adapter-FaceID-PlusV2 / Face-MakeUp V1 checkpoint (``.bin``/``.pt``/
-                ``.safetensors``) or a folder saved by ``FaceIDAdapter.save_pretrained``; ``None``
-                makes a fresh, untrained adapter (identity is then not transferred: train it or load weights).
-            shadingnet: ShadingNet weights (see ``model.shadingnet.load_shadingnet``; Face-MakeUpV2's
-                ``model.bin`` holds both the adapter and the ShadingNet), ``"init"`` for a fresh copy
-                of the UNet (no effect until trained), or ``None`` for none.
+            adapter: ID-adapter weights in any layout of ``model.loaders`` (IP-Adapter-FaceID /
+                -Plus / -PlusV2 / -Portrait file, Face-MakeUp V1/V2 ``model.bin``, our folder with
+                ``face_adapter/``), as a path; ``None`` makes a fresh, untrained adapter (identity is
+                then not transferred: train it or load weights).
+            shadingnet: ControlNet weights (our folder with ``shadingnet/``, a ControlNet folder or
+                state dict, or Face-MakeUp's ``model.bin``, which holds both: pass it as ``adapter``
+                too and it is read once), ``"init"`` for a fresh copy of the UNet (no effect until
+                trained), or ``None`` for none.
             lora_rank: LoRA rank of a fresh adapter.
             torch_dtype: dtype of all components (float32 on CPU).
             local_files_only: never touch the network (default: ``HF_HUB_OFFLINE``).
+            shortcut: FaceID-Plus v1 checkpoints: ``False`` (see ``model.loaders``).
 
         Raises:
             ModelNotFoundError: a component is neither on disk nor downloadable; the message says
                 what to download and how to point to it.
+            CheckpointError, CheckpointLayoutError: an adapter/ControlNet file cannot be used.
         """
         kw = {"torch_dtype": torch_dtype, "local_files_only": local_files_only}
 
@@ -173,28 +189,90 @@ class FaceMakeUpPipeline(DiffusionPipeline):
             encoder = load("CLIP image encoder", CLIPVisionModelWithProjection.from_pretrained, image_encoder, dtype=torch_dtype, local_files_only=local_files_only)
             processor = load("CLIP image processor", CLIPImageProcessorPil.from_pretrained, image_encoder, local_files_only=local_files_only)
         clip_dim = encoder.config.hidden_size if encoder is not None else 1280
-        face_adapter = load_face_adapter(adapter, unet) if adapter is not None else FaceIDAdapter.for_unet(unet, clip_dim, lora_rank)
-        if adapter is None:
-            logger.warning("no ID-adapter weights given: the ID channel is freshly initialised and untrained")
-        controlnet = None
         scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        if shadingnet == "init":
-            controlnet = shadingnet_from_unet(unet, scale)
-        elif shadingnet is not None:
-            controlnet = load_shadingnet(shadingnet, unet, scale)
+        face_adapter, controlnet = _load_weights(unet, adapter, shadingnet, scale, local_files_only, shortcut)
+        if face_adapter is None:
+            face_adapter = FaceIDAdapter.for_unet(unet, clip_dim, lora_rank)
+            logger.warning("no ID-adapter weights given: the ID channel is freshly initialised and untrained")
         return cls(vae, text_encoder, tokenizer, unet, scheduler, face_adapter, encoder, processor, controlnet)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """``DiffusionPipeline.save_pretrained`` with the UNet saved plain (the ID channel is saved
         once, in ``face_adapter/``), so every component reloads with its own class."""
-        fused = self.face_adapter.lora_fused
-        self.face_adapter.detach()
+        adapter = self.face_adapter
+        if adapter is None:
+            return super().save_pretrained(save_directory, *args, **kwargs)
+        fused = adapter.lora_fused
+        adapter.detach()
         try:
             super().save_pretrained(save_directory, *args, **kwargs)
         finally:
-            self.face_adapter.attach(self.unet)
+            adapter.attach(self.unet)
             if fused:
-                self.face_adapter.fuse_lora()
+                adapter.fuse_lora()
+
+    # ------------------------------------------------------------------ load / set scale / unload
+    def load_face_adapter(self, path_or_hub_id: str | os.PathLike, subfolder: str | None = None, weight_name: str | None = None,
+                          *, shortcut: bool | None = None, load_controlnet: bool = False,
+                          local_files_only: bool | None = None) -> str:
+        """Load ID-adapter weights of any known layout, replacing the current adapter (diffusers'
+        ``load_ip_adapter``).
+
+        Args:
+            path_or_hub_id: a checkpoint file or folder, or a hub repo id.
+            subfolder (`str`, *optional*): folder inside it. weight_name (`str`, *optional*): file
+                inside that (e.g. ``"ip-adapter-faceid-plusv2_sd15.bin"``).
+            shortcut (`bool`, *optional*): FaceID-Plus v1: ``False``; default ``True`` (PlusV2, Face-MakeUp).
+            load_controlnet (`bool`, defaults to False): also make the file's ControlNet (Face-MakeUp
+                ``model.bin``, our folder's ``shadingnet/``) the pipeline's ``controlnet``; the file is read once.
+            local_files_only (`bool`, *optional*): never download (default: ``HF_HUB_OFFLINE``).
+
+        Returns:
+            The layout that was read (``model.loaders.LAYOUTS``).
+
+        Raises:
+            ModelNotFoundError, CheckpointError, CheckpointLayoutError: see ``model.loaders.load_checkpoint``;
+            CheckpointLayoutError also when the checkpoint holds no ID adapter.
+        """
+        self.unload_face_adapter()  # the plain UNet: checkpoints are read against it
+        ckpt = load_checkpoint(path_or_hub_id, self.unet, subfolder, weight_name, shortcut=shortcut,
+                               vae_scale_factor=self.vae_scale_factor, local_files_only=local_files_only)
+        if ckpt.adapter is None:
+            from .errors import CheckpointLayoutError
+
+            raise CheckpointLayoutError(f"{ckpt.source} ({ckpt.layout}) holds no ID adapter")
+        adapter = _like(ckpt.adapter, self.unet)
+        adapter.attach(self.unet)
+        adapter.set_ip_scale(DEFAULT_IP_SCALE)
+        self.register_modules(face_adapter=adapter)
+        if load_controlnet and ckpt.controlnet is not None:
+            self.register_modules(controlnet=_like(ckpt.controlnet, self.unet))
+        return ckpt.layout
+
+    def set_face_adapter_scale(self, scale: float | dict) -> None:
+        """Weight of the ID attention, for all cross-attention layers or per block (diffusers'
+        ``set_ip_adapter_scale``, InstantStyle-style).
+
+        Args:
+            scale: a float ``>= 0``, or a dict like ``{"down": {"block_2": [0.0, 1.0]}, "mid": 1.0,
+                "up": {"block_0": [0.0, 1.0, 0.0]}}``: ``"down"``/``"up"`` take a float for all their
+                blocks or ``{"block_i": float or one float per attention of that block}``; ``"mid"`` a
+                float. Layers not named get 0 (no ID attention), as in diffusers.
+
+        Raises:
+            ValueError: no adapter loaded, or a block/key/length that the UNet does not have (the
+                valid ones are listed).
+        """
+        if self.face_adapter is None:
+            raise ValueError("no face adapter loaded: call load_face_adapter first")
+        self.face_adapter.set_ip_scale(block_scales(self.unet, scale) if isinstance(scale, dict) else _nonneg(scale))
+
+    def unload_face_adapter(self) -> None:
+        """Remove the ID adapter: the UNet is the plain backbone again, bit for bit (processors,
+        no LoRA layers, original weights also after ``fuse_lora``). The ControlNet stays."""
+        if self.face_adapter is not None:
+            self.face_adapter.detach()
+            self.register_modules(face_adapter=None)
 
     # ------------------------------------------------------------------ conditions
     def _analyzer(self):
@@ -268,8 +346,13 @@ class FaceMakeUpPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ checks
     def check_inputs(self, prompt, negative_prompt, reference_image, id_embeds, face_images, clip_embeds, reference_weights,
                      height, width, num_inference_steps, guidance_scale, ip_scale, num_images_per_prompt, generator, seed,
-                     prompt_embeds=None, negative_prompt_embeds=None, shading_image=None, callback_on_step_end_tensor_inputs=("latents",)):
+                     prompt_embeds=None, negative_prompt_embeds=None, shading_image=None, condition="shading",
+                     callback_on_step_end_tensor_inputs=("latents",)):
         """Validate user input up front; every error names the argument and what was received."""
+        if self.face_adapter is None:
+            raise ValueError("no face adapter loaded: call load_face_adapter(...) first")
+        if condition not in ("shading", "keypoints", "none"):
+            raise ValueError(f"`condition` must be 'shading', 'keypoints' or 'none', got {condition!r}")
         if prompt_embeds is not None:
             if prompt is not None:
                 raise ValueError("pass either `prompt` or `prompt_embeds`, not both")
@@ -297,14 +380,18 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         if id_embeds is not None:
             if not isinstance(id_embeds, torch.Tensor) or id_embeds.ndim != 2 or id_embeds.shape[1] != self.face_adapter.config.id_embed_dim:
                 raise ValueError(f"`id_embeds` must be a (N, {self.face_adapter.config.id_embed_dim}) tensor, got {getattr(id_embeds, 'shape', type(id_embeds))}")
-            if (face_images is None) == (clip_embeds is None):
-                raise ValueError("with `id_embeds`, pass exactly one of `face_images` (CLIP crops) or `clip_embeds`")
-            n_clip = len(face_images) if face_images is not None else len(clip_embeds)
-            if n_clip != len(id_embeds):
-                raise ValueError(f"{len(id_embeds)} `id_embeds` but {n_clip} face images / clip embeds")
+            if self.face_adapter.config.projection == "plus":
+                if (face_images is None) == (clip_embeds is None):
+                    raise ValueError("with `id_embeds`, pass exactly one of `face_images` (CLIP crops) or `clip_embeds`")
+                n_clip = len(face_images) if face_images is not None else len(clip_embeds)
+                if n_clip != len(id_embeds):
+                    raise ValueError(f"{len(id_embeds)} `id_embeds` but {n_clip} face images / clip embeds")
         n_refs = len(id_embeds) if id_embeds is not None else (len(reference_image) if isinstance(reference_image, (list, tuple)) else 1)
         if n_refs == 0:
             raise ValueError("`reference_image` is an empty list")
+        if reference_weights is not None and self.face_adapter.config.multi_face == "concat":
+            raise ValueError("`reference_weights` do not apply to this adapter: it gives every reference its own ID tokens "
+                             "(IP-Adapter-FaceID-Portrait), nothing is mixed")
         if reference_weights is not None:
             w = list(reference_weights)
             if len(w) != n_refs or any((not isinstance(x, (int, float))) or x < 0 for x in w) or sum(w) <= 0:
@@ -318,12 +405,14 @@ class FaceMakeUpPipeline(DiffusionPipeline):
             raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt!r}")
         if not isinstance(guidance_scale, (int, float)) or guidance_scale < 0:
             raise ValueError(f"`guidance_scale` must be a number >= 0, got {guidance_scale!r}")
-        if not isinstance(ip_scale, (int, float)) or ip_scale < 0:
-            raise ValueError(f"`ip_scale` must be a number >= 0, got {ip_scale!r}")
+        if ip_scale is not None and not isinstance(ip_scale, dict) and (not isinstance(ip_scale, (int, float)) or ip_scale < 0):
+            raise ValueError(f"`ip_scale` must be a number >= 0 or a per-block dict, got {ip_scale!r}")
         if generator is not None and seed is not None:
             raise ValueError("pass either `generator` or `seed`, not both")
-        if self.controlnet is not None and id_embeds is not None and shading_image is None:
-            raise ValueError("this pipeline has a ShadingNet: with `id_embeds`, also pass `shading_image`")
+        if self.controlnet is not None and condition != "none" and id_embeds is not None and shading_image is None:
+            raise ValueError("this pipeline has a ShadingNet: with `id_embeds`, also pass `shading_image` (or condition='none')")
+        if self.controlnet is None and condition != "shading" and condition != "none":
+            raise ValueError(f"`condition={condition!r}` needs a ControlNet: load one (controlnet / --shadingnet)")
         if any(k != "latents" for k in callback_on_step_end_tensor_inputs):
             raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name 'latents', got {list(callback_on_step_end_tensor_inputs)}")
 
@@ -339,7 +428,7 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         width: int | None = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 7.5,
-        ip_scale: float = 0.6,
+        ip_scale: float | dict | None = None,
         s_scale: float = 1.0,
         reference_weights: list[float] | None = None,
         face_index: int = 0,
@@ -355,6 +444,7 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         shading_image: ImageInput | torch.Tensor | None = None,
         controlnet_conditioning_scale: float = 0.5,
         shading_crop_factor: float = 5.0,
+        condition: str = "shading",
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[["FaceMakeUpPipeline", int, Any, dict], dict] | None = None,
@@ -372,11 +462,15 @@ class FaceMakeUpPipeline(DiffusionPipeline):
                 UNet's ``sample_size * vae_scale_factor``, 512 for SD 1.5).
             num_inference_steps (`int`, defaults to 50): denoising steps.
             guidance_scale (`float`, defaults to 7.5): classifier-free guidance weight (<= 1: none).
-            ip_scale (`float`, defaults to 0.6): weight of the ID attention (0 = text only).
+            ip_scale (`float` or `dict`, *optional*): weight of the ID attention (0 = text only), or a
+                per-block dict (see ``set_face_adapter_scale``); ``None`` keeps the current scale
+                (``set_face_adapter_scale``; 0.6 after loading, Face-MakeUp's default).
             s_scale (`float`, defaults to 1.0): weight of the Perceiver output in the ID tokens.
             reference_weights (`list[float]`, *optional*): one weight >= 0 per reference (default
                 equal). The references' ArcFace embeddings and CLIP features are averaged with these
-                weights (normalised to sum 1) before the projection, as Face-MakeUp's ``mix``.
+                weights (normalised to sum 1) before the projection, as Face-MakeUp's ``mix``. An
+                adapter with ``multi_face="concat"`` (Portrait) instead gives each reference its own
+                tokens (no weights).
             face_index (`int`, defaults to 0): which face of each reference photo (0 = largest).
             generator (`torch.Generator`, *optional*) / seed (`int`, *optional*): randomness.
             latents (`torch.Tensor`, *optional*): initial noise ``(B*K, 4, height/8, width/8)``.
@@ -390,13 +484,17 @@ class FaceMakeUpPipeline(DiffusionPipeline):
             clip_embeds (`torch.Tensor`, *optional*): precomputed ``(N, L, C)`` CLIP hidden states.
             uncond_clip_embeds (`torch.Tensor`, *optional*): precomputed ``(1, L, C)`` features of the
                 unconditional branch (default: those of the zero image, see ``uncond_clip_embeds()``).
-            shading_image (image or `torch.Tensor`, *optional*): the ShadingNet's input, a shading map
-                of ``height`` x ``width`` (PIL, path, ``(H, W, 3)`` uint8, or ``(1, 3, H, W)`` float
-                in [0, 1]). Default, when the pipeline has a ShadingNet: the first reference's face
-                rendered under its own lighting (``faces.render.shading_map``).
+            shading_image (image or `torch.Tensor`, *optional*): the ControlNet's input map of
+                ``height`` x ``width`` (PIL, path, ``(H, W, 3)`` uint8, or ``(1, 3, H, W)`` float
+                in [0, 1]): a shading map, or a keypoint map for ``condition="keypoints"``. Default,
+                when the pipeline has a ControlNet: made from the first reference
+                (``faces.conditions.condition_map``).
             controlnet_conditioning_scale (`float`, defaults to 0.5): weight of the ShadingNet's
                 residuals (V2 web demo 0.5; 0 = no effect).
-            shading_crop_factor (`float`, defaults to 5.0): crop of the default shading map.
+            shading_crop_factor (`float`, defaults to 5.0): crop of the default shading / keypoint map.
+            condition (`str`, defaults to "shading"): what the ControlNet reads: ``"shading"``
+                (Face-MakeUpV2's ShadingNet), ``"keypoints"`` (Face-MakeUp V1: InstantID-style
+                ``draw_kps``) or ``"none"`` (the ControlNet is not run).
             output_type (`str`, defaults to "pil"): "pil", "np", "pt" or "latent".
             return_dict (`bool`, defaults to True): return a ``FaceMakeUpPipelineOutput``, else a tuple.
             callback_on_step_end (`Callable`, *optional*): called after each denoising step as
@@ -417,7 +515,7 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         # 0. Check inputs; encode the prompts
         self.check_inputs(prompt, negative_prompt, reference_image, id_embeds, face_images, clip_embeds, reference_weights,
                           height, width, num_inference_steps, guidance_scale, ip_scale, num_images_per_prompt, generator, seed,
-                          prompt_embeds, negative_prompt_embeds, shading_image, callback_on_step_end_tensor_inputs)
+                          prompt_embeds, negative_prompt_embeds, shading_image, condition, callback_on_step_end_tensor_inputs)
         device = self._execution_device
         negatives = None if negative_prompt is None else ([negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt))
         if prompt_embeds is None:
@@ -442,33 +540,43 @@ class FaceMakeUpPipeline(DiffusionPipeline):
             face_images = [f.clip_image for f in faces]
         id_embeds = id_embeds.to(device=device, dtype=self.face_adapter.dtype)  # (N, 512)
 
-        # 2. CLIP features of the crops (and of the zero image for the unconditional branch)
-        if clip_embeds is None:
-            clip_embeds = self.encode_face_images(face_images, device)  # (N, L, C)
-        clip_embeds = clip_embeds.to(device=device, dtype=self.face_adapter.dtype)
-        if uncond_clip_embeds is None:
-            uncond_clip_embeds = self.uncond_clip_embeds(device)  # (1, L, C)
-        uncond_clip_embeds = uncond_clip_embeds.to(device=device, dtype=self.face_adapter.dtype)
+        # 2. CLIP features of the crops (and of the zero image for the unconditional branch);
+        #    the "mlp" projection (IP-Adapter-FaceID, -Portrait) reads ArcFace only
+        plus = self.face_adapter.config.projection == "plus"
+        if plus:
+            if clip_embeds is None:
+                clip_embeds = self.encode_face_images(face_images, device)  # (N, L, C)
+            clip_embeds = clip_embeds.to(device=device, dtype=self.face_adapter.dtype)
+            if uncond_clip_embeds is None:
+                uncond_clip_embeds = self.uncond_clip_embeds(device)  # (1, L, C)
+            uncond_clip_embeds = uncond_clip_embeds.to(device=device, dtype=self.face_adapter.dtype)
 
-        # 3. ID tokens. Several references are mixed before the projection, as Face-MakeUp's `mix`
-        #    (CLIP features) and IP-Adapter-FaceID's averaging (ID embeddings) do.
-        weights = torch.tensor(reference_weights if reference_weights is not None else [1.0] * len(id_embeds), dtype=torch.float64)
+        # 3. ID tokens, once for all steps. Several references are mixed before the projection, as
+        #    Face-MakeUp's `mix` (CLIP features) and IP-Adapter-FaceID's averaging (ID embeddings)
+        #    do; a "concat" adapter (Portrait) gives each its own tokens instead.
+        n_refs = len(id_embeds)
+        weights = torch.tensor(reference_weights if reference_weights is not None else [1.0] * n_refs, dtype=torch.float64)
         weights = (weights / weights.sum()).to(device=device, dtype=self.face_adapter.dtype)  # (N,)
-        mixed_id = (weights[:, None] * id_embeds).sum(0, keepdim=True)  # (1, 512)
-        mixed_clip = (weights[:, None, None] * clip_embeds).sum(0, keepdim=True)  # (1, L, C)
-        id_tokens = self.face_adapter.project(mixed_id, mixed_clip, s_scale)  # (1, T, D)
-        uncond_tokens = self.face_adapter.project(torch.zeros_like(mixed_id), uncond_clip_embeds, s_scale)  # (1, T, D)
-        self.face_adapter.set_ip_scale(ip_scale)
+        if self.face_adapter.config.multi_face == "concat":
+            tokens = self.face_adapter.project(id_embeds, None, s_scale)  # (N, T, D)
+            id_tokens = tokens.reshape(1, -1, tokens.shape[-1])  # (1, N*T, D)
+            uncond_tokens = self.face_adapter.project(torch.zeros_like(id_embeds), None, s_scale).reshape(1, -1, tokens.shape[-1])
+        else:
+            mixed_id = (weights[:, None] * id_embeds).sum(0, keepdim=True)  # (1, 512)
+            mixed_clip = (weights[:, None, None] * clip_embeds).sum(0, keepdim=True) if plus else None  # (1, L, C)
+            id_tokens = self.face_adapter.project(mixed_id, mixed_clip, s_scale)  # (1, T, D)
+            uncond_tokens = self.face_adapter.project(torch.zeros_like(mixed_id), uncond_clip_embeds, s_scale)  # (1, T, D)
+        if ip_scale is not None:
+            self.set_face_adapter_scale(ip_scale)
 
-        # 3b. The ShadingNet's shading map (Face-MakeUpV2): given, or the first reference's own
+        # 3b. The ControlNet's map: Face-MakeUpV2's shading map or V1's keypoint map, given or made
+        #     from the first reference
         shading = None
-        if self.controlnet is not None:
+        if self.controlnet is not None and condition != "none":
             if shading_image is None:
-                if faces[0].fit is None:
-                    raise FitError(f"no shading map: the reference's 3D fit failed ({faces[0].fit_error})")
-                from .faces.render import shading_map
+                from .faces.conditions import condition_map
 
-                shading_image = shading_map(faces[0].fit, faces[0].kps, crop_factor=shading_crop_factor, height=height, width=width)
+                shading_image = condition_map(faces[0], condition, shading_crop_factor, height, width)
             shading = self._shading_tensor(shading_image, height, width, device)  # (1, 3, H, W) in [0, 1]
 
         # 4. Text embeddings, one row per image
@@ -489,25 +597,36 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         latents = latents.to(device) * self.scheduler.init_noise_sigma
         extra = {"generator": generator} if "generator" in self.scheduler.step.__code__.co_varnames else {}
 
-        # 6. Denoising loop
-        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_in = torch.cat([latents] * 2) if do_cfg else latents
-            model_in = self.scheduler.scale_model_input(model_in, t)
-            residuals = {}
-            if shading is not None:  # ShadingNet: reads the shading map, attends to the ID tokens only
-                down, mid = self.controlnet(
-                    model_in, t, encoder_hidden_states=cond_tokens[:, 0], controlnet_cond=shading.expand(len(model_in), -1, -1, -1),
-                    conditioning_scale=controlnet_conditioning_scale, return_dict=False,
-                )
-                residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
-            noise = self.unet(model_in, t, encoder_hidden_states=(prompt_embeds, [cond_tokens]), **residuals).sample  # epsilon
-            if do_cfg:
-                noise_uncond, noise_text = noise.chunk(2)
-                noise = noise_uncond + guidance_scale * (noise_text - noise_uncond)
-            latents = self.scheduler.step(noise, t, latents, **extra).prev_sample
-            if callback_on_step_end is not None:
-                outputs = callback_on_step_end(self, i, t, {k: latents for k in callback_on_step_end_tensor_inputs})
-                latents = (outputs or {}).get("latents", latents)
+        # 6. Denoising loop. The ControlNet's map does not change over the steps: its conditioning
+        #    embedding is computed once here, not once per step (a step-independent input)
+        cond_embedding = None
+        if shading is not None:
+            rows = 2 * batch if do_cfg else batch
+            controlnet_cond = shading.expand(rows, -1, -1, -1)  # (rows, 3, H, W)
+            cond_embedding = _Fixed(self.controlnet.controlnet_cond_embedding(controlnet_cond))  # (rows, C, h, w)
+            own_embedding, self.controlnet.controlnet_cond_embedding = self.controlnet.controlnet_cond_embedding, cond_embedding
+        try:
+            for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+                model_in = torch.cat([latents] * 2) if do_cfg else latents
+                model_in = self.scheduler.scale_model_input(model_in, t)
+                residuals = {}
+                if shading is not None:  # the ControlNet: reads its map, attends to the ID tokens only
+                    down, mid = self.controlnet(
+                        model_in, t, encoder_hidden_states=cond_tokens[:, 0], controlnet_cond=controlnet_cond,
+                        conditioning_scale=controlnet_conditioning_scale, return_dict=False,
+                    )
+                    residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
+                noise = self.unet(model_in, t, encoder_hidden_states=(prompt_embeds, [cond_tokens]), **residuals).sample  # epsilon
+                if do_cfg:
+                    noise_uncond, noise_text = noise.chunk(2)
+                    noise = noise_uncond + guidance_scale * (noise_text - noise_uncond)
+                latents = self.scheduler.step(noise, t, latents, **extra).prev_sample
+                if callback_on_step_end is not None:  # diffusers' step callback; a returned "latents" replaces them
+                    outputs = callback_on_step_end(self, i, t, {k: latents for k in callback_on_step_end_tensor_inputs})
+                    latents = (outputs or {}).get("latents", latents)
+        finally:
+            if cond_embedding is not None:
+                self.controlnet.controlnet_cond_embedding = own_embedding
 
         # 7. Decode
         if output_type == "latent":
@@ -522,7 +641,7 @@ class FaceMakeUpPipeline(DiffusionPipeline):
             faces=faces,
             id_embeds=id_embeds.float().cpu(),
             face_images=face_images,
-            reference_weights=weights.float().cpu().tolist(),
+            reference_weights=weights.float().cpu().tolist(),  # equal for a "concat" adapter
             id_tokens=id_tokens.float().cpu(),
             shading_image=None if shading is None else np.round(shading[0].permute(1, 2, 0).float().cpu().numpy() * 255).astype(np.uint8),
         )
@@ -541,25 +660,113 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         return t.to(device=device, dtype=self.controlnet.dtype)
 
 
-def load_face_adapter(adapter: str | os.PathLike, unet) -> FaceIDAdapter:
-    """Load ID-adapter weights: our ``save_pretrained`` folder, or an IP-Adapter-FaceID-PlusV2 /
-    Face-MakeUp V1/V2 checkpoint file (``.bin``/``.pt`` pickle with ``image_proj``/``ip_adapter``, or
-    ``.safetensors`` with those prefixes). Sizes (CLIP width, LoRA rank, tokens) come from the file.
+class _Fixed(torch.nn.Module):
+    """Stands in for a ControlNet's ``controlnet_cond_embedding`` during one generation: returns the
+    embedding computed once from the (step-independent) map."""
+
+    def __init__(self, embedding: torch.Tensor):
+        super().__init__()
+        self.embedding = embedding
+
+    def forward(self, _cond: torch.Tensor) -> torch.Tensor:
+        return self.embedding
+
+
+def _load_weights(unet, adapter, shadingnet, vae_scale_factor: int, local_files_only, shortcut):
+    """``(FaceIDAdapter or None, ControlNetModel or None)`` from the ``adapter``/``shadingnet``
+    arguments of ``from_backbone``; a path given for both is read once."""
+    face_adapter = controlnet = None
+    ckpt = None
+    if adapter is not None:
+        ckpt = load_checkpoint(adapter, unet, shortcut=shortcut, vae_scale_factor=vae_scale_factor, local_files_only=local_files_only)
+        if ckpt.adapter is None:
+            from .errors import CheckpointLayoutError
+
+            raise CheckpointLayoutError(f"{adapter} ({ckpt.layout}) holds no ID adapter: pass it as the ShadingNet")
+        face_adapter = ckpt.adapter
+    if shadingnet == "init":
+        controlnet = shadingnet_from_unet(unet, vae_scale_factor)
+    elif shadingnet is not None:
+        if ckpt is None or str(shadingnet) != str(adapter):
+            ckpt = load_checkpoint(shadingnet, unet, vae_scale_factor=vae_scale_factor, local_files_only=local_files_only)
+        if ckpt.controlnet is None:
+            from .errors import CheckpointLayoutError
+
+            raise CheckpointLayoutError(f"{shadingnet} ({ckpt.layout}) holds no ControlNet")
+        controlnet = _like(ckpt.controlnet, unet)
+    elif ckpt is not None and ckpt.controlnet is not None:
+        logger.warning("%s also holds a ControlNet (%s); pass it as the ShadingNet too to use it", adapter, ckpt.layout)
+    return face_adapter, controlnet
+
+
+def _nonneg(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ValueError(f"an ID-adapter scale must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def block_scales(unet, scale: dict) -> dict[str, float]:
+    """Expand an InstantStyle-style per-block scale dict into one scale per cross-attention layer.
+
+    The dict follows diffusers' ``set_ip_adapter_scale``: keys ``"down"``, ``"mid"``, ``"up"``;
+    ``"down"``/``"up"`` map to a float (all their blocks) or ``{"block_i": float | [float per
+    attention of block i]}``; ``"mid"`` to a float. Layers not named get 0.
+
+    Args:
+        unet: the ``UNet2DConditionModel``.
+        scale: the dict.
+
+    Returns:
+        ``{attention layer name (without .processor): float}`` for every cross-attention layer.
 
     Raises:
-        ModelNotFoundError: nothing at ``adapter``.
-        ValueError: the file does not match the UNet (keys listed).
+        ValueError: unknown part or block, wrong list length or negative value; the message lists
+            the valid blocks with their attention counts.
     """
-    path = Path(adapter)
-    if path.is_dir():
-        return FaceIDAdapter.from_pretrained(path)
-    state = read_checkpoint(path, "download ip-adapter-faceid-plusv2_sd15.bin (h94/IP-Adapter-FaceID) or the Face-MakeUp "
-                                  "checkpoint (OpenFace-CQUPT/Face-MakeUp_SD1.5) and pass its path with --adapter")
-    return FaceIDAdapter.from_ip_adapter_state_dict(state, unet)
+    layers = {}  # name -> (part, block index, attention index)
+    for name, _, cross in _cross_layers(unet):
+        parts = name.split(".")
+        if parts[0] == "mid_block":
+            layers[name] = ("mid", None, None)
+        else:
+            layers[name] = (parts[0].split("_")[0], int(parts[1]), int(parts[3]))
+    counts = {}
+    for part, block, attn in layers.values():
+        if block is not None:
+            counts[(part, block)] = max(counts.get((part, block), 0), attn + 1)
+    valid = ", ".join(f"{p}.block_{b} ({n})" for (p, b), n in sorted(counts.items())) + ", mid"
+    unknown = sorted(set(scale) - {"down", "mid", "up"})
+    if unknown:
+        raise ValueError(f"ID-adapter scale keys must be 'down', 'mid', 'up'; got {unknown}. Blocks (attentions): {valid}")
+    per_block = {}
+    for part in ("down", "up"):
+        value = scale.get(part, 0.0)
+        blocks = value if isinstance(value, dict) else {f"block_{b}": value for (p, b) in counts if p == part}
+        for key, val in blocks.items():
+            m = re.fullmatch(r"block_(\d+)", key)
+            if m is None or (part, int(m.group(1))) not in counts:
+                raise ValueError(f"the UNet has no {part}.{key} with attention layers; blocks (attentions): {valid}")
+            n = counts[(part, int(m.group(1)))]
+            vals = list(val) if isinstance(val, (list, tuple)) else [val] * n
+            if len(vals) == 1:
+                vals = vals * n
+            if len(vals) != n:
+                raise ValueError(f"{part}.{key} has {n} attention layers, got {len(vals)} scales")
+            per_block[(part, int(m.group(1)))] = [_nonneg(v) for v in vals]
+    mid = scale.get("mid", 0.0)
+    mid = _nonneg(mid[0] if isinstance(mid, (list, tuple)) and len(mid) == 1 else mid)
+    return {name: mid if part == "mid" else per_block.get((part, block), [0.0] * (attn + 1))[attn]
+            for name, (part, block, attn) in layers.items()}
+
+
+def _cross_layers(unet):
+    from .model.id_adapter import attention_layers
+
+    return [layer for layer in attention_layers(unet) if layer[2] is not None]
 
 
 def load_pipeline(model: str, image_encoder: str | None = DEFAULT_IMAGE_ENCODER, adapter: str | None = None,
-                  shadingnet: str | None = None, local_files_only: bool | None = None) -> FaceMakeUpPipeline:
+                  shadingnet: str | None = None, local_files_only: bool | None = None, shortcut: bool | None = None) -> FaceMakeUpPipeline:
     """The pipeline behind ``--model``: ``"tiny"`` (random, tiny, with a ShadingNet: noise images), a folder saved by
     ``FaceMakeUpPipeline.save_pretrained``, or an SD 1.5 backbone (hub id or diffusers folder).
 
@@ -577,7 +784,7 @@ def load_pipeline(model: str, image_encoder: str | None = DEFAULT_IMAGE_ENCODER,
     if index.is_file() and "FaceMakeUpPipeline" in index.read_text():
         return FaceMakeUpPipeline.from_pretrained(model)
     return FaceMakeUpPipeline.from_backbone(model, image_encoder=image_encoder, adapter=adapter, shadingnet=shadingnet,
-                                            local_files_only=local_files_only)
+                                            local_files_only=local_files_only, shortcut=shortcut)
 
 
 def _missing_message(what: str, where: Any, err: Exception) -> str:

@@ -1,21 +1,29 @@
-"""The ID channel of Face-MakeUp: IP-Adapter-FaceID-PlusV2 with decoupled cross-attention and LoRA.
+"""The ID channel of Face-MakeUp and the IP-Adapter-FaceID family: decoupled cross-attention and LoRA.
 
 Face-MakeUp V1/V2 (REFERENCE.md, "V1 architecture") condition SD 1.5 on a reference face through
 the IP-Adapter-FaceID-PlusV2 structure (Ye et al. 2023, arXiv 2308.06721; h94/IP-Adapter-FaceID):
 
-1. the 512-D ArcFace ``normed_embedding`` -> MLP (512 -> 1024 -> GELU -> 4*768) -> LayerNorm ->
-   4 ID tokens; a Perceiver resampler (depth 4, 64-d heads) takes them as queries over the CLIP
-   ViT-H-14 ``hidden_states[-2]`` of the face crop (257x1280); ``tokens = x + s_scale * out``;
+1. ID tokens from the 512-D ArcFace ``normed_embedding``: MLP (512 -> 1024 -> GELU -> T*768) ->
+   LayerNorm -> T tokens (``projection="mlp"``: IP-Adapter-FaceID and -Portrait, no CLIP); with
+   ``projection="plus"`` a Perceiver resampler (depth 4, 64-d heads) then takes the 4 MLP tokens as
+   queries over the CLIP ViT-H-14 ``hidden_states[-2]`` of the face crop (257x1280), and the tokens
+   are ``x + s_scale * out`` (PlusV2, ``shortcut=True``) or ``out`` (Plus, ``shortcut=False``);
 2. every cross-attention layer adds ``scale * Attention(q, to_k_ip(tokens), to_v_ip(tokens))`` to
    the text attention (decoupled cross-attention); ``to_k_ip``/``to_v_ip`` start as copies of
    ``to_k``/``to_v``;
-3. LoRA (rank 128) on ``to_q``/``to_k``/``to_v``/``to_out.0`` of every attention layer.
+3. LoRA (rank 128) on ``to_q``/``to_k``/``to_v``/``to_out.0`` of every attention layer (none in
+   IP-Adapter-FaceID-Portrait: ``lora_rank=0``).
 
-The blocks are diffusers' and peft's: ``IPAdapterFaceIDPlusImageProjection`` (1),
-``IPAdapterAttnProcessor2_0`` (2) and peft LoRA layers (3). ``FaceIDAdapter`` owns all their
-trainable weights in one ``ModelMixin`` (one config, one safetensors file) and *shares* them into a
-UNet with ``attach``: the processors and the peft layers hold the adapter's own ``nn.Linear``
-objects, so training, ``.to()`` and saving see one set of weights. ``detach`` restores the plain UNet.
+Several references: Face-MakeUp mixes them before the projection (``multi_face="mix"``); Portrait
+gives each face its own tokens and concatenates them (``multi_face="concat"``, 16 tokens per face).
+
+The blocks are diffusers' and peft's: ``IPAdapterFaceIDPlusImageProjection`` /
+``IPAdapterFaceIDImageProjection`` (1), ``IPAdapterAttnProcessor2_0`` (2) and peft LoRA layers (3).
+``FaceIDAdapter`` owns all their trainable weights in one ``ModelMixin`` (one config, one
+safetensors file) and *shares* them into a UNet with ``attach``: the processors and the peft layers
+hold the adapter's own ``nn.Linear`` objects, so training, ``.to()`` and saving see one set of
+weights. ``detach`` restores the plain UNet bit-exactly. Checkpoints of other layouts are read by
+``facemakeup.model.loaders``.
 
 Example:
     >>> adapter = FaceIDAdapter.for_unet(unet, clip_embed_dim=1280, lora_rank=128)
@@ -31,8 +39,8 @@ import weakref
 import torch
 from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.models.attention_processor import AttnProcessor2_0, IPAdapterAttnProcessor2_0
-from diffusers.models.embeddings import IPAdapterFaceIDPlusImageProjection
+from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
+from diffusers.models.embeddings import IPAdapterFaceIDImageProjection, IPAdapterFaceIDPlusImageProjection
 from peft import LoraConfig
 from torch import nn
 
@@ -40,6 +48,10 @@ from torch import nn
 LORA_ADAPTER_NAME = "facemakeup_id"
 #: Attention projections that get LoRA (IP-Adapter-FaceID: q, k, v and out of every attention).
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+#: ID projections: "plus" (ArcFace + CLIP, Perceiver resampler) or "mlp" (ArcFace only).
+PROJECTIONS = ("plus", "mlp")
+#: How several reference faces enter: averaged before the projection, or one token set each.
+MULTI_FACE = ("mix", "concat")
 
 
 def _key(name: str) -> str:
@@ -55,12 +67,20 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
             UNet (``name`` without ``.processor``; ``cross_attention_dim`` ``None`` for
             self-attention). ``for_unet`` fills it.
         cross_attention_dim: width of the ID tokens and the text embeddings (768 for SD 1.5).
-        clip_embed_dim: width of the CLIP image encoder's hidden states (1280 for ViT-H-14).
+        clip_embed_dim: width of the CLIP image encoder's hidden states (1280 for ViT-H-14); unused
+            by the ``"mlp"`` projection.
         id_embed_dim: width of the ArcFace embedding (512).
-        num_tokens: number of ID tokens (4).
+        num_tokens: ID tokens per face (4; IP-Adapter-FaceID-Portrait: 16).
         resampler_depth: Perceiver resampler blocks (4).
         resampler_heads: Perceiver heads of 64 channels each (12 for SD 1.5: 768 / 64).
-        lora_rank: LoRA rank (128 in Face-MakeUp; 0 disables LoRA).
+        lora_rank: LoRA rank (128 in Face-MakeUp; 0 = no LoRA, as IP-Adapter-FaceID-Portrait).
+        projection: ``"plus"`` (ArcFace + CLIP through the Perceiver resampler: FaceID-Plus/PlusV2,
+            Face-MakeUp) or ``"mlp"`` (ArcFace only: FaceID, FaceID-Portrait).
+        shortcut: with ``"plus"``, the tokens are ``mlp + s_scale * resampler`` (PlusV2, Face-MakeUp)
+            instead of the resampler's output alone (FaceID-Plus).
+        multi_face: ``"mix"`` (references averaged before the projection, Face-MakeUp's ``mix``) or
+            ``"concat"`` (each reference its own ``num_tokens`` tokens, concatenated: Portrait).
+        mlp_ratio: hidden width of the ID MLP over ``id_embed_dim`` (2: 512 -> 1024).
 
     The LoRA scaling is ``lora_alpha / rank`` with ``lora_alpha = rank``, i.e. 1, as in IP-Adapter's
     ``LoRAAttnProcessor``.
@@ -77,19 +97,32 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
         resampler_depth: int = 4,
         resampler_heads: int = 12,
         lora_rank: int = 128,
+        projection: str = "plus",
+        shortcut: bool = True,
+        multi_face: str = "mix",
+        mlp_ratio: int = 2,
     ):
         super().__init__()
-        self.image_proj = IPAdapterFaceIDPlusImageProjection(
-            embed_dims=cross_attention_dim,
-            output_dims=cross_attention_dim,
-            hidden_dims=clip_embed_dim,
-            id_embeddings_dim=id_embed_dim,
-            depth=resampler_depth,
-            dim_head=64,
-            heads=resampler_heads,
-            num_tokens=num_tokens,
-            ffproj_ratio=2,  # 512 -> 1024 -> 4*768, as in IP-Adapter-FaceID-PlusV2
-        )
+        if projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+        if multi_face not in MULTI_FACE:
+            raise ValueError(f"multi_face must be one of {MULTI_FACE}, got {multi_face!r}")
+        if projection == "plus":
+            self.image_proj = IPAdapterFaceIDPlusImageProjection(
+                embed_dims=cross_attention_dim,
+                output_dims=cross_attention_dim,
+                hidden_dims=clip_embed_dim,
+                id_embeddings_dim=id_embed_dim,
+                depth=resampler_depth,
+                dim_head=64,
+                heads=resampler_heads,
+                num_tokens=num_tokens,
+                ffproj_ratio=mlp_ratio,  # 512 -> 1024 -> 4*768, as in IP-Adapter-FaceID-PlusV2
+            )
+        else:
+            self.image_proj = IPAdapterFaceIDImageProjection(
+                image_embed_dim=id_embed_dim, cross_attention_dim=cross_attention_dim, mult=mlp_ratio, num_tokens=num_tokens
+            )
         self.ip_kv = nn.ModuleDict()
         self.lora = nn.ModuleDict()
         for name, hidden, cross in attn_layers:
@@ -111,12 +144,13 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
         # The UNet we are attached to, held by a weak reference: a plain attribute would register
         # the whole UNet as a submodule of the adapter (its parameters, state_dict and .to()).
         self._attached_ref = None
-        self._ip_scale = 1.0
-        self._fused = False
+        self._ip_scale: float | dict = 1.0
+        self._saved_processors = None  # the UNet's own processors, put back by detach()
+        self._unfused_weights = None  # {layer name: original weight} while the LoRA is fused
 
     # ------------------------------------------------------------------ construction
     @classmethod
-    def for_unet(cls, unet, clip_embed_dim: int = 1280, lora_rank: int = 128, num_tokens: int = 4) -> "FaceIDAdapter":
+    def for_unet(cls, unet, clip_embed_dim: int = 1280, lora_rank: int = 128, num_tokens: int = 4, **config) -> "FaceIDAdapter":
         """A fresh adapter shaped for ``unet``, initialised as in Face-MakeUp's training.
 
         ``to_k_ip``/``to_v_ip`` are copies of each layer's ``to_k``/``to_v``; LoRA ``up`` weights are
@@ -127,12 +161,13 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
             clip_embed_dim: hidden size of the CLIP image encoder (1280 for ViT-H-14).
             lora_rank: LoRA rank (Face-MakeUp: 128).
             num_tokens: number of ID tokens (Face-MakeUp: 4).
+            **config: other ``FaceIDAdapter`` arguments (``projection``, ``shortcut``, ``multi_face``).
 
         Returns:
             A ``FaceIDAdapter`` on the UNet's device and dtype.
         """
         cross_dim = unet.config.cross_attention_dim
-        layers = _attention_layers(unet)
+        layers = attention_layers(unet)
         adapter = cls(
             attn_layers=layers,
             cross_attention_dim=cross_dim,
@@ -140,6 +175,7 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
             num_tokens=num_tokens,
             resampler_heads=max(cross_dim // 64, 1),
             lora_rank=lora_rank,
+            **config,
         )
         with torch.no_grad():
             for name, _, cross in layers:
@@ -160,7 +196,7 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
             ValueError: the UNet's attention layers differ from this adapter's config, or the
                 UNet already carries an ID channel.
         """
-        layers = _attention_layers(unet)
+        layers = attention_layers(unet)
         expected = [list(layer) for layer in self.config.attn_layers]
         if [list(layer) for layer in layers] != expected:
             raise ValueError(
@@ -169,56 +205,86 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
             )
         if self.attached_unet is not None or LORA_ADAPTER_NAME in getattr(unet, "peft_config", {}):
             raise ValueError("the UNet already carries an ID channel; call detach() first")
+        if any(isinstance(p, IPAdapterAttnProcessor2_0) for p in unet.attn_processors.values()):
+            raise ValueError("the UNet already carries IP-Adapter processors (another adapter); remove them first")
 
-        processors = {}
+        self._saved_processors = dict(unet.attn_processors)
+        processors = dict(self._saved_processors)
         for name, hidden, cross in layers:
             if cross is None:
-                processors[f"{name}.processor"] = AttnProcessor2_0()
                 continue
-            proc = IPAdapterAttnProcessor2_0(hidden_size=hidden, cross_attention_dim=cross, num_tokens=[self.config.num_tokens], scale=self._ip_scale)
+            proc = IPAdapterAttnProcessor2_0(hidden_size=hidden, cross_attention_dim=cross, num_tokens=[self.config.num_tokens], scale=1.0)
             kv = self.ip_kv[_key(name)]
             proc.to_k_ip = nn.ModuleList([kv["to_k_ip"]])  # shared, not copied
             proc.to_v_ip = nn.ModuleList([kv["to_v_ip"]])
             processors[f"{name}.processor"] = proc
         unet.set_attn_processor(processors)
-
-        if self.config.lora_rank > 0:
-            rank = self.config.lora_rank
-            unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(LORA_TARGETS)), adapter_name=LORA_ADAPTER_NAME)
-            for name, _, _ in layers:
-                for target in LORA_TARGETS:
-                    layer = unet.get_submodule(f"{name}.{target}")
-                    pair = self.lora[_key(f"{name}.{target}")]
-                    layer.lora_A[LORA_ADAPTER_NAME] = pair["down"]  # shared, not copied
-                    layer.lora_B[LORA_ADAPTER_NAME] = pair["up"]
         self._attached_ref = weakref.ref(unet)
+        self._add_lora(unet)
+        self.set_ip_scale(self._ip_scale)
+
+    def _add_lora(self, unet) -> None:
+        """Wrap every LoRA target of ``unet`` in a peft layer holding this adapter's own linears."""
+        if self.config.lora_rank == 0:
+            return
+        rank = self.config.lora_rank
+        unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(LORA_TARGETS)), adapter_name=LORA_ADAPTER_NAME)
+        for name, _, _ in self.config.attn_layers:
+            for target in LORA_TARGETS:
+                layer = unet.get_submodule(f"{name}.{target}")
+                pair = self.lora[_key(f"{name}.{target}")]
+                layer.lora_A[LORA_ADAPTER_NAME] = pair["down"]  # shared, not copied
+                layer.lora_B[LORA_ADAPTER_NAME] = pair["up"]
 
     @property
     def attached_unet(self):
         """The UNet this adapter is attached to, or ``None``."""
         return self._attached_ref() if self._attached_ref is not None else None
 
-    def set_ip_scale(self, scale: float) -> None:
+    @property
+    def ip_scale(self) -> float | dict:
+        """The current ID-attention weight: a float, or ``{attention layer name: float}``."""
+        return self._ip_scale
+
+    def set_ip_scale(self, scale: float | dict) -> None:
         """Weight of the ID attention in every cross-attention layer (Face-MakeUp default 0.6).
 
-        ``0`` skips the ID attention altogether (the output is the text-only UNet's, plus LoRA).
+        Args:
+            scale: one float for all layers, or ``{layer name: float}`` with one entry per
+                cross-attention layer of ``attn_layers`` (``name`` without ``.processor``; layers
+                left out get 0). ``0`` skips the ID attention of a layer altogether.
+
+        Raises:
+            ValueError: a layer name that is not a cross-attention layer of this adapter.
         """
-        self._ip_scale = float(scale)
-        if self.attached_unet is not None:
-            for proc in self.attached_unet.attn_processors.values():
+        if isinstance(scale, dict):
+            cross = {name for name, _, c in self.config.attn_layers if c is not None}
+            unknown = sorted(set(scale) - cross)
+            if unknown:
+                raise ValueError(f"no cross-attention layer named {unknown[:3]}; valid: {sorted(cross)[:3]} ...")
+            scale = {name: float(scale.get(name, 0.0)) for name in sorted(cross)}
+        else:
+            scale = float(scale)
+        self._ip_scale = scale
+        unet = self.attached_unet
+        if unet is not None:
+            for proc_name, proc in unet.attn_processors.items():
                 if isinstance(proc, IPAdapterAttnProcessor2_0):
-                    proc.scale = [self._ip_scale]
+                    name = proc_name[: -len(".processor")]
+                    proc.scale = [scale[name] if isinstance(scale, dict) else scale]
 
     @property
     def lora_fused(self) -> bool:
         """Whether the LoRA is currently merged into the attached UNet's weights."""
-        return self._fused
+        return self._unfused_weights is not None
 
     def fuse_lora(self) -> None:
-        """Merge the LoRA into the attached UNet's weights (peft ``merge``), for inference.
+        """Merge the LoRA into the attached UNet's weights, for inference.
 
-        The per-step LoRA matmuls disappear (most of the ID channel's cost). While fused, changing the
-        LoRA weights (training) has no effect: ``unfuse_lora`` first. ``detach`` unfuses by itself.
+        ``W <- W + up @ down`` (scaling 1), then the peft wrappers are removed, so the UNet runs its
+        plain ``nn.Linear`` layers: the per-step LoRA cost disappears. The original weights are kept,
+        so ``unfuse_lora``/``detach`` restore them bit-exactly. While fused, changing the LoRA weights
+        (training) has no effect: ``unfuse_lora`` first.
 
         Raises:
             ValueError: the adapter is not attached.
@@ -226,125 +292,91 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
         unet = self.attached_unet
         if unet is None:
             raise ValueError("attach the adapter to a UNet before fusing its LoRA")
-        if self.config.lora_rank > 0 and not self._fused:
-            unet.fuse_lora(adapter_names=[LORA_ADAPTER_NAME])
-            self._fused = True
+        if self.config.lora_rank == 0 or self.lora_fused:
+            return
+        unet.unload_lora()  # back to the plain linears (weights untouched)
+        originals = {}
+        with torch.no_grad():
+            for name, _, _ in self.config.attn_layers:
+                for target in LORA_TARGETS:
+                    full = f"{name}.{target}"
+                    linear = unet.get_submodule(full)
+                    pair = self.lora[_key(full)]
+                    originals[full] = linear.weight.detach().clone()
+                    delta = pair["up"].weight.float() @ pair["down"].weight.float()  # (out, in)
+                    linear.weight.add_(delta.to(linear.weight.dtype))
+        self._unfused_weights = originals
 
     def unfuse_lora(self) -> None:
-        """Take the fused LoRA back out of the UNet's weights (peft ``unmerge``)."""
-        if self._fused:
-            self.attached_unet.unfuse_lora()
-            self._fused = False
+        """Put the original weights back (bit-exact) and the LoRA layers in again."""
+        if not self.lora_fused:
+            return
+        self._restore_weights()
+        self._add_lora(self.attached_unet)
+
+    def _restore_weights(self) -> None:
+        unet = self.attached_unet
+        with torch.no_grad():
+            for full, weight in self._unfused_weights.items():
+                unet.get_submodule(full).weight.copy_(weight)
+        self._unfused_weights = None
 
     def detach(self) -> None:
-        """Remove the ID channel from the UNet it was attached to (plain processors, no LoRA layers).
+        """Remove the ID channel from the UNet it was attached to.
 
-        The adapter keeps its weights; ``attach`` installs them again.
+        The UNet gets back its own attention processors, no LoRA layers and its original weights
+        (bit-exact, also after ``fuse_lora``). The adapter keeps its weights; ``attach`` installs
+        them again.
         """
         unet = self.attached_unet
         if unet is None:
             return
-        self.unfuse_lora()
-        unet.set_attn_processor(AttnProcessor2_0())
-        if self.config.lora_rank > 0:
+        if self.lora_fused:
+            self._restore_weights()
+        elif self.config.lora_rank > 0:
             unet.unload_lora()
+        unet.set_attn_processor(self._saved_processors)
+        self._saved_processors = None
         self._attached_ref = None
 
     # ------------------------------------------------------------------ ID tokens
-    def project(self, id_embeds: torch.Tensor, clip_embeds: torch.Tensor, s_scale: float = 1.0) -> torch.Tensor:
-        """ID tokens from ArcFace and CLIP features (IP-Adapter-FaceID-PlusV2 ``ProjPlusModel``).
+    def project(self, id_embeds: torch.Tensor, clip_embeds: torch.Tensor | None = None, s_scale: float = 1.0) -> torch.Tensor:
+        """ID tokens from ArcFace (and, for ``projection="plus"``, CLIP) features.
+
+        IP-Adapter-FaceID's ``MLPProjModel`` (``"mlp"``) or ``ProjPlusModel`` (``"plus"``).
 
         Args:
             id_embeds: ``(N, 512)`` float ArcFace ``normed_embedding`` (zeros for the unconditional branch).
             clip_embeds: ``(N, 257, C)`` float CLIP ``hidden_states[-2]`` of the face crops
                 (C = ``clip_embed_dim``; the features of a zero image for the unconditional branch).
+                Needed by ``"plus"``, ignored by ``"mlp"``.
             s_scale: weight of the resampler's output added to the MLP tokens ("shortcut"; Face-MakeUp
-                demo 1.0, V2 web demo 0.7).
+                demo 1.0, V2 web demo 0.7). Used only by ``"plus"`` with ``shortcut=True``.
 
         Returns:
             ``(N, num_tokens, cross_attention_dim)`` ID tokens, in the adapter's dtype.
-        """
-        if id_embeds.ndim != 2 or clip_embeds.ndim != 3 or len(id_embeds) != len(clip_embeds):
-            raise ValueError(
-                f"expected id_embeds (N, {self.config.id_embed_dim}) and clip_embeds (N, L, "
-                f"{self.config.clip_embed_dim}), got {tuple(id_embeds.shape)} and {tuple(clip_embeds.shape)}"
-            )
-        proj = self.image_proj
-        proj.clip_embeds = clip_embeds[:, None].to(self.dtype)  # (N, 1, L, C): diffusers' layout
-        proj.shortcut, proj.shortcut_scale = True, float(s_scale)
-        try:
-            return proj(id_embeds.to(self.dtype))  # (N, 4, D)
-        finally:
-            proj.clip_embeds = None
-
-    # ------------------------------------------------------------------ checkpoint conversion
-    @classmethod
-    def from_ip_adapter_state_dict(cls, state_dict: dict, unet) -> "FaceIDAdapter":
-        """Build an adapter from an IP-Adapter-FaceID-PlusV2 checkpoint (h94 / Face-MakeUp V1 format).
-
-        The format (``ip-adapter-faceid-plusv2_sd15.bin``): ``{"image_proj": {...}, "ip_adapter":
-        {...}}``; ``ip_adapter`` numbers the UNet's attention processors in ``unet.attn_processors``
-        order (0, 1, 2, ...) and holds ``{i}.to_k_ip.weight``/``{i}.to_v_ip.weight`` for
-        cross-attention and ``{i}.to_{q,k,v,out}_lora.{down,up}.weight`` for every layer.
-
-        Args:
-            state_dict: the loaded checkpoint (``torch.load``) or a flat safetensors dict with
-                ``image_proj.`` / ``ip_adapter.`` prefixes.
-            unet: the UNet it belongs to (gives the layer layout).
-
-        Returns:
-            A ``FaceIDAdapter`` holding exactly those weights.
 
         Raises:
-            ValueError: the checkpoint is not FaceID-PlusV2, or keys are missing or unexpected
-                (all are listed).
+            ValueError: wrong shapes, or no ``clip_embeds`` for a ``"plus"`` projection.
         """
-        if "image_proj" not in state_dict:  # flat safetensors layout
-            nested = {"image_proj": {}, "ip_adapter": {}}
-            for k, v in state_dict.items():
-                head, _, rest = k.partition(".")
-                if head in nested:
-                    nested[head][rest] = v
-            state_dict = nested
-        image_proj, ip = state_dict["image_proj"], state_dict["ip_adapter"]
-        if "perceiver_resampler.proj_in.weight" not in image_proj:
-            raise ValueError("not an IP-Adapter-FaceID-Plus checkpoint: image_proj has no perceiver_resampler")
-
-        layers = _attention_layers(unet)
-        downs = [k for k in ip if k.endswith("_lora.down.weight")]
-        rank = ip[downs[0]].shape[0] if downs else 0
-        cross_dim = image_proj["norm.weight"].shape[0]
-        adapter = cls(
-            attn_layers=layers,
-            cross_attention_dim=cross_dim,
-            clip_embed_dim=image_proj["perceiver_resampler.proj_in.weight"].shape[1],
-            id_embed_dim=image_proj["proj.0.weight"].shape[1],
-            num_tokens=image_proj["proj.2.weight"].shape[0] // cross_dim,
-            resampler_heads=image_proj["perceiver_resampler.layers.0.0.to_q.weight"].shape[0] // 64,
-            lora_rank=rank,
-        )
-        # diffusers' own key conversion for the projection (the same one load_ip_adapter uses)
-        proj = unet._convert_ip_adapter_image_proj_to_diffusers(image_proj, low_cpu_mem_usage=False)
-        ours = {f"image_proj.{k}": v for k, v in proj.state_dict().items()}
-        wanted = {}  # their key -> our key
-        for i, (name, _, cross) in enumerate(layers):
-            if cross is not None:
-                for p in ("to_k_ip", "to_v_ip"):
-                    wanted[f"{i}.{p}.weight"] = f"ip_kv.{_key(name)}.{p}.weight"
-            for target in LORA_TARGETS if rank else ():
-                theirs = target.replace(".0", "") + "_lora"
-                for part in ("down", "up"):
-                    wanted[f"{i}.{theirs}.{part}.weight"] = f"lora.{_key(name + '.' + target)}.{part}.weight"
-        missing = sorted(set(wanted) - set(ip))
-        unexpected = sorted(set(ip) - set(wanted))
-        if missing or unexpected:
+        plus = self.config.projection == "plus"
+        if id_embeds.ndim != 2 or id_embeds.shape[1] != self.config.id_embed_dim or (
+            plus and (clip_embeds is None or clip_embeds.ndim != 3 or len(id_embeds) != len(clip_embeds))
+        ):
             raise ValueError(
-                f"checkpoint does not match this UNet ({len(layers)} attention layers): "
-                f"missing {len(missing)} keys {missing[:8]}, unexpected {len(unexpected)} keys {unexpected[:8]}"
+                f"expected id_embeds (N, {self.config.id_embed_dim})"
+                + (f" and clip_embeds (N, L, {self.config.clip_embed_dim})" if plus else "")
+                + f", got {tuple(id_embeds.shape)} and {None if clip_embeds is None else tuple(clip_embeds.shape)}"
             )
-        ours.update({our: ip[their] for their, our in wanted.items()})
-        adapter.load_state_dict(ours, strict=True)
-        return _like(adapter, unet)
+        proj = self.image_proj
+        if not plus:
+            return proj(id_embeds.to(self.dtype))  # (N, T, D)
+        proj.clip_embeds = clip_embeds[:, None].to(self.dtype)  # (N, 1, L, C): diffusers' layout
+        proj.shortcut, proj.shortcut_scale = bool(self.config.shortcut), float(s_scale)
+        try:
+            return proj(id_embeds.to(self.dtype))  # (N, T, D)
+        finally:
+            proj.clip_embeds = None
 
 
 def _like(module, ref):
@@ -353,7 +385,7 @@ def _like(module, ref):
     return module if module.dtype == ref.dtype else module.to(dtype=ref.dtype)
 
 
-def _attention_layers(unet) -> list[list]:
+def attention_layers(unet) -> list[list]:
     """``[name, hidden_size, cross_attention_dim or None]`` for every attention module of ``unet``,
     in ``unet.attn_processors`` order (the order IP-Adapter checkpoints number them in)."""
     layers = []

@@ -11,63 +11,34 @@ cross-attention. Its residuals are added to the UNet's skip connections, scaled 
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 from diffusers import ControlNetModel
 
-from .checkpoint import read_checkpoint
 
-
-def shadingnet_from_unet(unet, vae_scale_factor: int = 8) -> ControlNetModel:
+def shadingnet_from_unet(unet, vae_scale_factor: int = 8, load_weights: bool = True) -> ControlNetModel:
     """A fresh ShadingNet for ``unet`` (3-channel conditioning image), on its device and dtype.
+
+    Checkpoints (Face-MakeUp's ``model.bin``, ControlNet folders) are read by ``model.loaders``.
 
     Args:
         unet: the ``UNet2DConditionModel`` to copy.
         vae_scale_factor: image pixels per latent pixel (8 for SD 1.5); the conditioning encoder
             downsamples the shading map by this much (diffusers' default channels 16, 32, 96, 256
             for 8; fewer stages for smaller factors).
+        load_weights: copy the UNet's weights (a fresh ShadingNet); ``False`` only builds the layout
+            (for loading a checkpoint into it; the UNet's weights are not read).
 
     Raises:
         ValueError: the UNet carries adapter layers (copy it before ``FaceIDAdapter.attach``, or
             ``detach`` first).
     """
-    if getattr(unet, "peft_config", None) or any(type(p).__name__.startswith("IPAdapter") for p in unet.attn_processors.values()):
+    adapted = getattr(unet, "peft_config", None) or any(type(p).__name__.startswith("IPAdapter") for p in unet.attn_processors.values())
+    if load_weights and adapted:
         raise ValueError("the UNet carries the ID adapter's layers: make the ShadingNet from the plain UNet (detach the adapter first)")
     stages = int(round(math.log2(vae_scale_factor)))
     channels = (16, 32, 96, 256)[: stages + 1]
-    net = ControlNetModel.from_unet(unet, conditioning_channels=3, conditioning_embedding_out_channels=channels)
+    net = ControlNetModel.from_unet(unet, conditioning_channels=3, conditioning_embedding_out_channels=channels,
+                                    load_weights_from_unet=load_weights)
+    if unet.device.type == "meta":
+        return net
     return net.to(unet.device) if net.dtype == unet.dtype else net.to(unet.device, unet.dtype)
-
-
-def load_shadingnet(path: str | os.PathLike, unet, vae_scale_factor: int = 8) -> ControlNetModel:
-    """Load ShadingNet weights.
-
-    Args:
-        path: a ``ControlNetModel.save_pretrained`` folder; a Face-MakeUp V1/V2 checkpoint file
-            (``model.bin``: a pickle whose ``"controlnet"`` entry is the ControlNet state dict); or a
-            ``.safetensors``/``.bin`` ControlNet state dict.
-        unet: the plain UNet the ShadingNet was copied from (gives its layout).
-        vae_scale_factor: image pixels per latent pixel (see ``shadingnet_from_unet``).
-
-    Returns:
-        The ``ControlNetModel``, on the UNet's device and dtype (a folder loads as saved).
-
-    Raises:
-        ModelNotFoundError: nothing at ``path``.
-        ValueError: the weights do not fit (missing and unexpected keys listed).
-    """
-    path = Path(path)
-    if path.is_dir():
-        return ControlNetModel.from_pretrained(path)
-    state = read_checkpoint(path, "download the Face-MakeUpV2 checkpoint (its model.bin holds 'controlnet') and pass it "
-                                  "with --shadingnet, or use --shadingnet init for an untrained one")
-    state = state.get("controlnet", state)
-    net = shadingnet_from_unet(unet, vae_scale_factor)
-    result = net.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{path} does not fit a ControlNet of this UNet: missing {len(result.missing_keys)} keys "
-            f"{result.missing_keys[:5]}, unexpected {len(result.unexpected_keys)} keys {result.unexpected_keys[:5]}"
-        )
-    return net
