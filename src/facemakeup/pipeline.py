@@ -36,7 +36,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-from .errors import FitError, ModelNotFoundError
+from .errors import FaceMakeUpInputError, FitError, ModelNotFoundError
 from .faces.image import ImageInput
 from .model.checkpoint import read_checkpoint
 from .model.id_adapter import FaceIDAdapter
@@ -268,8 +268,14 @@ class FaceMakeUpPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------ checks
     def check_inputs(self, prompt, negative_prompt, reference_image, id_embeds, face_images, clip_embeds, reference_weights,
                      height, width, num_inference_steps, guidance_scale, ip_scale, num_images_per_prompt, generator, seed,
-                     prompt_embeds=None, negative_prompt_embeds=None, shading_image=None):
-        """Validate user input up front; every error names the argument and what was received."""
+                     prompt_embeds=None, negative_prompt_embeds=None, shading_image=None, s_scale=1.0,
+                     controlnet_conditioning_scale=0.5, truncate_prompt=False):
+        """Validate user input up front; every error names the argument and what was received.
+
+        Raises:
+            ValueError: (``FaceMakeUpInputError`` for values: non-finite or out-of-range numbers, see
+                ``facemakeup.validation``; empty, non-UTF-8 or over-long prompts; 0-pixel face images).
+        """
         if prompt_embeds is not None:
             if prompt is not None:
                 raise ValueError("pass either `prompt` or `prompt_embeds`, not both")
@@ -324,6 +330,38 @@ class FaceMakeUpPipeline(DiffusionPipeline):
             raise ValueError("pass either `generator` or `seed`, not both")
         if self.controlnet is not None and id_embeds is not None and shading_image is None:
             raise ValueError("this pipeline has a ShadingNet: with `id_embeds`, also pass `shading_image`")
+        self._check_values(prompt if prompt_embeds is None else None, negative_prompt, id_embeds, face_images, reference_weights, n_refs, height, width,
+                           guidance_scale, ip_scale, s_scale, controlnet_conditioning_scale, seed, truncate_prompt)
+
+    def _check_values(self, prompt, negative_prompt, id_embeds, face_images, reference_weights, n_refs, height, width,
+                      guidance_scale, ip_scale, s_scale, controlnet_conditioning_scale, seed, truncate_prompt):
+        """The value checks of ``check_inputs`` (``facemakeup.validation``: finite, in range, prompts that fit)."""
+        from . import validation as v
+
+        for name, value, top in (("guidance_scale", guidance_scale, v.MAX_GUIDANCE_SCALE), ("ip_scale", ip_scale, v.MAX_ID_SCALE),
+                                 ("s_scale", s_scale, v.MAX_ID_SCALE),
+                                 ("controlnet_conditioning_scale", controlnet_conditioning_scale, v.MAX_ID_SCALE)):
+            v.check_number(value, f"`{name}`", low=0, high=top)
+        if reference_weights is not None:
+            v.check_weights(reference_weights, n_refs, "`reference_weights`")
+        for name, value in (("height", height), ("width", width)):
+            if value is not None:
+                v.check_side(value, f"`{name}`", multiple=8)
+        if seed is not None:
+            v.check_seed(seed, "`seed`")
+        if id_embeds is not None and not torch.isfinite(id_embeds).all():
+            raise FaceMakeUpInputError("`id_embeds` holds NaN or infinite values; pass finite ArcFace embeddings")
+        for i, crop in enumerate(face_images or []):
+            if not isinstance(crop, np.ndarray) or crop.ndim != 3 or crop.shape[2] != 3 or 0 in crop.shape or crop.dtype != np.uint8:
+                raise FaceMakeUpInputError(f"`face_images[{i}]` must be a non-empty (S, S, 3) uint8 RGB crop, got "
+                                           f"{getattr(crop, 'shape', type(crop).__name__)} {getattr(crop, 'dtype', '')}")
+        fix = "pass truncate_prompt=True to cut it (a warning says how many tokens are dropped)"
+        for name, texts in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if texts is None:
+                continue
+            for text in [texts] if isinstance(texts, str) else texts:
+                v.check_text(text, f"`{name}`", allow_empty=name == "negative_prompt")
+                v.check_prompt_length(self.tokenizer, text, f"`{name}`", truncate=truncate_prompt, fix=fix)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -355,6 +393,7 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         shading_crop_factor: float = 5.0,
         output_type: str = "pil",
         return_dict: bool = True,
+        truncate_prompt: bool = False,
     ) -> FaceMakeUpPipelineOutput | tuple:
         """Generate images of the reference person.
 
@@ -395,19 +434,23 @@ class FaceMakeUpPipeline(DiffusionPipeline):
             shading_crop_factor (`float`, defaults to 5.0): crop of the default shading map.
             output_type (`str`, defaults to "pil"): "pil", "np", "pt" or "latent".
             return_dict (`bool`, defaults to True): return a ``FaceMakeUpPipelineOutput``, else a tuple.
+            truncate_prompt (`bool`, defaults to False): cut prompts over the text encoder's 75 tokens,
+                with a logged warning of how many tokens were dropped, instead of raising.
 
         Returns:
             ``FaceMakeUpPipelineOutput`` (or ``(images, output)`` if ``return_dict=False``).
 
         Raises:
-            ValueError: invalid arguments (named in the message).
+            ValueError: invalid arguments (named in the message; ``FaceMakeUpInputError`` for values:
+                NaN/inf or out-of-range numbers, empty or over-long prompts, see ``facemakeup.validation``).
             ImageReadError, NoFaceError, IndexError: a reference photo cannot be used.
             FitError: a shading map is needed but the reference's 3D fit failed.
         """
         # 0. Check inputs; encode the prompts
         self.check_inputs(prompt, negative_prompt, reference_image, id_embeds, face_images, clip_embeds, reference_weights,
                           height, width, num_inference_steps, guidance_scale, ip_scale, num_images_per_prompt, generator, seed,
-                          prompt_embeds, negative_prompt_embeds, shading_image)
+                          prompt_embeds, negative_prompt_embeds, shading_image, s_scale, controlnet_conditioning_scale,
+                          truncate_prompt)
         device = self._execution_device
         negatives = None if negative_prompt is None else ([negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt))
         if prompt_embeds is None:
