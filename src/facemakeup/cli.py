@@ -541,7 +541,9 @@ def _preflight_models(model: str, image_encoder: str | None, adapter: Path | Non
         try:
             huggingface_hub.utils.validate_repo_id(repo)
         except huggingface_hub.errors.HFValidationError:
-            raise ModelNotFoundError(_missing_message(what, repo, FileNotFoundError(repo))) from None
+            flag = "--model" if "backbone" in what else "--image-encoder"
+            raise ModelNotFoundError(f"{flag} {repo}: no such folder, and not a Hugging Face id (owner/name); pass the folder of the "
+                                     f"downloaded {what} (see the README's model table) as {flag} DIR") from None
         if isinstance(huggingface_hub.try_to_load_from_cache(repo, marker), str):
             return
         if hub.HF_HUB_OFFLINE:

@@ -56,6 +56,10 @@ def read_checkpoint(path: str | os.PathLike, missing: str) -> dict:
     except PermissionError:
         raise CheckpointError(f"{path}: permission denied; check the file's permissions (e.g. chmod a+r)") from None
     except pickle.UnpicklingError as err:
+        with open(path, "rb") as f:
+            magic = f.read(2)
+        if magic[:2] != b"PK" and magic[:1] != b"\x80":  # neither torch's zip nor a pickle (PROTO opcode)
+            raise CheckpointError(f"{path}: not a torch checkpoint or .safetensors file; pass the checkpoint file itself") from None
         found = re.search(r"GLOBAL ([\w.]+)", str(err))
         what = f" (it needs {found.group(1)})" if found else ""
         raise CheckpointError(
