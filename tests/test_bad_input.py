@@ -256,7 +256,10 @@ def test_truncate_prompt_warns_with_the_number_of_dropped_tokens(tmp_path, files
     res = run("generate", "--reference", files["photo"], "--prompt", prompt, "--out", out, "--model", "tiny", "--steps", 1,
               "--height", 16, "--width", 16, "--truncate-prompt")
     assert res.exit_code == 0, res.output
-    assert f"is {len(prompt.encode())} tokens" in caplog.text and f"dropping the last {len(prompt.encode()) - 75}" in caplog.text
+    from facemakeup.model.tiny import tiny_tokenizer
+
+    n = len(tiny_tokenizer()(prompt, add_special_tokens=False).input_ids)  # what the tiny text encoder would see
+    assert n > 75 and f"is {n} tokens, over the limit of 75: dropping the last {n - 75}" in caplog.text
     assert json.loads((out / "provenance.json").read_text())["inputs"]["truncate_prompt"] is True
 
 
@@ -446,7 +449,7 @@ def test_output_folder_is_checked_before_work(tmp_path):
 def _cli(args: list, user_caps_dropped: bool = False, **kw) -> subprocess.CompletedProcess:
     """``python -m facemakeup.cli ARGS`` in a fresh process. With ``user_caps_dropped`` (as root), without
     the capabilities that let root read and write files regardless of their permissions."""
-    cmd = [sys.executable, "-m", "facemakeup.cli", *args]
+    cmd = [sys.executable, "-m", "facemakeup.cli", *args] if args else [sys.executable, "-"]
     if user_caps_dropped and os.geteuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.skip("running as root without setpriv: cannot drop CAP_DAC_OVERRIDE to test permissions")
@@ -487,7 +490,10 @@ def test_end_to_end_permission_denied(tmp_path, files):
     locked.chmod(0)
     out = tmp_path / "out"
     proc = _cli(["generate", "--reference", str(locked), "--prompt", "x", "--out", str(out), "--model", "tiny"], user_caps_dropped=True)
-    _assert_process_error(proc, 2, ["locked.png", "permission denied"])
+    _assert_process_error(proc, 2, ["locked.png", "not readable"])  # click's own check of --reference
+    code = f"from facemakeup.faces.image import load_image\ntry:\n load_image({str(locked)!r})\nexcept Exception as e:\n print(type(e).__name__, e)"
+    proc = _cli([], user_caps_dropped=True, input=code.encode())  # the library's message, as analyze and the Python API give it
+    assert proc.stdout.decode().startswith(f"ImageReadError {locked}: permission denied"), proc.stdout + proc.stderr
     readonly = tmp_path / "readonly"
     readonly.mkdir(mode=0o555)
     readonly.chmod(0o555)

@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .errors import EXIT_INTERNAL, EXIT_STATUS, FaceMakeUpError, FaceMakeUpInputError, NoFaceError
+from .errors import EXIT_INTERNAL, EXIT_STATUS, FaceMakeUpError, FaceMakeUpInputError, FitError, NoFaceError
 
 logger = logging.getLogger("facemakeup")
 
@@ -172,9 +172,10 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         if pipe.controlnet is not None:
             h = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
             w = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
-            for name, face in (("shading", shading_face), ("light", light_face)):
+            for name, face, path in (("shading", shading_face, shading_from or references[0]), ("light", light_face, light_from)):
                 if face is not None and face.fit is None:
-                    raise FaceMakeUpError(f"the {name} photo's 3D fit failed: {face.fit_error}")
+                    raise FitError(f"{path}: the 3D fit of the {name} photo's face failed ({face.fit_error}); use a photo with a "
+                                   "clearer, more frontal face")
             sh = light_face.fit.sh if light_face else (sh_from_direction(light_dir, light_strength) if light_dir else None)
             shading = shading_map(shading_face.fit, shading_face.kps, sh=sh, crop_factor=shading_crop_factor, height=h, width=w)
 

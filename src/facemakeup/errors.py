@@ -69,6 +69,7 @@ EXIT_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (OutputError, 4, "the output folder cannot take the results (not writable, full, holds earlier results)"),
     (CheckpointError, 5, "a weights file exists but cannot be used (not a checkpoint, truncated, pickled objects, wrong layout)"),
     (MemoryError, 6, "out of memory (use a smaller --height/--width or fewer --num-images)"),
+    (FaceMakeUpError, 2, "bad input: an option's value, a combination of options, an unreadable image or prompt"),
 )
 #: Exit status of an unexpected error (a bug: rerun with ``--debug`` and report the traceback), BSD's EX_SOFTWARE.
 EXIT_INTERNAL = 70

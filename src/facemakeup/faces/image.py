@@ -23,9 +23,9 @@ from ..errors import ImageReadError
 ImageInput = Union[str, os.PathLike, bytes, io.BufferedIOBase, Image.Image, np.ndarray]
 
 #: Images above this many pixels are refused, from the file's header, before decoding: 64 megapixels
-#: (8192 x 8192). A face needs far fewer, and decoding costs up to ~10 bytes per pixel (16-bit and
-#: palette images are widened to 8-bit RGB), so this bounds a decode near 0.7 GB. Phone photos are
-#: 12-50 MP; downscale larger scans first.
+#: (8192 x 8192). A face needs far fewer, and decoding costs ~10 bytes per pixel at its peak (16-bit
+#: and palette images are widened to 8-bit RGB): a 64 MP 16-bit PNG peaks ~0.7 GB above the imports
+#: (benchmarks/bad_input_memory.py). Phone photos are 12-50 MP; downscale larger scans first.
 MAX_PIXELS = 8192 * 8192
 
 
@@ -34,10 +34,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img)
         # 16-bit data (PNG/TIFF) spans 0..65535; PIL's own convert("RGB") would clip it at 255.
-        # Integer rounding (x * 255 + top / 2) // top: 8 bytes per pixel at most, no float copies.
+        # Integer rounding (x * 255 + top / 2) // top in uint32, no float copies.
         top = 65535 if img.mode.startswith("I;16") or arr.max() > 255 else 255
-        arr = (np.clip(arr, 0, top).astype(np.int64 if arr.dtype.itemsize > 2 else np.uint32) * 255 + top // 2) // top
-        return Image.fromarray(arr.astype(np.uint8), mode="L").convert("RGB")
+        wide = np.clip(arr, 0, top).astype(np.uint32)  # in place from here: one 4-byte copy
+        wide *= 255
+        wide += top // 2
+        wide //= top
+        return Image.fromarray(wide.astype(np.uint8), mode="L").convert("RGB")
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         top = 1.0 if arr.max() <= 1.0 else 255.0
