@@ -167,8 +167,10 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
 
         # 3. The shading map (Face-MakeUpV2): the reference's or the target's face, its own or another light
         shading = None
-        if pipe.controlnet is None and (shading_from or light_from or light_dir):
-            raise ValueError("--shading-from/--light-from/--light-dir need a ShadingNet: pass --shadingnet")
+        shading_options = shading_from or light_from or light_dir or _explicit("controlnet_scale") or _explicit("shading_crop_factor")
+        if pipe.controlnet is None and shading_options:
+            raise ValueError("--shading-from/--light-from/--light-dir/--controlnet-scale/--shading-crop-factor act through a "
+                             "ShadingNet, and this pipeline has none: pass --shadingnet, or drop them")
         if pipe.controlnet is not None:
             h = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
             w = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
