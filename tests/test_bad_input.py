@@ -472,15 +472,25 @@ def test_end_to_end_exit_status_and_one_line(tmp_path, files):
     out = tmp_path / "out"
     proc = _cli(["generate", "--reference", str(files["photo"]), "--prompt", "x", "--out", str(out), "--model", "tiny", "--ip-scale", "nan"])
     _assert_process_error(proc, 2, ["--ip-scale", "nan"])
-    # a prompt that is not UTF-8 (e.g. --prompt "$(cat latin1.txt)") reaches Python as surrogate escapes
+    assert not out.exists()
+
+
+def test_debug_adds_the_traceback(tmp_path, files):
+    res = run("--debug", "generate", "--reference", files["photo"], "--prompt", "x", "--out", tmp_path / "o", "--model", "tiny", "--seed", "-1")
+    assert res.exit_code == 2 and "Traceback" in res.stderr and "FaceMakeUpInputError" in res.stderr
+    assert res.stderr.strip().splitlines()[-1].startswith("error: --seed")
+
+
+@pytest.mark.slow
+def test_end_to_end_prompt_not_utf8(tmp_path, files):
+    """A prompt that is not UTF-8 (e.g. --prompt "$(cat latin1.txt)") reaches Python as surrogate escapes."""
+    out = tmp_path / "out"
     proc = _cli([b"generate", b"--reference", bytes(files["photo"]), b"--prompt", b"caf\xe9 au lait", b"--out", bytes(out), b"--model", b"tiny"])
     _assert_process_error(proc, 2, ["--prompt", "not valid UTF-8", "0xe9"])
     assert not out.exists()
-    # --debug adds the traceback
-    proc = _cli(["--debug", "generate", "--reference", str(files["photo"]), "--prompt", "x", "--out", str(out), "--model", "tiny", "--seed", "-1"])
-    assert proc.returncode == 2 and b"Traceback" in proc.stderr and b"error: --seed" in proc.stderr
 
 
+@pytest.mark.slow
 def test_end_to_end_permission_denied(tmp_path, files):
     """An unreadable photo and a read-only --out, each with its own message (as root: with the
     override capabilities dropped, so that permissions apply)."""

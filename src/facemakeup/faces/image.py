@@ -24,7 +24,7 @@ ImageInput = Union[str, os.PathLike, bytes, io.BufferedIOBase, Image.Image, np.n
 
 #: Images above this many pixels are refused, from the file's header, before decoding: 64 megapixels
 #: (8192 x 8192). A face needs far fewer, and decoding costs ~10 bytes per pixel at its peak (16-bit
-#: and palette images are widened to 8-bit RGB): a 64 MP 16-bit PNG peaks ~0.7 GB above the imports
+#: and palette images are widened to 8-bit RGB): a 64 MP 16-bit PNG peaks ~0.76 GB above the imports
 #: (benchmarks/bad_input_memory.py). Phone photos are 12-50 MP; downscale larger scans first.
 MAX_PIXELS = 8192 * 8192
 
