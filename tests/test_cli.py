@@ -50,11 +50,15 @@ def test_generate_is_reproducible(tmp_path, photo):
     assert np.array_equal(np.asarray(Image.open(tmp_path / "a" / "image_00.png")), np.asarray(Image.open(tmp_path / "b" / "image_00.png")))
 
 
-def test_photo_without_face_fails_before_loading_models(tmp_path):
+def test_photo_without_face_fails_before_loading_models(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)  # online: the model would be fetched after the faces
     rocket = tmp_path / "rocket.jpg"
     Image.fromarray(skimage.data.rocket()).save(rocket)
     res = run("generate", "--reference", rocket, "--prompt", "x", "--out", tmp_path / "o", "--model", "no/such-model")
-    assert res.exit_code == 1
+    assert res.exit_code == 3
+    assert "will be downloaded from https://huggingface.co/no/such-model" in res.output  # announced, not yet fetched
     assert "rocket.jpg: no face found" in res.output
     assert not (tmp_path / "o").exists()
 
@@ -63,7 +67,7 @@ def test_truncated_photo_is_named(tmp_path, photo):
     cut = tmp_path / "cut.png"
     cut.write_bytes(photo.read_bytes()[:5000])
     res = run("generate", "--reference", cut, "--prompt", "x", "--out", tmp_path / "o", "--model", "tiny")
-    assert res.exit_code == 1 and "cut.png: truncated or corrupt" in res.output
+    assert res.exit_code == 2 and "cut.png: truncated image" in res.output
 
 
 def test_missing_model_exits_with_download_instructions(tmp_path, photo):
@@ -74,7 +78,7 @@ def test_missing_model_exits_with_download_instructions(tmp_path, photo):
 
 def test_weights_must_match_references(tmp_path, photo):
     res = run("generate", "--reference", photo, "--weight", 1, "--weight", 2, "--prompt", "x", "--out", tmp_path / "o", "--model", "tiny")
-    assert res.exit_code == 1 and "2 --weight values for 1 --reference" in res.output
+    assert res.exit_code == 2 and "2 --weight value(s) for 1 --reference(s)" in res.output
 
 
 def test_generate_with_shading_options(tmp_path, photo):
@@ -106,7 +110,7 @@ def test_generate_light_options_are_checked(tmp_path, photo):
     assert res.exit_code == 2 and "expected three numbers" in res.output
     res = run("generate", "--reference", photo, "--prompt", "x", "--out", tmp_path / "o", "--model", "tiny",
               "--light-dir", "1,0,0", "--light-from", photo)
-    assert res.exit_code == 1 and "pass one" in res.output
+    assert res.exit_code == 2 and "pass one" in res.output
 
 
 def test_analyze_folder_and_glob_with_failures_reported(tmp_path, photo):
@@ -163,6 +167,6 @@ def test_analyze_nothing_usable_exits_non_zero(tmp_path):
     rocket = tmp_path / "rocket.jpg"
     Image.fromarray(skimage.data.rocket()).save(rocket)
     res = run("analyze", rocket, "--out", tmp_path / "an")
-    assert res.exit_code == 1 and json.loads((tmp_path / "an" / "summary.json").read_text())["faces"] == 0
+    assert res.exit_code == 3 and json.loads((tmp_path / "an" / "summary.json").read_text())["faces"] == 0
     res = run("analyze", str(tmp_path / "nothing*.jpg"), "--out", tmp_path / "an2")
     assert res.exit_code == 2 and "no such file" in res.output

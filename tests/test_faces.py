@@ -258,7 +258,7 @@ def test_truncated_jpeg_names_the_file(tmp_path, astronaut):
     Image.fromarray(astronaut).save(path, quality=90)
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 3])
-    with pytest.raises(ImageReadError, match="cut.jpg: truncated or corrupt"):
+    with pytest.raises(ImageReadError, match="cut.jpg: truncated image"):
         load_image(path)
 
 

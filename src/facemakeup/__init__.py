@@ -10,7 +10,17 @@ The torch-side names (``FaceMakeUpPipeline``, ``FaceIDAdapter``) are imported on
 
 __version__ = "0.1.0"
 
-from .errors import FaceMakeUpError, FaceTooSmallError, ImageReadError, ModelNotFoundError, NoFaceError
+from .errors import (
+    CheckpointError,
+    FaceMakeUpError,
+    FaceMakeUpInputError,
+    FaceTooSmallError,
+    FitError,
+    ImageReadError,
+    ModelNotFoundError,
+    NoFaceError,
+    OutputError,
+)
 
 _LAZY = {
     "FaceMakeUpPipeline": "facemakeup.pipeline",
@@ -27,4 +37,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'facemakeup' has no attribute {name!r}")
 
 
-__all__ = ["FaceMakeUpError", "FaceTooSmallError", "ImageReadError", "ModelNotFoundError", "NoFaceError", "__version__", *_LAZY]
+__all__ = [
+    "CheckpointError", "FaceMakeUpError", "FaceMakeUpInputError", "FaceTooSmallError", "FitError", "ImageReadError",
+    "ModelNotFoundError", "NoFaceError", "OutputError", "__version__", *_LAZY,
+]

@@ -3,6 +3,10 @@
     facemakeup generate --reference PHOTO --prompt TEXT --out DIR [--model ID|PATH|tiny] [--seed N] ...
     facemakeup analyze PHOTO_OR_DIR_OR_GLOB... --out DIR
     facemakeup convert SRC DST --to ours|face-makeup-v2|ip-adapter
+
+Every failure prints one line, ``error: ...``, and exits with the status of its kind (``errors.EXIT_STATUS``:
+1 missing model, 2 bad input, 3 no face, 4 output folder, 5 unusable weights file, 6 out of memory,
+70 internal error); ``facemakeup --debug ...`` also prints the traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import math
 import sys
 import time
 from pathlib import Path
@@ -17,23 +22,44 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .errors import FaceMakeUpError
+from .errors import EXIT_INTERNAL, EXIT_STATUS, FaceMakeUpError, FaceMakeUpInputError, FitError, NoFaceError
 
 logger = logging.getLogger("facemakeup")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
 
-@click.group()
+class _Main(click.Group):
+    """The command group; turns every error into one line and a documented exit status (``_exit``)."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.Abort, SystemExit):
+            raise
+        except click.UsageError as err:  # one line, not click's usage block
+            hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+            click.echo(f"error: {err.format_message()}{hint}", err=True)
+            sys.exit(err.exit_code)
+        except Exception as err:  # noqa: BLE001 - every failure becomes one line and a status
+            _exit(err, debug=bool(ctx.params.get("debug")))
+
+
+@click.group(cls=_Main, epilog="\b\nExit status (every error is one line on stderr; --debug adds the traceback):\n" + "\n".join(
+    f"  {s:<3} {what}" for s, what in [(0, "success"), *sorted({(st, w.split(" (")[0]) for _, st, w in EXIT_STATUS}),
+                                       (EXIT_INTERNAL, "internal error (a bug: rerun with --debug and report it)")]))
 @click.option("-v", "--verbose", is_flag=True, help="Log more.")
-def main(verbose: bool) -> None:
+@click.option("--debug", is_flag=True, help="On an error, also print its traceback.")
+def main(verbose: bool, debug: bool) -> None:
     """Identity-consistent, controllable face generation (Face-MakeUp / Face-MakeUpV2)."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
 
 def _fail(err: Exception) -> None:
-    click.echo(f"error: {err}", err=True)
-    sys.exit(1)
+    """Raise ``err`` as a named error (plain ``ValueError``s are bad input); ``_Main`` prints and exits."""
+    if isinstance(err, FaceMakeUpError):
+        raise err
+    raise FaceMakeUpInputError(str(err)) from err
 
 
 def _face_choice(ctx, param, value):
@@ -56,7 +82,7 @@ def _light_dir(ctx, param, value):
         xyz = [float(v) for v in value.split(",")]
     except ValueError:
         xyz = []
-    if len(xyz) != 3 or not any(xyz):
+    if len(xyz) != 3 or not any(xyz) or not all(math.isfinite(c) for c in xyz):
         raise click.BadParameter(f"expected three numbers x,y,z (x right, y up, z toward the viewer), got {value!r}")
     return xyz
 
@@ -93,10 +119,17 @@ def _light_dir(ctx, param, value):
               help="Which face of each photo: 0 = the main face (visible size, centrality, detector score), N = the N-th in that order, 'all' = every face (mixed as references).")
 @click.option("--crop-factor", default=3.0, show_default=True, type=float, help="CLIP face crop: keypoint box x this.")
 @click.option("--shading-crop-factor", default=5.0, show_default=True, type=float, help="Crop of the shading / keypoint map: keypoint box x this.")
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty --out, replacing the files of the earlier run its provenance.json lists.")
+@click.option("--truncate-prompt", is_flag=True, help="Cut a prompt over 75 CLIP tokens (with a warning of how many were dropped) instead of refusing it.")
 def generate(references, weights, prompt, negative_prompt, out_dir, model, image_encoder, adapter, shadingnet, condition, shortcut, face_models, seed,
              num_images, steps, guidance_scale, ip_scale, s_scale, controlnet_scale, shading_from, light_from, light_dir, light_strength, height,
-             width, face_index, crop_factor, shading_crop_factor):
-    """Generate images of the person in --reference, as --prompt describes."""
+             width, face_index, crop_factor, shading_crop_factor, overwrite, truncate_prompt):
+    """Generate images of the person in --reference, as --prompt describes.
+
+    Everything is checked before any work: values (finite, within the limits of facemakeup.validation),
+    the photos' headers, the models, and --out (writable, enough free space, empty unless --overwrite).
+    Results are written all at once: a failed run leaves nothing behind.
+    """
     import torch
     from PIL import Image
 
@@ -108,10 +141,24 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
 
     if weights and face_index == "all":
         _fail(ValueError("--weight needs one face per --reference; drop --weight or pick one face with --face-index N"))
-    if weights and len(weights) != len(references):
-        _fail(ValueError(f"{len(weights)} --weight values for {len(references)} --reference photos"))
-    if light_from is not None and light_dir is not None:
-        _fail(ValueError("--light-from and --light-dir both set the lighting: pass one"))
+    from .faces.image import probe_image
+    from .pipeline import DEFAULT_BACKBONE, DEFAULT_IMAGE_ENCODER
+    from .validation import OutputFolder
+
+    # 0. Preflight, before any work: values, output folder, photos' headers, models
+    _check_generate_options(references, weights, prompt, negative_prompt, model, image_encoder, adapter, shadingnet, seed, guidance_scale,
+                            ip_scale, s_scale, controlnet_scale, shading_from, light_from, light_dir, light_strength, height, width,
+                            face_index, crop_factor, shading_crop_factor)
+    side = 64 if model == "tiny" else 512
+    pixels = (height or side) * (width or side) * 3  # one image, uncompressed: an upper bound of its PNG
+    expected = pixels * (2 * num_images + 1) + 3 * 776 * 384 * (len(references) + 3) + 2**20  # images, grid, shading, sheet, JSON
+    folder = OutputFolder(out_dir, "--out", overwrite=overwrite, expected_bytes=expected, overwrite_hint="pass --overwrite")
+    previous = _previous_outputs(out_dir)
+    for path in (*references, shading_from, light_from):
+        if path is not None:
+            probe_image(path)
+    _preflight_models(model or DEFAULT_BACKBONE, None if model == "tiny" else (image_encoder or DEFAULT_IMAGE_ENCODER), adapter,
+                      shadingnet, face_models)
     timings = {}
     try:
         # 1. Faces first: a photo without a usable face fails before any large model loads.
@@ -125,7 +172,7 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         timings["face_analysis_s"] = time.perf_counter() - t0
 
         # 2. The pipeline
-        from .pipeline import DEFAULT_BACKBONE, DEFAULT_IMAGE_ENCODER, load_pipeline
+        from .pipeline import load_pipeline
 
         model = model or DEFAULT_BACKBONE
         image_encoder = image_encoder or DEFAULT_IMAGE_ENCODER
@@ -141,8 +188,10 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         # 3. The ControlNet's map: V2's shading map (the reference's or the target's face, its own or
         #    another light) or V1's keypoint map (the reference's or the target's keypoints)
         shading = None
-        if pipe.controlnet is None and (shading_from or light_from or light_dir):
-            raise ValueError("--shading-from/--light-from/--light-dir need a ShadingNet: pass --shadingnet")
+        shading_options = shading_from or light_from or light_dir or _explicit("controlnet_scale") or _explicit("shading_crop_factor")
+        if pipe.controlnet is None and shading_options:
+            raise ValueError("--shading-from/--light-from/--light-dir/--controlnet-scale/--shading-crop-factor act through a "
+                             "ShadingNet, and this pipeline has none: pass --shadingnet, or drop them")
         if condition != "shading" and (light_from or light_dir):
             raise ValueError(f"--light-from/--light-dir relight the shading map; --condition {condition} has none")
         if pipe.controlnet is not None and condition == "keypoints":
@@ -154,9 +203,10 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         if pipe.controlnet is not None and condition == "shading":
             h = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
             w = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
-            for name, face in (("shading", shading_face), ("light", light_face)):
+            for name, face, path in (("shading", shading_face, shading_from or references[0]), ("light", light_face, light_from)):
                 if face is not None and face.fit is None:
-                    raise FaceMakeUpError(f"the {name} photo's 3D fit failed: {face.fit_error}")
+                    raise FitError(f"{path}: the 3D fit of the {name} photo's face failed ({face.fit_error}); use a photo with a "
+                                   "clearer, more frontal face")
             sh = light_face.fit.sh if light_face else (sh_from_direction(light_dir, light_strength) if light_dir else None)
             shading = shading_map(shading_face.fit, shading_face.kps, sh=sh, crop_factor=shading_crop_factor, height=h, width=w)
 
@@ -166,14 +216,17 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
                    negative_prompt=negative_prompt, num_images_per_prompt=num_images, height=height, width=width,
                    num_inference_steps=steps, guidance_scale=guidance_scale, ip_scale=ip_scale, s_scale=s_scale,
                    reference_weights=list(weights) or None, seed=seed, shading_image=shading,
-                   controlnet_conditioning_scale=controlnet_scale, condition=condition)
+                   controlnet_conditioning_scale=controlnet_scale, condition=condition, truncate_prompt=truncate_prompt)
         timings["generate_s"] = time.perf_counter() - t0
         timings["per_step_s"] = timings["generate_s"] / steps
-    except (FaceMakeUpError, IndexError, ValueError) as err:
+    except IndexError as err:  # --face-index beyond the faces found
+        raise NoFaceError(str(err)) from err
+    except (FaceMakeUpError, ValueError) as err:
         _fail(err)
 
-    # 5. Save images, the conditions sheet and the provenance record
-    out_dir.mkdir(parents=True, exist_ok=True)
+    # 5. Save images, the conditions sheet and the provenance record: staged, then moved into --out at once
+    stage = folder.begin()
+    click.get_current_context().call_on_close(folder.cleanup)
     from PIL.PngImagePlugin import PngInfo
 
     names = []
@@ -181,21 +234,21 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         info = PngInfo()
         info.add_text("facemakeup", json.dumps({"prompt": prompt, "seed": seed, "index": i, "model": model}))
         name = f"image_{i:02d}.png"
-        img.save(out_dir / name, pnginfo=info)
+        img.save(stage / name, pnginfo=info)
         names.append(name)
     extra = []
     if out.shading_image is not None:
         map_name = "keypoints.png" if condition == "keypoints" else "shading.png"
-        Image.fromarray(out.shading_image).save(out_dir / map_name)
+        Image.fromarray(out.shading_image).save(stage / map_name)
         extra.append(map_name)
-    conditions_sheet(photos, faces, shading=out.shading_image).save(out_dir / "conditions.png")
+    conditions_sheet(photos, faces, shading=out.shading_image).save(stage / "conditions.png")
     if len(out.images) > 1:
         from diffusers.utils import make_image_grid
 
         cols = min(len(out.images), 4)
         rows = -(-len(out.images) // cols)
         blank = [out.images[0].copy().point(lambda _: 0)] * (rows * cols - len(out.images))
-        make_image_grid(list(out.images) + blank, rows=rows, cols=cols).save(out_dir / "grid.png")
+        make_image_grid(list(out.images) + blank, rows=rows, cols=cols).save(stage / "grid.png")
         extra.append("grid.png")
 
     def _face_record(path, face):
@@ -208,6 +261,7 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
             "reference_weights": out.reference_weights,
             "prompt": prompt,
             "negative_prompt": negative_prompt,
+            "truncate_prompt": truncate_prompt,
             "shading_from": _face_record(shading_from, shading_face) if shading_from else None,
             "light_from": _face_record(light_from, light_face) if light_from else None,
             "light_dir": light_dir,
@@ -228,7 +282,8 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
     }
     if model == "tiny":
         record["note"] = "tiny randomly initialised pipeline: the images are noise, not faces"
-    (out_dir / "provenance.json").write_text(json.dumps(record, indent=2))
+    (stage / "provenance.json").write_text(json.dumps(record, indent=2, allow_nan=False), encoding="utf-8")
+    folder.commit(names + ["conditions.png"] + extra + ["provenance.json"], previous)
     click.echo(f"wrote {len(names)} image(s), conditions.png and provenance.json to {out_dir}")
 
 
@@ -256,6 +311,8 @@ def _expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
             if not found:
                 raise click.BadParameter(f"{item}: no such file, folder or matching files", param_hint="PHOTO")
         paths += [q for q in found if q not in paths]
+    if not paths:
+        raise click.BadParameter(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {', '.join(inputs)}", param_hint="PHOTO")
     return paths
 
 
@@ -283,7 +340,9 @@ def _output_stems(paths: list[Path]) -> dict[Path, str]:
 @click.option("--parsing-quality", default="fast", show_default=True, type=click.Choice(["fast", "accurate"]),
               help="fast: one pass; accurate: averaged with the mirror image (about 2x slower). Accuracy of each: assets/face_parser.md.")
 @click.option("--attributes/--no-attributes", default=True, show_default=True, help="CelebA attributes, gender, age, emotion.")
-def analyze(photos, out_dir, face_models, face_index, shading_crop_factor, shading_size, parsing, parsing_quality, attributes):
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty --out (files of the same name are replaced).")
+def analyze(photos, out_dir, face_models, face_index, shading_crop_factor, shading_size, parsing, parsing_quality, attributes,
+            overwrite):
     """Faces, identity embedding, 3D pose, SH lighting, shading maps, attributes and (with --parsing) region labels of PHOTOS.
 
     PHOTOS are files, folders or globs. Per photo with a face: NAME.json (every detected face in
@@ -292,7 +351,8 @@ def analyze(photos, out_dir, face_models, face_index, shading_crop_factor, shadi
     short hash of its path when two inputs share a stem). With --parsing also NAME_parsing.png (all
     analysed faces) and NAME_faceK_parsing.png (uint8 label maps, CelebAMask-HQ values 0-18, the
     photo's size). Photos without a face and faces that fail are reported on stderr and in
-    summary.json; a photo without a face gets no NAME.json. Exits 1 when no face at all was analysed.
+    summary.json; a photo without a face gets no NAME.json. Exits 3 when no face at all was analysed.
+    --out must be empty unless --overwrite.
     """
     from tqdm import tqdm
 
@@ -305,6 +365,7 @@ def analyze(photos, out_dir, face_models, face_index, shading_crop_factor, shadi
 
     paths = _expand_inputs(photos)
     stems = _output_stems(paths)
+    _preflight_analyze(paths, out_dir, shading_crop_factor, shading_size, parsing, overwrite)
     out_dir.mkdir(parents=True, exist_ok=True)
     try:
         parser = None
@@ -366,7 +427,7 @@ def analyze(photos, out_dir, face_models, face_index, shading_crop_factor, shadi
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     click.echo(f"{done} of {len(paths)} photos analysed, {n_faces} faces, {len(failures)} failures; wrote {out_dir}")
     if n_faces == 0:
-        sys.exit(1)
+        sys.exit(3)
 
 
 @main.command("build-dataset")
@@ -499,6 +560,172 @@ def convert(src, dst, target, model, subfolder, weight_name, shortcut):
     left = " (its ControlNet is not part of the ip-adapter layout: left out)" if target == "ip-adapter" and ckpt.controlnet is not None else ""
     missing = " (no ControlNet in the source: model.bin has no 'controlnet')" if target == "face-makeup-v2" and ckpt.controlnet is None else ""
     click.echo(f"{src}: layout {ckpt.layout} ({parts}) -> {target}: wrote {', '.join(map(str, written))}{left}{missing}")
+
+
+def _preflight_analyze(paths: list[Path], out_dir: Path, shading_crop_factor: float, shading_size: int, parsing: bool, overwrite: bool) -> None:
+    """``analyze``'s values and --out (writable, room for the results, empty unless --overwrite), before any work.
+
+    Unreadable photos are not refused here: ``analyze`` reports and skips them one by one.
+    """
+    from .validation import OutputFolder, check_integer, check_number
+
+    check_number(shading_crop_factor, "--shading-crop-factor", low=0, high=20, low_open=True,
+                 fix="the crop is the keypoint box times this: pass e.g. 5")
+    check_integer(shading_size, "--shading-size", low=8, high=4096, fix="pass a side in pixels, e.g. 512")
+    sizes = [p.stat().st_size for p in paths if p.is_file()]
+    # per photo: overlay and label maps (uncompressed <= ~3 bytes/pixel, ~ the file's pixels), a shading map, JSON
+    per_photo = 3 * shading_size**2 + 2**16
+    expected = len(paths) * per_photo + 20 * sum(sizes) * (2 if parsing else 1)
+    OutputFolder(out_dir, "--out", overwrite=overwrite, expected_bytes=expected, overwrite_hint="pass --overwrite")
+
+
+# ---------------------------------------------------------------------------------------------- errors and preflight
+#: Library argument names as the CLI spells them, for messages raised by the library.
+_API_FLAGS = {"`prompt`": "--prompt", "`negative_prompt`": "--negative-prompt", "pass truncate_prompt=True": "pass --truncate-prompt"}
+
+
+def _exit(err: Exception, debug: bool) -> None:
+    """Print ``err`` as one line (with its traceback under ``--debug``) and exit with its kind's status."""
+    import errno
+    import traceback
+
+    if debug:
+        traceback.print_exception(err)
+    status = next((st for cls, st, _ in EXIT_STATUS if isinstance(err, cls)), None)
+    message = " ".join(str(err).split())  # one line
+    if status is None and isinstance(err, RuntimeError) and ("can't allocate memory" in message or "out of memory" in message.lower()):
+        status, message = 6, f"out of memory ({message[:200]}); use a smaller --height/--width or fewer --num-images"
+    if status is None and isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT):
+        status, message = 4, f"no space left while writing the results ({err.strerror}); nothing was written, earlier results are kept"
+    if status is None:
+        click.echo(f"error: internal error: {type(err).__name__}: {message[:300]} (rerun with --debug for the traceback, "
+                   "and please report it)", err=True)
+        sys.exit(EXIT_INTERNAL)
+    for api, flag in _API_FLAGS.items():
+        message = message.replace(api, flag)
+    click.echo(f"error: {message}", err=True)
+    sys.exit(status)
+
+
+def _explicit(name: str) -> bool:
+    """Whether the user passed option ``name`` (not its default)."""
+    from click.core import ParameterSource
+
+    return click.get_current_context().get_parameter_source(name) not in (ParameterSource.DEFAULT, None)
+
+
+def _check_generate_options(references, weights, prompt, negative_prompt, model, image_encoder, adapter, shadingnet, seed,
+                            guidance_scale, ip_scale, s_scale, controlnet_scale, shading_from, light_from, light_dir, light_strength,
+                            height, width, face_index, crop_factor, shading_crop_factor) -> None:
+    """``generate``'s values and combinations, before any work (``facemakeup.validation``).
+
+    Raises:
+        FaceMakeUpInputError: a value out of range or not finite, an empty or non-UTF-8 prompt, or an
+            option that would be ignored.
+    """
+    from . import validation as v
+
+    v.check_text(prompt, "--prompt")
+    if negative_prompt is not None:
+        v.check_text(negative_prompt, "--negative-prompt", allow_empty=True)
+    v.check_seed(seed, "--seed")
+    v.check_number(guidance_scale, "--guidance-scale", low=0, high=v.MAX_GUIDANCE_SCALE)
+    for flag, value in (("--ip-scale", ip_scale), ("--s-scale", s_scale), ("--controlnet-scale", controlnet_scale)):
+        v.check_number(value, flag, low=0, high=v.MAX_ID_SCALE)
+    v.check_number(light_strength, "--light-strength", low=0, high=10)
+    for flag, value in (("--crop-factor", crop_factor), ("--shading-crop-factor", shading_crop_factor)):
+        v.check_number(value, flag, low=0, high=20, low_open=True, fix="the crop is the keypoint box times this: pass e.g. 3 to 5")
+    if face_index != "all":
+        v.check_integer(face_index, "--face-index", low=0, fix="0 is the main face, 1 the next, ...")
+    for flag, value in (("--height", height), ("--width", width)):
+        if value is not None:
+            v.check_side(value, flag)
+    if weights:
+        v.check_weights(weights, len(references), "--weight", what="--reference")
+    if light_from is not None and light_dir is not None:
+        raise FaceMakeUpInputError("--light-from and --light-dir both set the lighting: pass one")
+    if _explicit("light_strength") and light_dir is None:
+        raise FaceMakeUpInputError("--light-strength has an effect only with --light-dir: add --light-dir X,Y,Z or drop it")
+    if negative_prompt and guidance_scale <= 1 and _explicit("negative_prompt"):
+        raise FaceMakeUpInputError(f"--guidance-scale {guidance_scale:g} turns classifier-free guidance off, so --negative-prompt "
+                                   "would be ignored: raise --guidance-scale above 1 or drop --negative-prompt")
+    saved = model not in (None, "tiny") and "FaceMakeUpPipeline" in _read_index(model)
+    if model == "tiny" and image_encoder is not None:
+        raise FaceMakeUpInputError("--model tiny has its own tiny image encoder, so --image-encoder would be ignored: drop it")
+    if saved:
+        given = [f for f, val in (("--image-encoder", image_encoder), ("--adapter", adapter), ("--shadingnet", shadingnet)) if val is not None]
+        if given:
+            raise FaceMakeUpInputError(f"--model {model} is a saved FaceMakeUpPipeline that holds its own components, so "
+                                       f"{', '.join(given)} would be ignored: drop them, or pass an SD 1.5 backbone as --model")
+    if model != "tiny" and not saved and shadingnet is None:
+        needs = [f for f in ("--shading-from", "--light-from", "--light-dir", "--controlnet-scale", "--shading-crop-factor")
+                 if _explicit(f[2:].replace("-", "_"))]
+        if needs:
+            raise FaceMakeUpInputError(f"{', '.join(needs)} act(s) through the ShadingNet, and none is loaded: "
+                                       "pass --shadingnet FILE_OR_DIR (or 'init'), or drop them")
+
+
+def _read_index(model: str) -> str:
+    index = Path(model) / "model_index.json"
+    try:
+        return index.read_text(encoding="utf-8") if index.is_file() else ""
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
+def _preflight_models(model: str, image_encoder: str | None, adapter: Path | None, shadingnet: str | None, face_models: Path | None) -> None:
+    """Every model ``generate`` will load is on disk, or will be downloaded (said on stderr, with where from).
+
+    Raises:
+        ModelNotFoundError: a local path that does not exist or does not hold the model, or a hub id
+            that is not cached while the hub is unreachable (``HF_HUB_OFFLINE``); the message says
+            what to download and which flag takes it.
+    """
+    import huggingface_hub
+    from huggingface_hub import constants as hub
+
+    from .errors import ModelNotFoundError
+    from .pipeline import _missing_message
+
+    def hub_model(what: str, repo: str, marker: str) -> None:
+        path = Path(repo).expanduser()
+        if path.exists():
+            if not (path / marker).is_file():
+                raise ModelNotFoundError(_missing_message(what, repo, FileNotFoundError(marker)))
+            return
+        try:
+            huggingface_hub.utils.validate_repo_id(repo)
+        except huggingface_hub.errors.HFValidationError:
+            flag = "--model" if "backbone" in what else "--image-encoder"
+            raise ModelNotFoundError(f"{flag} {repo}: no such folder, and not a Hugging Face id (owner/name); pass the folder of the "
+                                     f"downloaded {what} (see the README's model table) as {flag} DIR") from None
+        if isinstance(huggingface_hub.try_to_load_from_cache(repo, marker), str):
+            return
+        if hub.HF_HUB_OFFLINE:
+            raise ModelNotFoundError(_missing_message(what, repo, ConnectionError("HF_HUB_OFFLINE is set and it is not cached")))
+        click.echo(f"note: the {what} '{repo}' is not in the Hugging Face cache ({hub.HF_HUB_CACHE}): it will be downloaded from "
+                   f"https://huggingface.co/{repo} first (several GB for SD 1.5 and CLIP ViT-H-14)", err=True)
+
+    for flag, path in (("--adapter", adapter), ("--face-models", face_models)):
+        if path is not None and not Path(path).exists():
+            raise ModelNotFoundError(f"{flag} {path}: no such file or folder; check the path (see the README's model table)")
+    if shadingnet not in (None, "init") and not Path(shadingnet).exists():
+        raise ModelNotFoundError(f"--shadingnet {shadingnet}: no such file or folder; pass Face-MakeUpV2's model.bin, a ControlNet "
+                                 "folder, or 'init' for an untrained one")
+    if model == "tiny" or "FaceMakeUpPipeline" in _read_index(model):
+        return
+    hub_model("SD 1.5 backbone", model, "model_index.json")
+    if image_encoder is not None:
+        hub_model("CLIP image encoder", image_encoder, "config.json")
+
+
+def _previous_outputs(out_dir: Path) -> list[str]:
+    """The files an earlier ``generate`` run wrote into ``out_dir`` (from its provenance.json)."""
+    try:
+        record = json.loads((out_dir / "provenance.json").read_text(encoding="utf-8"))
+        return [n for n in record.get("outputs", []) if isinstance(n, str)] + ["provenance.json"]
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 if __name__ == "__main__":

