@@ -47,7 +47,7 @@ import torch
 from diffusers import ControlNetModel
 
 from ..errors import CheckpointError, CheckpointLayoutError, ModelNotFoundError
-from .id_adapter import LORA_TARGETS, FaceIDAdapter, _key, attention_layers
+from .id_adapter import FaceIDAdapter, _key, attention_layers
 from .shadingnet import shadingnet_from_unet
 
 logger = logging.getLogger(__name__)
