@@ -142,7 +142,7 @@ GENERATE_ROWS = [
     ("height-zero", ["--height", "0"], 2, ["--height", "got 0"]),
     ("width-not-multiple-of-8", ["--width", "100"], 2, ["--width", "multiple of 8", "got 100", "e.g. 96"]),
     ("crop-factor-zero", ["--crop-factor", "0"], 2, ["--crop-factor", "(0, 20]"]),
-    ("face-index-negative", ["--face-index", "-1"], 2, ["--face-index", "got -1"]),
+    ("face-index-negative", ["--face-index", "-1"], 2, ["--face-index", "face number >= 0", "got '-1'"]),
     ("prompt-blank", ["--prompt", "   "], 2, ["--prompt", "empty"]),
     ("prompt-not-utf8", ["--prompt", "a smiling \udcff woman"], 2, ["--prompt", "not valid UTF-8", "0xff", "iconv"]),
     ("light-dir-nan", ["--light-dir", "nan,0,1"], 2, ["--light-dir", "nan,0,1"]),
