@@ -299,7 +299,7 @@ def test_evaluate_cli_on_a_photo_vs_itself_and_its_mirror(tmp_path, astronaut):
     assert float(mirror["Pose-RMSE"]) > 0 and float(mirror["Light-RMSE"]) > 0
     assert m["FD-MobileNetV2"]["status"] == "not computed"  # one reference image: no covariance
     report = (tmp_path / "out" / "report.md").read_text()
-    assert "| Face-MakeUp V2 | 23.36 | 84.21 | 5.900 |" in report and "n/c" in report
+    assert "| Face-MakeUp V2 | 23.36 | 84.21 | 5.9 | 0.771 |" in report and "n/c" in report
     assert all(h in report for h in PAPER_METRICS) and (tmp_path / "out" / "grid.png").is_file()
     res = CliRunner().invoke(main, ["evaluate", "--pairs", str(tmp_path / "pairs.csv"), "--out", str(tmp_path / "o2"), "--metrics", "FooBar"])
     assert res.exit_code != 0 and "FooBar" in res.output

@@ -381,7 +381,7 @@ def evaluate(pairs: Sequence[Pair], models: EvalModels | None = None, metrics: S
         empty = f"no value for any of the {n} generated images"
         if name == "FaceSim":
             extra["no_face_rate"] = metric.no_face_rate
-            empty = f"no face found in any of the {n} generated images (no_face_rate 1.0)"
+            empty = f"no face found in any of the {n} generated images"
         elif name in ("Attr", "Pose-RMSE", "Light-RMSE"):
             empty = f"no face (or no 3D fit) in any of the {n} generated images"
         elif name == "VLMScore":

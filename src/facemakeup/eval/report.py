@@ -62,7 +62,7 @@ def report_markdown(results: dict[str, MetricResult], model: str, n_images: int,
     header = [f"{m} {'↓' if m in LOWER_IS_BETTER else '↑'}" for m in PAPER_METRICS]
     lines += ["| model | " + " | ".join(header) + " |", "|---" * (len(PAPER_METRICS) + 1) + "|"]
     for name, row in PUBLISHED.items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(v, 3 if v < 10 else 2) for v in row) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{v:g}" for v in row) + " |")
     cells = []
     for m in PAPER_METRICS:
         r = results.get(m)
