@@ -331,3 +331,39 @@ def test_benchmark_tiny_end_to_end_and_resume(tmp_path, astronaut):
     res = CliRunner().invoke(main, args)  # resume: nothing regenerated
     assert res.exit_code == 0 and "0 to generate" in res.output
     assert (tmp_path / "b" / "astronaut" / "p00_s42.png").stat().st_mtime_ns == stamp
+
+
+def test_vlm_score_on_a_tiny_saved_llava(tmp_path, astronaut):
+    """A tiny random LLaVA (CLIP vision tower + Llama) with a word-level tokenizer and a chat template."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (CLIPImageProcessorPil, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+                              LlavaProcessor, PreTrainedTokenizerFast)
+
+    from facemakeup.eval.vlm import QUESTION, VLMScore, VLMScorer
+
+    words = ["<unk>", "<s>", "</s>", "<image>", "USER:", "ASSISTANT:"] + [str(i) for i in range(101)] + QUESTION.split()
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    wordlevel = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    wordlevel.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=wordlevel, unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="</s>",
+                                  extra_special_tokens={"image_token": "<image>"})
+    torch.manual_seed(0)
+    cfg = LlavaConfig(vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+                                                     image_size=32, patch_size=8),
+                      text_config=LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                                              num_hidden_layers=2, num_key_value_heads=4),
+                      image_token_index=vocab["<image>"])
+    LlavaForConditionalGeneration(cfg).save_pretrained(tmp_path)
+    template = ("{% for m in messages %}USER: {% for c in m['content'] %}{% if c['type'] == 'image' %}<image> {% else %}"
+                "{{ c['text'] }}{% endif %}{% endfor %}{% endfor %} ASSISTANT:")
+    LlavaProcessor(image_processor=CLIPImageProcessorPil(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}), tokenizer=tok,
+                   patch_size=8, vision_feature_select_strategy="default", chat_template=template,
+                   num_additional_image_tokens=1).save_pretrained(tmp_path)
+    scorer = VLMScorer.from_pretrained(str(tmp_path), local_files_only=True)
+    assert type(scorer.model).__name__ == "LlavaForConditionalGeneration"
+    answers = scorer.answers([astronaut, astronaut[:200]])
+    assert answers[0] == scorer.answers([astronaut])[0]  # greedy: deterministic
+    metric = VLMScore(scorer)
+    metric.update([astronaut, astronaut[:200]])
+    np.testing.assert_array_equal(metric.per_image(), [parse_score(a) for a in answers])
+    assert metric.unparsed_rate == np.mean([np.isnan(parse_score(a)) for a in answers])

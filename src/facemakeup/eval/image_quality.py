@@ -44,7 +44,7 @@ def images_to_tensor(images: Sequence, size: int = EVAL_SIZE) -> torch.Tensor:
     resized bilinearly with antialiasing (non-square images are squashed, as pytorch-fid's resize)."""
     out = []
     for im in images:
-        x = torch.from_numpy(load_image(im)).permute(2, 0, 1)[None].float() / 255.0
+        x = torch.from_numpy(np.array(load_image(im))).permute(2, 0, 1)[None].float() / 255.0  # a writable copy
         out.append(F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1))
     return torch.cat(out) if out else torch.zeros(0, 3, size, size)
 
