@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import csv
 import json
-import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,7 +30,6 @@ from ..errors import NoFaceError
 from ..faces.image import load_image
 from .results import PAPER_METRICS, MetricResult, not_computed
 
-logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 #: The prefix Face-MakeUpV2 puts before every benchmark prompt.

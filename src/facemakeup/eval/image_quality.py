@@ -33,7 +33,7 @@ from torch.nn import functional as F
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from ..faces.image import load_image
-from .results import MetricResult, PerImageMetric, bootstrap_ci
+from .results import MetricResult, PerImageMetric
 
 #: Image side before the extractors (the recipe resizes to 256).
 EVAL_SIZE = 256
