@@ -24,7 +24,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 
 from ..errors import NoFaceError
 from ..faces.image import load_image
