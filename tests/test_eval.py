@@ -121,6 +121,7 @@ def test_frechet_distance_accumulator_on_torchmetrics():
     expected = frechet_distance(real.double().mean((2, 3)).numpy(), fake.double().mean((2, 3)).numpy())
     assert r.status == "computed" and r.value == pytest.approx(expected, rel=1e-4) and r.n == 5
     assert r.ci95[0] <= r.ci95[1]
+    assert r.ci95[0] < r.value < r.ci95[1]  # bias-corrected: the interval brackets the estimate
     small = FrechetDistance(_MeanColour())
     small.update(real[:1], real=True)
     small.update(fake, real=False)

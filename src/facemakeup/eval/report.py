@@ -85,7 +85,7 @@ def report_markdown(results: dict[str, MetricResult], model: str, n_images: int,
         if r.extra:
             why = (why or "") + " (" + ", ".join(f"{a} {_fmt(b) if isinstance(b, float) else b}" for a, b in r.extra.items()) + ")"
         lines.append(f"| {k} | {r.status} | {_fmt(r.value)} | {ci} | {r.n} | {r.model or ''} | {(why or '').replace('|', '/')} |")
-    lines += ["", "ci95: percentile bootstrap over images (1000 resamples; Frechet distances: 50, both sets resampled)."]
+    lines += ["", "ci95: percentile bootstrap over images (1000 resamples; Frechet distances: 50, both sets resampled, shifted by the bootstrap's bias estimate)."]
     if grid:
         lines += ["", "## Images", "", "Each row: the reference, then one image per prompt (first seed).", "", f"![grid]({grid})"]
     return "\n".join(lines) + "\n"
