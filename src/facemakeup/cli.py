@@ -3,6 +3,8 @@
     facemakeup generate --reference PHOTO --prompt TEXT --out DIR [--model ID|PATH|tiny] [--seed N] ...
     facemakeup analyze PHOTO_OR_DIR_OR_GLOB... --out DIR
     facemakeup convert SRC DST --to ours|face-makeup-v2|ip-adapter
+    facemakeup evaluate (--pairs FILE.csv | --generated DIR --references DIR) --out DIR [--metrics ...]
+    facemakeup benchmark --model ID|PATH|tiny --identities DIR --out DIR [--prompts FILE] [--seeds N]
 
 Every failure prints one line, ``error: ...``, and exits with the status of its kind (``errors.EXIT_STATUS``:
 1 missing model, 2 bad input, 3 no face, 4 output folder, 5 unusable weights file, 6 out of memory,
@@ -726,6 +728,182 @@ def _previous_outputs(out_dir: Path) -> list[str]:
         return [n for n in record.get("outputs", []) if isinstance(n, str)] + ["provenance.json"]
     except (OSError, ValueError, AttributeError):
         return []
+
+
+# ---------------------------------------------------------------------------- evaluate, benchmark
+def _eval_options(fn):
+    """The model flags shared by ``evaluate`` and ``benchmark``."""
+    options = [
+        click.option("--metrics", default=None, help="Comma-separated subset of: CLIP-T,VLMScore,Attr,CLIP-I,DINO,FaceSim,FID,LPIPS,Pose-RMSE,Light-RMSE [default: all]."),
+        click.option("--clip", default=None, help="CLIP model (hub id or folder) for CLIP-I/CLIP-T; recipe: openai/clip-vit-base-patch16."),
+        click.option("--dino", default=None, help="DINO model (hub id or folder); recipe: facebook/dino-vits16."),
+        click.option("--inception", default=None, type=click.Path(dir_okay=False), help="pytorch-fid's pt_inception-2015-12-05-6726825d.pth for FID [default: FD-MobileNetV2 is reported instead]."),
+        click.option("--lpips", default=None, type=click.Path(dir_okay=False), help="torchvision's alexnet-owt-7be5be79.pth, LPIPS's AlexNet backbone (its linear layers come from the lpips wheel)."),
+        click.option("--vlm", default=None, help="Image-text-to-text model (hub id or folder) for VLMScore; recipe: Qwen/Qwen2-VL-7B-Instruct."),
+        click.option("--face-models", default=None, type=click.Path(file_okay=False), help="buffalo_l folder (det_10g.onnx, w600k_r50.onnx) for FaceSim [default: offline w600k_mbf, a substitute]."),
+        click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1), help="Images per model call."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _eval_models(metrics, clip, dino, inception, lpips, vlm, face_models):
+    from .eval.benchmark import EvalModels
+    from .eval.results import PAPER_METRICS
+
+    names = list(PAPER_METRICS) if metrics is None else [m.strip() for m in metrics.split(",") if m.strip()]
+    unknown = [m for m in names if m not in PAPER_METRICS]
+    if unknown or not names:
+        raise click.BadParameter(f"unknown metric(s) {unknown}; choose from {','.join(PAPER_METRICS)}", param_hint="--metrics")
+    return names, EvalModels(face_models=face_models, clip=clip, dino=dino, inception=inception, lpips=lpips, vlm=vlm)
+
+
+def _run_evaluation(pairs, out_dir, names, models, batch_size, model_label, note, info):
+    from .eval.benchmark import evaluate
+    from .eval.report import write_outputs
+
+    results, rows = evaluate(pairs, models, names, batch_size=batch_size)
+    write_outputs(out_dir, pairs, results, rows, model_label, note=note, info=info)
+    for name, r in results.items():
+        shown = f"{r.value:.4g} (ci95 {r.ci95[0]:.4g}-{r.ci95[1]:.4g}, n={r.n})" if r.status == "computed" and r.ci95 else (
+            f"{r.value:.4g} (n={r.n})" if r.status == "computed" else f"not computed: {r.reason}")
+        click.echo(f"{name:>12}: {shown}{' [substitute]' if r.substitute and r.status == 'computed' else ''}")
+    click.echo(f"wrote metrics.json, per_image.csv, report.md and grid.png to {out_dir}")
+
+
+@main.command()
+@click.option("--pairs", "pairs_csv", default=None, type=click.Path(dir_okay=False, path_type=Path), help="CSV with columns generated,reference[,prompt].")
+@click.option("--generated", default=None, type=click.Path(file_okay=False, path_type=Path), help="Folder of IDENTITY/*.png (what benchmark writes).")
+@click.option("--references", default=None, type=click.Path(file_okay=False, path_type=Path), help="Folder of IDENTITY.jpg/.png reference photos.")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--model-label", default=None, help="Name of the evaluated model in the report [default: read from the PNGs, else 'unknown'].")
+@_eval_options
+def evaluate(pairs_csv, generated, references, out_dir, model_label, metrics, clip, dino, inception, lpips, vlm, face_models, batch_size):
+    """Face-MakeUpV2's ten metrics over (generated, reference) pairs.
+
+    Writes metrics.json (value, bootstrap ci95 over images, n, model, substitute, reason per metric),
+    per_image.csv, report.md (the table beside the paper's published rows) and grid.png. A metric
+    whose model is absent is reported as not computed, with the flag that fixes it.
+    """
+    from .eval.benchmark import pairs_from_csv, pairs_from_folders
+
+    if (pairs_csv is None) == (generated is None and references is None):
+        raise click.UsageError("pass either --pairs FILE.csv or --generated DIR --references DIR")
+    if pairs_csv is None and (generated is None or references is None):
+        raise click.UsageError("--generated and --references go together")
+    names, models = _eval_models(metrics, clip, dino, inception, lpips, vlm, face_models)
+    try:
+        pairs = pairs_from_csv(pairs_csv) if pairs_csv else pairs_from_folders(generated, references)
+        label = model_label or _png_model(pairs[0].generated) or "unknown"
+        note = "tiny randomly initialised pipeline: the images are noise, not faces; the numbers are those of noise" if label == "tiny" else None
+        _run_evaluation(pairs, out_dir, names, models, batch_size, label, note,
+                        {"inputs": {"pairs": str(pairs_csv) if pairs_csv else None, "generated": str(generated) if generated else None,
+                                    "references": str(references) if references else None}})
+    except (FaceMakeUpError, FileNotFoundError, ValueError, RuntimeError) as err:
+        _fail(err)
+
+
+def _png_model(path) -> str | None:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            return json.loads(im.info.get("facemakeup", "{}")).get("model")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _benchmark_worker(args) -> list[str]:
+    """Generate the identities ``names`` in one process (its own pipeline); returns the failures."""
+    (names, identities, out_dir, model, adapter, image_encoder, shadingnet, face_models, config, position) = args
+    from dataclasses import replace
+
+    from tqdm import tqdm
+
+    from .eval.benchmark import generate_identity
+    from .faces import FaceAnalyzer
+    from .pipeline import DEFAULT_IMAGE_ENCODER, load_pipeline
+
+    pipe = load_pipeline(model, image_encoder=image_encoder or DEFAULT_IMAGE_ENCODER, adapter=adapter, shadingnet=shadingnet)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.face_adapter.fuse_lora()
+    analyzer = FaceAnalyzer(detector=face_models, recognizer=face_models, fitter="mediapipe" if pipe.controlnet is not None else None)
+    failures = []
+    for name in tqdm(names, desc=f"generate[{position}]", unit="identity", position=position):
+        try:
+            generate_identity(pipe, analyzer, name, identities[name], out_dir, replace(config))
+        except FaceMakeUpError as err:
+            failures.append(f"{name}: {err}")
+            click.echo(f"skipped identity {name}: {err}", err=True)
+    return failures
+
+
+@main.command()
+@click.option("--model", required=True, help="'tiny' (random, noise images), a saved FaceMakeUpPipeline folder, or an SD 1.5 backbone id/folder.")
+@click.option("--adapter", default=None, type=click.Path(path_type=Path), help="ID-adapter weights (file or FaceIDAdapter folder).")
+@click.option("--image-encoder", default=None, help="CLIP image encoder id/folder [default: laion/CLIP-ViT-H-14-laion2B-s32B-b79K].")
+@click.option("--shadingnet", default=None, help="ShadingNet weights (Face-MakeUpV2 model.bin, a ControlNet folder).")
+@click.option("--identities", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path), help="Folder of reference photos, one per identity (IDENTITY.jpg/.png).")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder (images, references/, metrics, report).")
+@click.option("--prompts", "prompts_file", default=None, type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Prompt file, one per line [default: the 20 shipped prompts]; 'best quality, ' is prepended.")
+@click.option("--seeds", default=1, show_default=True, type=click.IntRange(1), help="Images per prompt (seeds 42, 43, ...).")
+@click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--guidance-scale", default=7.5, show_default=True, type=float)
+@click.option("--ip-scale", default=0.6, show_default=True, type=float)
+@click.option("--gen-batch-size", default=4, show_default=True, type=click.IntRange(1), help="Prompts per pipeline call.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Local processes, each with its own pipeline, sharing the identities.")
+@click.option("--shard", default="0/1", show_default=True, help="I/N: this job generates identities I, I+N, ... (job arrays); evaluation runs once all identities are done.")
+@_eval_options
+def benchmark(model, adapter, image_encoder, shadingnet, identities, out_dir, prompts_file, seeds, steps, guidance_scale, ip_scale,
+              gen_batch_size, workers, shard, metrics, clip, dino, inception, lpips, vlm, face_models, batch_size):
+    """Face-MakeUpV2's protocol: per identity the prompts x seeds, then the ten metrics.
+
+    Writes OUT/IDENTITY/pPP_sSEED.png, OUT/references/IDENTITY.*, then evaluates as `evaluate`
+    does. Resumable: finished identities (OUT/IDENTITY/done.json) and finished images are skipped.
+    """
+    from .data.build import parse_shard
+    from .eval.benchmark import GenerationConfig, is_done, list_identities, load_prompts, pairs_from_folders
+
+    try:
+        shard_i, shard_n = parse_shard(shard)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--shard") from None
+    names, models = _eval_models(metrics, clip, dino, inception, lpips, vlm, face_models)
+    try:
+        people = list_identities(identities)
+        prompts = load_prompts(prompts_file)
+    except (FileNotFoundError, ValueError) as err:
+        _fail(err)
+    config = GenerationConfig(prompts=prompts, seeds=seeds, steps=steps, guidance_scale=guidance_scale, ip_scale=ip_scale,
+                              batch_size=gen_batch_size, model=model)
+    mine = [n for k, n in enumerate(people) if k % shard_n == shard_i and not is_done(out_dir, n)]
+    click.echo(f"{len(people)} identities, {len(prompts)} prompts x {seeds} seed(s); {len(mine)} to generate in this job")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    failures = []
+    try:
+        if mine:
+            jobs = [(mine[w::workers], people, out_dir, model, str(adapter) if adapter else None, image_encoder, shadingnet,
+                     face_models, config, w) for w in range(min(workers, len(mine)))]
+            if len(jobs) == 1:
+                failures = _benchmark_worker(jobs[0])
+            else:
+                import multiprocessing as mp
+
+                with mp.get_context("spawn").Pool(len(jobs)) as pool:
+                    failures = [f for part in pool.map(_benchmark_worker, jobs) for f in part]
+        pending = [n for n in people if not is_done(out_dir, n) and not any(f.startswith(f"{n}:") for f in failures)]
+        if pending:
+            click.echo(f"{len(pending)} identities are not done yet (other shards?); rerun this command or `facemakeup evaluate "
+                       f"--generated {out_dir} --references {out_dir / 'references'} --out {out_dir}` when they are")
+            return
+        pairs = pairs_from_folders(out_dir, out_dir / "references")
+        note = "tiny randomly initialised pipeline: the images are noise, not faces; the numbers are those of noise" if model == "tiny" else None
+        info = {"inputs": {"identities": str(identities), "prompts": str(prompts_file) if prompts_file else "assets/benchmark_prompts.txt",
+                           "seeds": seeds, "steps": steps, "adapter": str(adapter) if adapter else None, "failures": failures}}
+        _run_evaluation(pairs, out_dir, names, models, batch_size, model, note, info)
+    except (FaceMakeUpError, FileNotFoundError, ValueError, RuntimeError) as err:
+        _fail(err)
 
 
 if __name__ == "__main__":
