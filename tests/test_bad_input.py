@@ -413,10 +413,10 @@ CHECKPOINT_ROWS = [  # (file, key words); none may suggest turning off weights_o
 
 @pytest.mark.parametrize("name, words", CHECKPOINT_ROWS, ids=[r[0] for r in CHECKPOINT_ROWS])
 def test_unusable_adapter_file(files, pipe, name, words):
-    from facemakeup.pipeline import load_face_adapter
+    from facemakeup.model.loaders import load_checkpoint
 
     with pytest.raises(CheckpointError) as info:
-        load_face_adapter(files[name], pipe.unet)
+        load_checkpoint(files[name], pipe.unet)
     message = str(info.value)
     assert str(files[name]) in message and "weights_only" not in message
     for w in words:
@@ -424,10 +424,10 @@ def test_unusable_adapter_file(files, pipe, name, words):
 
 
 def test_missing_adapter_file(tmp_path, pipe):
-    from facemakeup.pipeline import load_face_adapter
+    from facemakeup.model.loaders import load_checkpoint
 
     with pytest.raises(ModelNotFoundError, match="nothing.bin"):
-        load_face_adapter(tmp_path / "nothing.bin", pipe.unet)
+        load_checkpoint(tmp_path / "nothing.bin", pipe.unet)
 
 
 def test_output_folder_is_checked_before_work(tmp_path):

@@ -59,6 +59,6 @@ def test_analyze_lists_every_face_and_names_the_main_one(tmp_path):
     np.testing.assert_allclose(rec1["faces"][1]["bbox"], rec["faces"][1]["bbox"])
 
     res = run("analyze", photo, "--out", tmp_path / "three", "--no-attributes", "--face", "5")
-    assert res.exit_code == 1 and "only 2 face(s)" in res.output
+    assert res.exit_code == 3 and "only 2 face(s)" in res.output
     res = run("analyze", photo, "--out", tmp_path / "bad", "--face-index", "first")
     assert res.exit_code == 2 and "expected 'all' or a face number" in res.output

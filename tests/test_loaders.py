@@ -458,7 +458,7 @@ def test_cli_convert_and_generate_with_keypoints(tmp_path, astronaut):
         assert raw_a[group].keys() == raw_b[group].keys()
         assert all(torch.equal(raw_a[group][k], raw_b[group][k]) for k in raw_a[group])
     res = runner.invoke(main, ["convert", str(tmp_path / "plusv2.bin"), str(tmp_path / "x"), "--to", "ours"])  # SD 1.5 layout
-    assert res.exit_code == 1 and "nearest known" in res.output
+    assert res.exit_code == 5 and "nearest known" in res.output
 
     Image.fromarray(astronaut).save(tmp_path / "astronaut.png")
     res = runner.invoke(main, ["generate", "--reference", str(tmp_path / "astronaut.png"), "--prompt", "a face", "--out", str(tmp_path / "gen"),
