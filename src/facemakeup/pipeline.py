@@ -40,6 +40,7 @@ from .errors import FitError, ModelNotFoundError
 from .faces.image import ImageInput
 from .model.checkpoint import read_checkpoint
 from .model.id_adapter import FaceIDAdapter
+from .model.id_adapter import _attention_layers as unet_attention_layers
 from .model.shadingnet import load_shadingnet, shadingnet_from_unet
 
 logger = logging.getLogger(__name__)
@@ -529,17 +530,27 @@ class FaceMakeUpPipeline(DiffusionPipeline):
 
 
 def load_face_adapter(adapter: str | os.PathLike, unet) -> FaceIDAdapter:
-    """Load ID-adapter weights: our ``save_pretrained`` folder, or an IP-Adapter-FaceID-PlusV2 /
-    Face-MakeUp V1/V2 checkpoint file (``.bin``/``.pt`` pickle with ``image_proj``/``ip_adapter``, or
-    ``.safetensors`` with those prefixes). Sizes (CLIP width, LoRA rank, tokens) come from the file.
+    """Load ID-adapter weights: our ``save_pretrained`` folder (or a training run's folder holding it
+    as ``face_adapter/``), or an IP-Adapter-FaceID-PlusV2 / Face-MakeUp V1/V2 checkpoint file
+    (``.bin``/``.pt`` pickle with ``image_proj``/``ip_adapter``, or ``.safetensors`` with those
+    prefixes). Sizes (CLIP width, LoRA rank, tokens) come from the file.
 
     Raises:
         ModelNotFoundError: nothing at ``adapter``.
-        ValueError: the file does not match the UNet (keys listed).
+        ValueError: the weights do not fit the UNet (keys or attention layers listed).
     """
     path = Path(adapter)
+    if (path / "face_adapter").is_dir():
+        path = path / "face_adapter"
     if path.is_dir():
-        return FaceIDAdapter.from_pretrained(path)
+        loaded = FaceIDAdapter.from_pretrained(path)
+        ours = [list(layer) for layer in unet_attention_layers(unet)]
+        theirs = [list(layer) for layer in loaded.config.attn_layers]
+        if ours != theirs:
+            diff = [f"{a} vs {b}" for a, b in zip(theirs, ours) if a != b][:3]
+            raise ValueError(f"the adapter in {path} was trained for another UNet: {len(theirs)} attention layers "
+                             f"[name, width, context] vs this UNet's {len(ours)}; first differences (adapter vs UNet): {diff}")
+        return loaded
     state = read_checkpoint(path, "download ip-adapter-faceid-plusv2_sd15.bin (h94/IP-Adapter-FaceID) or the Face-MakeUp "
                                   "checkpoint (OpenFace-CQUPT/Face-MakeUp_SD1.5) and pass its path with --adapter")
     return FaceIDAdapter.from_ip_adapter_state_dict(state, unet)
@@ -547,7 +558,8 @@ def load_face_adapter(adapter: str | os.PathLike, unet) -> FaceIDAdapter:
 
 def load_pipeline(model: str, image_encoder: str | None = DEFAULT_IMAGE_ENCODER, adapter: str | None = None,
                   shadingnet: str | None = None, local_files_only: bool | None = None) -> FaceMakeUpPipeline:
-    """The pipeline behind ``--model``: ``"tiny"`` (random, tiny, with a ShadingNet: noise images), a folder saved by
+    """The pipeline behind ``--model``: ``"tiny"`` (random, tiny, with a ShadingNet: noise images; ``adapter`` and
+    ``shadingnet`` load weights trained on that backbone, e.g. a tiny training run's ``final/``), a folder saved by
     ``FaceMakeUpPipeline.save_pretrained``, or an SD 1.5 backbone (hub id or diffusers folder).
 
     Raises:
@@ -557,9 +569,13 @@ def load_pipeline(model: str, image_encoder: str | None = DEFAULT_IMAGE_ENCODER,
         from .model.tiny import tiny_components
 
         parts = tiny_components()
-        adapter = FaceIDAdapter.for_unet(parts["unet"], parts["image_encoder"].config.hidden_size, lora_rank=4)
-        shadingnet = shadingnet_from_unet(parts["unet"], vae_scale_factor=2 ** (len(parts["vae"].config.block_out_channels) - 1))
-        return FaceMakeUpPipeline(face_adapter=adapter, controlnet=shadingnet, **parts)
+        unet, scale = parts["unet"], 2 ** (len(parts["vae"].config.block_out_channels) - 1)
+        # a tiny-backbone adapter/ShadingNet (e.g. `facemakeup train --preset tiny`'s final/) loads; others are refused
+        face_adapter = (load_face_adapter(adapter, unet) if adapter is not None
+                        else FaceIDAdapter.for_unet(unet, parts["image_encoder"].config.hidden_size, lora_rank=4))
+        controlnet = (load_shadingnet(shadingnet, unet, scale) if shadingnet not in (None, "init")
+                      else shadingnet_from_unet(unet, vae_scale_factor=scale))
+        return FaceMakeUpPipeline(face_adapter=face_adapter, controlnet=controlnet, **parts)
     index = Path(model) / "model_index.json"
     if index.is_file() and "FaceMakeUpPipeline" in index.read_text():
         return FaceMakeUpPipeline.from_pretrained(model)

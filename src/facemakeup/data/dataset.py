@@ -54,7 +54,8 @@ class FaceCaptionMaskDataset(Dataset):
         ``token_indices`` ``(max_masks, 77)`` bool (which input_ids positions each mask supervises);
         ``mask_valid`` ``(max_masks,)`` bool; ``id_embedding`` ``(512,)`` float32 unit norm;
         ``clip_image`` ``(3, S, S)`` float32 in [0, 1] (the CLIP crop; normalise with the image encoder's
-        processor); ``shading`` ``(3, R, R)`` float32 in [0, 1]; ``key`` str.
+        processor); ``shading`` ``(3, R, R)`` float32 in [0, 1]; ``kps`` ``(5, 2)`` float32, the record's 5 face
+        keypoints (x, y) in pixels of the returned ``pixel_values`` (after the crop and resize); ``key`` str.
     """
 
     def __init__(self, root, resolution: int = 512, mask_resolution: int = 64, caption: str = "random",
@@ -85,7 +86,11 @@ class FaceCaptionMaskDataset(Dataset):
         text = r["face_attribute_caption"] if kind == "attribute" else r["face_emotion_caption"]
         entries = r["atrribute_parsing_masks"] if kind == "attribute" else r["emotion_parsing_masks"]
         with Image.open(self._path(r["image"])) as im:
-            photo = self._square(ImageOps.exif_transpose(im).convert("RGB"), self.resolution, Image.BICUBIC)
+            photo = ImageOps.exif_transpose(im).convert("RGB")
+        side = min(photo.size)  # the centred square of _square, in photo pixels
+        offset = torch.tensor([(photo.size[0] - side) // 2, (photo.size[1] - side) // 2], dtype=torch.float32)
+        kps = (torch.tensor(r["kps"], dtype=torch.float32) - offset) * (self.resolution / side)  # (5, 2) training-image px
+        photo = self._square(photo, self.resolution, Image.BICUBIC)
         ids = self.tokenizer(text, padding="max_length", truncation=True, max_length=self.tokenizer.model_max_length,
                              return_tensors="pt").input_ids[0]
         n = self.tokenizer.model_max_length
@@ -108,5 +113,5 @@ class FaceCaptionMaskDataset(Dataset):
             "input_ids": ids, "caption": text, "caption_kind": kind,
             "masks": masks, "token_indices": tokens, "mask_valid": valid,
             "id_embedding": torch.from_numpy(np.load(self._path(r["id_embedding"])).astype(np.float32)),
-            "clip_image": clip_image, "shading": shading.permute(2, 0, 1),
+            "clip_image": clip_image, "shading": shading.permute(2, 0, 1), "kps": kps,
         }

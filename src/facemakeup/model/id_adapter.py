@@ -111,6 +111,7 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
         # The UNet we are attached to, held by a weak reference: a plain attribute would register
         # the whole UNet as a submodule of the adapter (its parameters, state_dict and .to()).
         self._attached_ref = None
+        self._capture = None
         self._ip_scale = 1.0
         self._fused = False
 
@@ -150,11 +151,14 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
         return _like(adapter, unet)
 
     # ------------------------------------------------------------------ attach / scale / detach
-    def attach(self, unet) -> None:
+    def attach(self, unet, capture=None) -> None:
         """Install the ID channel into ``unet`` (IP-Adapter processors and peft LoRA layers).
 
         Args:
             unet: a plain ``UNet2DConditionModel`` whose attention layout matches ``attn_layers``.
+            capture: an optional ``model.capture.AttentionCapture`` to install after the LoRA layers
+                (it records text cross-attention probabilities for the mask-alignment loss);
+                ``detach`` removes it. ``None`` (inference) hooks nothing.
 
         Raises:
             ValueError: the UNet's attention layers differ from this adapter's config, or the
@@ -191,6 +195,9 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
                     pair = self.lora[_key(f"{name}.{target}")]
                     layer.lora_A[LORA_ADAPTER_NAME] = pair["down"]  # shared, not copied
                     layer.lora_B[LORA_ADAPTER_NAME] = pair["up"]
+        if capture is not None:
+            capture.install(unet)
+        self._capture = capture
         self._attached_ref = weakref.ref(unet)
 
     @property
@@ -244,6 +251,9 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
         unet = self.attached_unet
         if unet is None:
             return
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
         self.unfuse_lora()
         unet.set_attn_processor(AttnProcessor2_0())
         if self.config.lora_rank > 0:

@@ -14,6 +14,7 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
 from diffusers import ControlNetModel
 
 from .checkpoint import read_checkpoint
@@ -44,7 +45,7 @@ def load_shadingnet(path: str | os.PathLike, unet, vae_scale_factor: int = 8) ->
     """Load ShadingNet weights.
 
     Args:
-        path: a ``ControlNetModel.save_pretrained`` folder; a Face-MakeUp V1/V2 checkpoint file
+        path: a ``ControlNetModel.save_pretrained`` folder (or a folder holding one as ``shadingnet/``); a Face-MakeUp V1/V2 checkpoint file
             (``model.bin``: a pickle whose ``"controlnet"`` entry is the ControlNet state dict); or a
             ``.safetensors``/``.bin`` ControlNet state dict.
         unet: the plain UNet the ShadingNet was copied from (gives its layout).
@@ -55,11 +56,19 @@ def load_shadingnet(path: str | os.PathLike, unet, vae_scale_factor: int = 8) ->
 
     Raises:
         ModelNotFoundError: nothing at ``path``.
-        ValueError: the weights do not fit (missing and unexpected keys listed).
+        ValueError: the weights do not fit (missing and unexpected keys, or differing UNet config keys, listed).
     """
     path = Path(path)
+    if (path / "shadingnet").is_dir():  # a training run's folder ("final/", "checkpoint-STEP/")
+        path = path / "shadingnet"
     if path.is_dir():
-        return ControlNetModel.from_pretrained(path)
+        net = ControlNetModel.from_pretrained(path)
+        keys = ("block_out_channels", "down_block_types", "layers_per_block", "cross_attention_dim", "attention_head_dim", "in_channels")
+        differ = {k: (net.config[k], unet.config[k]) for k in keys if list(np.atleast_1d(net.config[k])) != list(np.atleast_1d(unet.config[k]))}
+        if differ:
+            raise ValueError(f"the ShadingNet in {path} was made from another UNet: "
+                             + ", ".join(f"{k} {a} vs the UNet's {b}" for k, (a, b) in differ.items()))
+        return net
     state = read_checkpoint(path, "download the Face-MakeUpV2 checkpoint (its model.bin holds 'controlnet') and pass it "
                                   "with --shadingnet, or use --shadingnet init for an untrained one")
     state = state.get("controlnet", state)
