@@ -131,13 +131,13 @@ def build_trainable(cfg: TrainConfig, parts: dict) -> Trainable:
     if cfg.train_shadingnet:
         shadingnet = (load_shadingnet(cfg.init_shadingnet, unet, scale) if cfg.init_shadingnet
                       else shadingnet_from_unet(unet, scale))
-        shadingnet = shadingnet.to(torch.float32)
+        shadingnet = shadingnet if shadingnet.dtype == torch.float32 else shadingnet.to(dtype=torch.float32)
     clip_dim = parts["image_encoder"].config.hidden_size
     if cfg.init_adapter:
         adapter = load_face_adapter(cfg.init_adapter, unet)
     else:
         adapter = FaceIDAdapter.for_unet(unet, clip_dim, lora_rank=cfg.lora_rank, num_tokens=cfg.num_tokens)
-    adapter = adapter.to(torch.float32)
+    adapter = adapter if adapter.dtype == torch.float32 else adapter.to(dtype=torch.float32)
     if cfg.lora_rank == 0 or adapter.config.lora_rank == 0:
         raise ConfigError("lora_rank must be > 0 for training (Face-MakeUp trains LoRA on every attention layer)")
     return Trainable(adapter.requires_grad_(True), shadingnet.requires_grad_(True) if shadingnet is not None else None, unet)
@@ -528,7 +528,9 @@ def train(cfg: TrainConfig, data_dir, run_dir, max_steps: int | None = None, res
     model = build_trainable(cfg, parts)
     device = accelerator.device
     for name in ("vae", "text_encoder", "unet", "image_encoder"):
-        parts[name].to(device, dtype=weight_dtype)
+        parts[name].to(device)
+        if parts[name].dtype != weight_dtype:
+            parts[name].to(dtype=weight_dtype)
     model.to(device)
     side = cfg.resolution // cfg.map_attention_stride
     capture = AttentionCapture(side * side) if cfg.map_loss_weight > 0 else None
