@@ -180,6 +180,10 @@ def test_config_yaml_round_trip_unknown_keys_and_paper_preset(tmp_path):
         apply_overrides(cfg, ["lora_rank=abc"])
     with pytest.raises(ConfigError, match="mixed_precision must be"):
         apply_overrides(cfg, ["mixed_precision=fp8"])
+    assert apply_overrides(preset("sd15"), ["mixed_precision=no"]).mixed_precision == "no"
+    (tmp_path / "mp.yaml").write_text("mixed_precision: no\n")
+    with pytest.raises(ConfigError, match="quote it in YAML"):
+        load_config(tmp_path / "mp.yaml")
     sd = preset("sd15")
     paper = dict(resolution=512, learning_rate=1e-4, weight_decay=0.01, lora_rank=128, num_tokens=4, text_dropout=0.05,
                  clip_image_dropout=0.5, map_loss_weight=1e-3, map_attention_stride=16, train_batch_size=8)

@@ -148,6 +148,8 @@ def _coerce(key: str, value):
     expected = {"float": float, "int": int, "bool": bool, "str": str, "list": list}.get(kind.split(" |")[0])
     if value is None and "None" in kind:
         return value
+    if expected is str and isinstance(value, bool):
+        raise ConfigError(f"{key} must be a string, got {value!r}: quote it in YAML ({key}: \"no\"), which reads no/yes as booleans")
     if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
         raise ConfigError(f"{key} must be of type {kind}, got {value!r}")
     return value
@@ -200,7 +202,12 @@ def apply_overrides(cfg: TrainConfig, items: list[str] | tuple[str, ...]) -> Tra
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"expected key=value, got {item!r}")
-        values[key.strip()] = yaml.safe_load(raw)
+        key = key.strip()
+        kind = {f.name: f.type for f in fields(TrainConfig)}.get(key, "")
+        if kind.startswith("str"):  # strings stay as typed (YAML would read "no" as false)
+            values[key] = None if raw in ("null", "~") and "None" in kind else raw
+        else:
+            values[key] = yaml.safe_load(raw)
     return from_dict(values, cfg)
 
 
