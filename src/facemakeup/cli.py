@@ -906,5 +906,41 @@ def benchmark(model, adapter, image_encoder, shadingnet, identities, out_dir, pr
         _fail(err)
 
 
+# ------------------------------------------------------------------------------------------ train
+@main.command()
+@click.option("--preset", "preset_name", required=True, type=click.Choice(["tiny", "sd15"]),
+              help="tiny: the --model tiny backbone on a CPU in minutes; sd15: the paper's recipe (REFERENCE.md).")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="YAML file of config keys over the preset (unknown keys are an error).")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, path_type=Path), help="A build-dataset folder.")
+@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder.")
+@click.option("--max-steps", default=None, type=click.IntRange(1), help="Stop this invocation at this step [default: num_train_steps].")
+@click.option("--checkpoint-every", default=None, type=click.IntRange(1), help="Steps between checkpoints [default: the config's].")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key (repeatable), e.g. --set learning_rate=3e-4.")
+def train(preset_name, config_file, data_dir, run_dir, max_steps, checkpoint_every, resume, overrides):
+    """Train Face-MakeUpV2's ID adapter (projection, IP k/v, LoRA) and ShadingNet on FaceCaptionMask records.
+
+    Writes RUN_DIR/config.yaml, metrics.jsonl, loss.png, tensorboard/, samples/, checkpoint-STEP/ and
+    final/ (face_adapter/ + shadingnet/: load with `facemakeup generate --adapter RUN_DIR/final
+    --shadingnet RUN_DIR/final`). Runs under `accelerate launch -m facemakeup.train` for several processes.
+    """
+    from .train import ConfigError, NonFiniteLossError, apply_overrides, load_config, preset
+    from .train import train as run_training
+
+    try:
+        cfg = preset(preset_name)
+        if config_file is not None:
+            cfg = load_config(config_file, base=cfg)
+        cfg = apply_overrides(cfg, list(overrides) + ([f"checkpoint_every={checkpoint_every}"] if checkpoint_every else []))
+        summary = run_training(cfg, data_dir, run_dir, max_steps=max_steps, resume=resume)
+    except ConfigError as err:
+        _fail(ValueError(f"{err} (set keys with --set KEY=VALUE or --config FILE.yaml)"))
+    except (NonFiniteLossError, FaceMakeUpError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+    click.echo(f"trained steps {summary['start_step']}..{summary['stop_step']} on {summary['records_train']} records "
+               f"({summary['records_skipped']} skipped); wrote {run_dir}")
+
+
 if __name__ == "__main__":
     main()

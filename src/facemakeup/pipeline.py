@@ -812,7 +812,8 @@ def _cross_layers(unet):
 
 def load_pipeline(model: str, image_encoder: str | None = DEFAULT_IMAGE_ENCODER, adapter: str | None = None,
                   shadingnet: str | None = None, local_files_only: bool | None = None, shortcut: bool | None = None) -> FaceMakeUpPipeline:
-    """The pipeline behind ``--model``: ``"tiny"`` (random, tiny, with a ShadingNet: noise images), a folder saved by
+    """The pipeline behind ``--model``: ``"tiny"`` (random, tiny, with a ShadingNet: noise images; ``adapter`` and
+    ``shadingnet`` load weights trained on that backbone, e.g. a tiny training run's ``final/``), a folder saved by
     ``FaceMakeUpPipeline.save_pretrained``, or an SD 1.5 backbone (hub id or diffusers folder).
 
     Raises:
@@ -822,9 +823,14 @@ def load_pipeline(model: str, image_encoder: str | None = DEFAULT_IMAGE_ENCODER,
         from .model.tiny import tiny_components
 
         parts = tiny_components()
-        adapter = FaceIDAdapter.for_unet(parts["unet"], parts["image_encoder"].config.hidden_size, lora_rank=4)
-        shadingnet = shadingnet_from_unet(parts["unet"], vae_scale_factor=2 ** (len(parts["vae"].config.block_out_channels) - 1))
-        return FaceMakeUpPipeline(face_adapter=adapter, controlnet=shadingnet, **parts)
+        unet, scale = parts["unet"], 2 ** (len(parts["vae"].config.block_out_channels) - 1)
+        # a tiny-backbone adapter/ShadingNet (e.g. `facemakeup train --preset tiny`'s final/) loads; others are refused
+        face_adapter, controlnet = _load_weights(unet, adapter, shadingnet, scale, local_files_only, shortcut)
+        if face_adapter is None:
+            face_adapter = FaceIDAdapter.for_unet(unet, parts["image_encoder"].config.hidden_size, lora_rank=4)
+        if controlnet is None:
+            controlnet = shadingnet_from_unet(unet, vae_scale_factor=scale)
+        return FaceMakeUpPipeline(face_adapter=face_adapter, controlnet=controlnet, **parts)
     index = Path(model) / "model_index.json"
     if index.is_file() and "FaceMakeUpPipeline" in index.read_text():
         return FaceMakeUpPipeline.from_pretrained(model)

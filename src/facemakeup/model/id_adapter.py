@@ -147,6 +147,7 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
         self._ip_scale: float | dict = 1.0
         self._saved_processors = None  # the UNet's own processors, put back by detach()
         self._unfused_weights = None  # {layer name: original weight} while the LoRA is fused
+        self._capture = None  # the attention-map capture of training, if attached with one
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -186,11 +187,14 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
         return _like(adapter, unet)
 
     # ------------------------------------------------------------------ attach / scale / detach
-    def attach(self, unet) -> None:
+    def attach(self, unet, capture=None) -> None:
         """Install the ID channel into ``unet`` (IP-Adapter processors and peft LoRA layers).
 
         Args:
             unet: a plain ``UNet2DConditionModel`` whose attention layout matches ``attn_layers``.
+            capture: an optional ``model.capture.AttentionCapture`` to install after the LoRA layers
+                (it records text cross-attention probabilities for the mask-alignment loss);
+                ``detach`` removes it. ``None`` (inference) hooks nothing.
 
         Raises:
             ValueError: the UNet's attention layers differ from this adapter's config, or the
@@ -222,6 +226,9 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
         self._attached_ref = weakref.ref(unet)
         self._add_lora(unet)
         self.set_ip_scale(self._ip_scale)
+        if capture is not None:  # after the LoRA layers: it hooks the (wrapped) to_q / to_k
+            capture.install(unet)
+        self._capture = capture
 
     def _add_lora(self, unet) -> None:
         """Wrap every LoRA target of ``unet`` in a peft layer holding this adapter's own linears."""
@@ -331,6 +338,9 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
         unet = self.attached_unet
         if unet is None:
             return
+        if self._capture is not None:
+            self._capture.remove()
+            self._capture = None
         if self.lora_fused:
             self._restore_weights()
         elif self.config.lora_rank > 0:

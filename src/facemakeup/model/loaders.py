@@ -458,6 +458,37 @@ def _folder_parts(folder: Path) -> tuple[Path | None, Path | None]:
     return adapter, net
 
 
+def _check_same_unet_layers(adapter: FaceIDAdapter, unet, where: Path) -> None:
+    """An "ours" adapter was saved for this UNet: the same attention layers (name, width, context width).
+
+    Raises:
+        CheckpointLayoutError: the layers differ (the first differences are named).
+    """
+    ours = [list(layer) for layer in attention_layers(unet)]
+    theirs = [list(layer) for layer in adapter.config.attn_layers]
+    if ours != theirs:
+        diff = [f"{a} vs {b}" for a, b in zip(theirs, ours) if a != b][:3]
+        raise CheckpointLayoutError(f"the adapter in {where} was trained for another UNet: {len(theirs)} attention layers "
+                                    f"[name, width, context] vs this UNet's {len(ours)}; first differences (adapter vs UNet): {diff}")
+
+
+def _check_same_unet_config(net: ControlNetModel, unet, where: Path) -> None:
+    """An "ours" ControlNet was made from this UNet (``from_unet``): the same block layout.
+
+    Raises:
+        CheckpointLayoutError: a layout key differs (each differing key is named with both values).
+    """
+    keys = ("block_out_channels", "down_block_types", "layers_per_block", "cross_attention_dim", "attention_head_dim", "in_channels")
+
+    def as_list(value):
+        return list(value) if isinstance(value, (list, tuple)) else [value]
+
+    differ = {k: (net.config[k], unet.config[k]) for k in keys if as_list(net.config[k]) != as_list(unet.config[k])}
+    if differ:
+        raise CheckpointLayoutError(f"the ShadingNet in {where} was made from another UNet: "
+                                    + ", ".join(f"{k} {a} vs the UNet's {b}" for k, (a, b) in differ.items()))
+
+
 def load_checkpoint(path_or_hub_id: str | os.PathLike, unet, subfolder: str | None = None, weight_name: str | None = None,
                     shortcut: bool | None = None, vae_scale_factor: int = 8, local_files_only: bool | None = None) -> Checkpoint:
     """Read one checkpoint (file or folder, local or hub) once and turn it into our components.
@@ -487,9 +518,13 @@ def load_checkpoint(path_or_hub_id: str | os.PathLike, unet, subfolder: str | No
                 "pass the checkpoint file itself (weight_name) or a folder written by `facemakeup convert --to ours`"
             )
         adapter = FaceIDAdapter.from_pretrained(adapter_dir) if adapter_dir else None
-        if adapter is not None and shortcut is not None:
-            adapter.register_to_config(shortcut=bool(shortcut))
+        if adapter is not None:
+            _check_same_unet_layers(adapter, unet, adapter_dir)
+            if shortcut is not None:
+                adapter.register_to_config(shortcut=bool(shortcut))
         net = ControlNetModel.from_pretrained(net_dir) if net_dir else None
+        if net is not None:
+            _check_same_unet_config(net, unet, net_dir)
         return Checkpoint("ours", str(path), adapter, net)
     state = read_state_dict(path)
     try:
