@@ -9,8 +9,8 @@ in every variant and left out): forward, losses, backward, AdamW step. Variants:
 attention and ``mask_alignment_loss``), ``map_id`` (+ x0 decoded by the VAE with gradient, aligned
 and embedded by ArcFace, ``id_loss``, applied to every sample). Sizes: ``tiny`` (the --model tiny
 backbone at its 64 px, batch 1) and ``sd15`` (SD 1.5's UNet and VAE layouts, random weights, 256 px,
-batch 1, 4 phrase masks; map layers = HW (256/16)^2). The ArcFace is ``faces.arcface_torch``'s when
-installed, else a stand-in IResNet-sized conv net (said in the JSON).
+batch 1, 4 phrase masks; map layers = HW (256/16)^2). The ArcFace is ``faces.arcface_torch``'s (the
+offline w600k_mbf run in torch).
 
 Each (size, variant) runs in its own process (so the peak RSS is its own); the variants alternate
 in ``--rounds`` rounds and the medians are compared, so contention on a shared machine hits them
@@ -32,34 +32,12 @@ VARIANTS = ("plain", "map", "map_id")
 
 
 def arcface_module(device):
-    """The differentiable ArcFace and its alignment, or a stand-in of similar cost."""
-    import torch
-    import torch.nn.functional as F
+    """The differentiable ArcFace (``faces.arcface_torch``, the offline w600k_mbf) and its alignment."""
+    from functools import partial
 
-    try:
-        from facemakeup.faces.arcface_torch import align_faces, load_arcface_torch
+    from facemakeup.faces.arcface_torch import align_faces, load_arcface_torch
 
-        return load_arcface_torch().to(device), align_faces, "facemakeup.faces.arcface_torch"
-    except (ImportError, OSError) as err:  # not installed / weights absent
-        layers, c = [], 3
-        for width in (64, 128, 256, 512):
-            layers += [torch.nn.Conv2d(c, width, 3, stride=2, padding=1), torch.nn.BatchNorm2d(width), torch.nn.PReLU(width),
-                       torch.nn.Conv2d(width, width, 3, padding=1), torch.nn.BatchNorm2d(width), torch.nn.PReLU(width)]
-            c = width
-        net = torch.nn.Sequential(*layers, torch.nn.Flatten(), torch.nn.Linear(512 * 7 * 7, 512)).eval()
-
-        class StandIn(torch.nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.net = net
-
-            def forward(self, x):
-                return F.normalize(self.net(x), dim=-1)
-
-        def align(images, kps):
-            return F.interpolate(images, size=(112, 112), mode="bilinear", align_corners=False)
-
-        return StandIn().to(device), align, f"stand-in conv net (faces.arcface_torch unavailable: {type(err).__name__})"
+    return load_arcface_torch().to(device), partial(align_faces, fill=-1.0), "facemakeup.faces.arcface_torch (w600k_mbf)"
 
 
 def worker(size: str, variant: str, steps: int) -> dict:

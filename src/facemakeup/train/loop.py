@@ -519,13 +519,13 @@ def train(cfg: TrainConfig, data_dir, run_dir, max_steps: int | None = None, res
             raise ConfigError(f"cannot resume {ckpt}: the config differs in {sorted(diff)} ({listed})")
     elif resume:
         logger.warning("no checkpoint in %s: starting a new run", run_dir)
-    if cfg.id_loss_weight > 0 and arcface is None:
-        try:
-            from ..faces.arcface_torch import align_faces, load_arcface_torch
-        except ImportError as err:
-            raise ConfigError(f"id_loss_weight > 0 needs the differentiable ArcFace (facemakeup.faces.arcface_torch), not available: {err}") from err
+    if cfg.id_loss_weight > 0 and arcface is None:  # the offline ArcFace (w600k_mbf) as a differentiable torch module
+        from functools import partial
+
+        from ..faces.arcface_torch import align_faces, load_arcface_torch
+
         arcface = load_arcface_torch()
-        align = align_faces
+        align = partial(align_faces, fill=-1.0)  # images in [-1, 1]: black outside the photo, as norm_crop
     if cfg.id_loss_weight > 0 and align is None:
         raise ConfigError("an ArcFace module for the ID loss needs its align function too")
 
