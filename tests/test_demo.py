@@ -89,7 +89,7 @@ def test_face_picker_and_sanitised_names(backend, photos):
 
 
 def test_bad_uploads_are_named_errors(backend, photos, tmp_path):
-    with pytest.raises(ImageReadError, match=r"reference 1 \(text.png\): not an image file"):
+    with pytest.raises(ImageReadError, match=r"reference 1 \(text.png\): not an image \(no format PIL reads"):
         backend.preview(req(photos / "text.png"))
     with pytest.raises(NoFaceError, match=r"reference 1 \(rocket.jpg\): no face found"):
         backend.preview(req(photos / "rocket.jpg"))
@@ -285,7 +285,7 @@ def test_page_end_to_end(server, page, photos, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, message", [
-    ("text.png", "reference 1 (text.png): not an image file PIL can read"),
+    ("text.png", "reference 1 (text.png): not an image (no format PIL reads recognises its contents)"),
     ("rocket.jpg", "reference 1 (rocket.jpg): no face found"),
     ("big.png", "pixels, more than the limit of 1000000"),
     ("heavy.png", 'File(s) exceed the maximum allowed size of 1.0 Mb: "heavy.png"'),
