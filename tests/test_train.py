@@ -199,9 +199,11 @@ CAPTION = "a young woman with blonde hair"
 def make_records(root, n=10, seed=0):
     """Synthetic FaceCaptionMask records in build-dataset's layout (random pixels, real structure)."""
     rng = np.random.default_rng(seed)
-    for sub in ("images", "faces", "shading", "id", "Mask/Attribute", "Mask/Emotion"):
+    from facemakeup.data.record import Record, write_jsonl
+
+    for sub in ("images", "faces", "shading", "id", "parsing", "Mask/Attribute", "Mask/Emotion"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    lines = []
+    records = []
     for i in range(n):
         key = f"k{i:03d}"
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(root / f"images/{key}.png")
@@ -216,17 +218,21 @@ def make_records(root, n=10, seed=0):
         Image.fromarray(hair).save(root / f"Mask/Attribute/{key}_0.png")
         Image.fromarray(face).save(root / f"Mask/Attribute/{key}_1.png")
         Image.fromarray(face).save(root / f"Mask/Emotion/{key}_0.png")
+        Image.fromarray(np.zeros((40, 48), np.uint8)).save(root / f"parsing/{key}.png")
         attr = [{"mask": f"Mask/Attribute/{key}_0.png", "token_indices": [5, 6]}, {"mask": f"Mask/Attribute/{key}_1.png", "token_indices": [2, 3]}]
         emo = [{"mask": f"Mask/Emotion/{key}_0.png", "token_indices": [2]}]
-        lines.append(json.dumps({
-            "key": key, "image": f"images/{key}.png", "face": [f"faces/{key}.png"], "shading": f"shading/{key}.png",
-            "id_embedding": f"id/{key}.npy", "kps": [[18, 15], [30, 15], [24, 22], [19, 28], [29, 28]],
-            "face_attribute_caption": CAPTION, "face_emotion_caption": "a woman smiling",
-            "atrribute_parsing_masks": attr, "emotion_parsing_masks": emo,
-            "phrases": {"attribute": [{**attr[0], "phrase": "blonde hair", "region": "hair"}, {**attr[1], "phrase": "young woman", "region": "face"}],
-                        "emotion": [{**emo[0], "phrase": "woman smiling", "region": "face"}]},
-        }))
-    (root / "records-00000-of-00001.jsonl").write_text("\n".join(lines) + "\n")
+        records.append(Record(
+            key=key, image=f"images/{key}.png", face=[f"faces/{key}.png"], shading=f"shading/{key}.png", parsing=f"parsing/{key}.png",
+            id_embedding=f"id/{key}.npy", kps=[[18, 15], [30, 15], [24, 22], [19, 28], [29, 28]],
+            face_attribute_caption=CAPTION, face_emotion_caption="a woman smiling",
+            atrribute_parsing_masks=attr, emotion_parsing_masks=emo,
+            phrases={"attribute": [{**attr[0], "phrase": "blonde hair", "region": "hair"}, {**attr[1], "phrase": "young woman", "region": "face"}],
+                     "emotion": [{**emo[0], "phrase": "woman smiling", "region": "face"}]},
+            bbox=[12.0, 8.0, 36.0, 36.0], pose={"yaw": 0.0, "pitch": 0.0, "roll": 0.0}, sh=[[0.0] * 3] * 9, sh_basis=[],
+            attributes={}, gender={}, age=None, emotion={}, width=48, height=40, det_score=0.9, clip_box=[0.0, 0.0, 48.0, 40.0],
+            fitter="synthetic", curation={}, source={"input": f"{key}.png"},
+        ))
+    write_jsonl(root / "records-00000.jsonl", records)
     return root
 
 
@@ -306,14 +312,14 @@ def test_tiny_pipeline_refuses_weights_of_another_unet(tmp_path):
     other = UNet2DConditionModel(sample_size=8, block_out_channels=(32, 32), layers_per_block=1, cross_attention_dim=32, norm_num_groups=8,
                                  down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
                                  up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8)
-    FaceIDAdapter.for_unet(other, 32, lora_rank=2).save_pretrained(tmp_path / "face_adapter")
+    FaceIDAdapter.for_unet(other, 32, lora_rank=2).save_pretrained(tmp_path / "a" / "face_adapter")
     with pytest.raises(ValueError, match="trained for another UNet"):
-        load_pipeline("tiny", adapter=str(tmp_path))
+        load_pipeline("tiny", adapter=str(tmp_path / "a"))
     from facemakeup.model.shadingnet import shadingnet_from_unet
 
-    shadingnet_from_unet(other, 2).save_pretrained(tmp_path / "shadingnet")
+    shadingnet_from_unet(other, 2).save_pretrained(tmp_path / "s" / "shadingnet")
     with pytest.raises(ValueError, match="made from another UNet: block_out_channels"):
-        load_pipeline("tiny", shadingnet=str(tmp_path))
+        load_pipeline("tiny", shadingnet=str(tmp_path / "s"))
 
 
 @pytest.mark.slow
@@ -374,4 +380,4 @@ def test_cli_train_and_its_errors(records, tmp_path):
     assert (out / "checkpoint-1").is_dir() and (out / "final" / "face_adapter").is_dir()
     assert load_config(out / "config.yaml").checkpoint_every == 1
     res = runner.invoke(main, ["train", "--preset", "tiny", "--data", str(records), "--out", str(tmp_path / "x"), "--set", "lerning_rate=1"])
-    assert res.exit_code == 1 and "unknown config keys ['lerning_rate']" in res.output and "learning_rate" in res.output
+    assert res.exit_code == 2 and "unknown config keys ['lerning_rate']" in res.output and "learning_rate" in res.output

@@ -157,13 +157,6 @@ def _seed(*parts: int) -> int:
     return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
 
 
-def _record_files(r: dict) -> list[str]:
-    files = [r["image"], r["face"][0], r["shading"], r["id_embedding"]]
-    for key in ("atrribute_parsing_masks", "emotion_parsing_masks"):
-        files += [e["mask"] for e in r.get(key, [])]
-    return files
-
-
 class TrainingSamples(Dataset):
     """``FaceCaptionMaskDataset`` items addressed by *global sample position*, deterministic per position.
 
@@ -205,7 +198,7 @@ class TrainingSamples(Dataset):
                 sample = base[i]
         finally:
             base.caption = saved
-        phrases = base.records[i].get("phrases", {}).get(sample["caption_kind"])
+        phrases = (base.records[i].phrases or {}).get(sample["caption_kind"])
         if phrases:  # token positions for this backbone's tokenizer
             text, cursor, found = sample["caption"], 0, []
             for ph in phrases[: base.max_masks]:
@@ -257,21 +250,18 @@ def open_dataset(cfg: TrainConfig, data_dir, tokenizer) -> tuple[FaceCaptionMask
     Raises:
         FileNotFoundError: no records. ValueError: fewer usable records than ``holdout + 1``.
     """
+    from ..data.record import read_records
+
     base = FaceCaptionMaskDataset(data_dir, resolution=cfg.resolution, mask_resolution=cfg.mask_resolution,
-                                  tokenizer=tokenizer, max_masks=cfg.max_masks)
-    usable, skipped = [], []
-    for r in base.records:
-        try:
-            ok = all(base._path(p).is_file() for p in _record_files(r))
-        except (KeyError, IndexError, TypeError):
-            ok = False
-        (usable if ok else skipped).append(r)
-    base.records = sorted(usable, key=lambda r: r["key"])
+                                  tokenizer=tokenizer, max_masks=cfg.max_masks)  # records with missing files left out
+    kept = {r.key for r in base.records}
+    skipped = sorted(r.key for r in read_records(data_dir, check_files=False)[0] if r.key not in kept)
+    base.records = sorted(base.records, key=lambda r: r.key)
     if len(base.records) <= cfg.holdout:
         raise ValueError(f"{data_dir}: {len(base.records)} usable records ({len(skipped)} skipped for missing files), "
                          f"need more than holdout={cfg.holdout}")
     n_train = len(base.records) - cfg.holdout
-    return base, list(range(n_train)), list(range(n_train, len(base.records))), [str(r.get("key", r.get("image"))) for r in skipped]
+    return base, list(range(n_train)), list(range(n_train, len(base.records))), skipped
 
 
 # ---------------------------------------------------------------------------------------------- encoders
