@@ -276,7 +276,7 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
                        "shading_crop_factor": shading_crop_factor, "scheduler": type(pipe.scheduler).__name__},
         "models": {"pipeline": model, "image_encoder": image_encoder if model != "tiny" else "tiny (random)",
                    "adapter": str(adapter) if adapter else ("untrained (fresh init)" if model != "tiny" else "tiny (random)"),
-                   "shadingnet": shadingnet if model != "tiny" else "tiny (fresh from_unet)",
+                   "shadingnet": shadingnet or ("tiny (fresh from_unet)" if model == "tiny" else None),
                    "face": analyzer.model_files},
         "outputs": names + ["conditions.png"] + extra,
         "timings": timings,
