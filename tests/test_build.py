@@ -311,7 +311,7 @@ def test_two_builds_at_once_the_second_is_refused(tmp_path):
     while not (out / "build.lock").exists() and time.time() < deadline:
         time.sleep(0.05)
     second = subprocess.run(_cli(src, out), capture_output=True, text=True)
-    assert second.returncode == 1 and "is being built by another build-dataset" in second.stderr
+    assert second.returncode == 4 and "is being built by another build-dataset" in second.stderr
     stdout, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr
     keys = [r["key"] for r in _records(out)]

@@ -96,6 +96,7 @@ EXIT_STATUS: tuple[tuple[type[BaseException], int, str], ...] = (
     (NoFaceError, 3, "no usable face in a photo (none found, too small, or no face at --face-index)"),
     (FitError, 3, "no usable face in a photo (its 3D fit failed where a shading map needs it)"),
     (OutputError, 4, "the output folder cannot take the results (not writable, full, holds earlier results)"),
+    (BuildLockedError, 4, "the output folder is being built by another build-dataset (its lock is held)"),
     (CheckpointError, 5, "a weights file exists but cannot be used (not a checkpoint, truncated, pickled objects, wrong layout)"),
     (MemoryError, 6, "out of memory (use a smaller --height/--width or fewer --num-images)"),
     (FaceMakeUpError, 2, "bad input: an option's value, a combination of options, an unreadable image or prompt"),
