@@ -305,7 +305,7 @@ def test_kill_9_at_random_moments_then_resume_equals_an_uninterrupted_build(tmp_
 @pytest.mark.slow
 def test_two_builds_at_once_the_second_is_refused(tmp_path):
     src, out = tmp_path / "photos", tmp_path / "out"
-    _variants(src, 4)
+    _variants(src, 24)  # enough work that the first build still holds the lock when the second starts
     first = subprocess.Popen(_cli(src, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 60
     while not (out / "build.lock").exists() and time.time() < deadline:
@@ -315,4 +315,4 @@ def test_two_builds_at_once_the_second_is_refused(tmp_path):
     stdout, stderr = first.communicate(timeout=600)
     assert first.returncode == 0, stderr
     keys = [r["key"] for r in _records(out)]
-    assert len(keys) == len(set(keys)) == 4
+    assert len(keys) == len(set(keys)) == 24

@@ -287,7 +287,7 @@ def test_page_end_to_end(server, page, photos, tmp_path):
 @pytest.mark.parametrize("name, message", [
     ("text.png", "reference 1 (text.png): not an image (no format PIL reads recognises its contents)"),
     ("rocket.jpg", "reference 1 (rocket.jpg): no face found"),
-    ("big.png", "pixels, more than the limit of 1000000"),
+    ("big.png", "1.1 megapixels, more than the limit of 1.0 megapixels"),
     ("heavy.png", 'File(s) exceed the maximum allowed size of 1.0 Mb: "heavy.png"'),
 ])
 def test_page_rejects_bad_uploads_with_a_message(server, page, photos, tmp_path, name, message):

@@ -77,6 +77,17 @@ def _face_choice(ctx, param, value):
     return index
 
 
+def _shard(ctx, param, value) -> tuple[int, int]:
+    """``--shard I/N`` -> ``(I, N)`` with 0 <= I < N."""
+    try:
+        i, n = (int(v) for v in value.split("/"))
+    except ValueError:
+        raise click.BadParameter(f"expected I/N (e.g. 0/4), got {value!r}") from None
+    if not 0 <= i < n:
+        raise click.BadParameter(f"{value}: need 0 <= I < N")
+    return i, n
+
+
 def _light_dir(ctx, param, value):
     if value is None:
         return None
@@ -853,7 +864,8 @@ def _benchmark_worker(args) -> list[str]:
 @click.option("--ip-scale", default=0.6, show_default=True, type=float)
 @click.option("--gen-batch-size", default=4, show_default=True, type=click.IntRange(1), help="Prompts per pipeline call.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Local processes, each with its own pipeline, sharing the identities.")
-@click.option("--shard", default="0/1", show_default=True, help="I/N: this job generates identities I, I+N, ... (job arrays); evaluation runs once all identities are done.")
+@click.option("--shard", default="0/1", show_default=True, callback=_shard,
+              help="I/N: this job generates identities I, I+N, ... (job arrays); evaluation runs once all identities are done.")
 @_eval_options
 def benchmark(model, adapter, image_encoder, shadingnet, identities, out_dir, prompts_file, seeds, steps, guidance_scale, ip_scale,
               gen_batch_size, workers, shard, metrics, clip, dino, inception, lpips, vlm, face_models, batch_size):
@@ -862,13 +874,9 @@ def benchmark(model, adapter, image_encoder, shadingnet, identities, out_dir, pr
     Writes OUT/IDENTITY/pPP_sSEED.png, OUT/references/IDENTITY.*, then evaluates as `evaluate`
     does. Resumable: finished identities (OUT/IDENTITY/done.json) and finished images are skipped.
     """
-    from .data.build import parse_shard
     from .eval.benchmark import GenerationConfig, is_done, list_identities, load_prompts, pairs_from_folders
 
-    try:
-        shard_i, shard_n = parse_shard(shard)
-    except ValueError as err:
-        raise click.BadParameter(str(err), param_hint="--shard") from None
+    shard_i, shard_n = shard
     names, models = _eval_models(metrics, clip, dino, inception, lpips, vlm, face_models)
     try:
         people = list_identities(identities)
