@@ -265,8 +265,11 @@ def test_page_end_to_end(server, page, photos, tmp_path):
     page.wait_for_function("document.querySelector('#light_x input[type=number]').value < -0.6")
     page.get_by_text("Generation settings").click()
     for elem, value in (("steps", "2"), ("num_images", "2")):
-        page.locator(f"#{elem} input[type=number]").fill(value)
-        page.locator(f"#{elem} input[type=number]").press("Enter")
+        box = page.locator(f"#{elem} input[type=number]")
+        box.wait_for(state="visible")  # the accordion has opened
+        box.fill(value)
+        box.press("Tab")  # blur: gradio takes the value on change
+        page.wait_for_function(f"document.querySelector('#{elem} input[type=range]').value == '{value}'")
     page.locator("#prompt textarea").fill("a smiling woman")
     page.locator("#generate_button").click()
     page.wait_for_function("document.querySelectorAll('#gallery img').length == 2")
