@@ -624,13 +624,19 @@ def _run_local(out, plan, todo, config, workers, bar):
 
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_die_with_parent) as ex:
         futures = {ex.submit(process_shard, str(out), i, plan["shards"][i], config): i for i in todo}
-        for f in as_completed(futures):
-            i = futures[f]
-            bar.update(len(plan["shards"][i]))
-            try:
-                yield i, f.result()
-            except Exception as err:
-                yield i, err
+        yield from _finished(as_completed(futures), futures, plan, bar)
+
+
+def _finished(done, futures: dict, plan: dict, bar):
+    """``(shard, marker or exception)`` for each future of ``futures`` (future -> shard) as ``done`` yields it
+    (``concurrent.futures.as_completed`` or dask's: both futures have ``result()``)."""
+    for f in done:
+        i = futures[f]
+        bar.update(len(plan["shards"][i]))
+        try:
+            yield i, f.result()
+        except Exception as err:  # a failed shard is reported and redone on the next run, never fatal
+            yield i, err
 
 
 def _run_dask(out, plan, todo, config, workers, scheduler, bar):
@@ -645,13 +651,7 @@ def _run_dask(out, plan, todo, config, workers, scheduler, bar):
     try:
         futures = {client.submit(process_shard, str(out), i, plan["shards"][i], config, pure=False,
                                  key=f"facemakeup-shard-{i:05d}-{run}"): i for i in todo}
-        for f in as_completed(futures):
-            i = futures[f]
-            bar.update(len(plan["shards"][i]))
-            try:
-                yield i, f.result()
-            except Exception as err:
-                yield i, err
+        yield from _finished(as_completed(futures), futures, plan, bar)
     finally:
         client.close()
         if cluster is not None:

@@ -113,12 +113,8 @@ def probe_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> tuple[
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
                 with Image.open(source) as img:
                     size = img.size
-        except UnidentifiedImageError:
-            raise ImageReadError(
-                f"{path}: not an image (no format PIL reads recognises its contents); pass a JPEG, PNG, WebP, BMP or TIFF file"
-            ) from None
-        except Image.DecompressionBombError as err:
-            raise ImageReadError(f"{path}: image too large ({err}); downscale it first") from None
+        except (UnidentifiedImageError, Image.DecompressionBombError) as err:
+            raise _format_error(path, err) from None
         except (OSError, SyntaxError, ValueError, EOFError) as err:
             raise ImageReadError(f"{path}: corrupt image header ({err}); re-download or re-export it") from None
     _check_pixels(path, size[0], size[1], max_pixels)
@@ -175,12 +171,8 @@ def _decode(path, source, max_pixels: int) -> np.ndarray:
             rgb = _to_rgb(img)
     except ImageReadError:
         raise
-    except UnidentifiedImageError:
-        raise ImageReadError(
-            f"{path}: not an image (no format PIL reads recognises its contents); pass a JPEG, PNG, WebP, BMP or TIFF file"
-        ) from None
-    except Image.DecompressionBombError as err:
-        raise ImageReadError(f"{path}: image too large ({err}); downscale it first") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError) as err:
+        raise _format_error(path, err) from None
     except (OSError, SyntaxError, ValueError, EOFError) as err:
         if "truncated" in str(err).lower():
             raise ImageReadError(f"{path}: truncated image (the file ends early: {err}); re-download or re-export it") from None
@@ -200,3 +192,10 @@ def _array_to_rgb(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[2] == 4:
         return np.asarray(_to_rgb(Image.fromarray(arr, mode="RGBA")))
     raise ImageReadError(f"array image must be HxW, HxWx3 or HxWx4, got shape {arr.shape}")
+
+
+def _format_error(path, err: Exception) -> ImageReadError:
+    """The ``ImageReadError`` for PIL's "no format recognises this file" and decompression-bomb errors."""
+    if isinstance(err, UnidentifiedImageError):
+        return ImageReadError(f"{path}: not an image (no format PIL reads recognises its contents); pass a JPEG, PNG, WebP, BMP or TIFF file")
+    return ImageReadError(f"{path}: image too large ({err}); downscale it first")
