@@ -9,6 +9,11 @@ the main faces of those other photos: the face that is more similar is the ident
 labelled with. Writes benchmarks/results/face_choice.json and a contact sheet of every photo with
 several faces (green: main face, red: largest box where it differs, grey: the others; research-only
 photos: the sheet must be written OUTSIDE the repository, /tmp by default).
+
+It also checks ``get(max_faces=1)``'s fast path (detection at 320 alone when that settles the main
+face) against full detection, on wild and the first ``--celebamask`` CelebAMask-HQ photos (512 px):
+how often the fast path was taken, how often it chose another face (box IoU < 0.5), and how far its
+keypoints and ArcFace embedding moved (the pooled detection may keep the 640 px box instead).
 """
 
 from __future__ import annotations
@@ -27,9 +32,43 @@ from facemakeup.faces import FaceAnalyzer, load_image
 from facemakeup.faces.analyzer import face_choice_scores
 
 
+def fast_path_check(analyzer: FaceAnalyzer, photos) -> dict:
+    """``get(max_faces=1)`` against the first face of full detection, over (name, rgb, faces) triples."""
+    calls = []
+    full = analyzer.detector.detect_multiscale
+    analyzer.detector.detect_multiscale = lambda rgb, sizes: calls.append(len(sizes)) or full(rgb, sizes)
+    n = taken = other = 0
+    kp_dev, cos = [], []
+    try:
+        for name, rgb, faces in tqdm(photos, desc="fast path"):
+            calls.clear()
+            fast = analyzer.get(rgb, max_faces=1, stages=("embed",))
+            n += 1
+            taken += calls == [1] and len(analyzer.detection_sizes(*rgb.shape[:2])) > 1
+            if not faces or not fast:
+                other += bool(faces) != bool(fast)
+                continue
+            a, b = fast[0].bbox, faces[0].bbox
+            inter = max(0.0, min(a[2], b[2]) - max(a[0], b[0])) * max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+            iou = inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+            if iou < 0.5:
+                other += 1
+                print(f"fast path chose another face in {name}")
+                continue
+            kp_dev.append(float(np.abs(fast[0].kps - faces[0].kps).max() / faces[0].size))
+            cos.append(float(fast[0].embedding @ faces[0].embedding))
+    finally:
+        analyzer.detector.detect_multiscale = full
+    return {"photos": n, "fast_path_taken": int(taken), "chose_another_face": other,
+            "keypoint_max_deviation_over_face_size_p99": float(np.percentile(kp_dev, 99)) if kp_dev else None,
+            "embedding_cosine_min": min(cos) if cos else None,
+            "embedding_cosine_median": float(np.median(cos)) if cos else None}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="first N photos")
+    parser.add_argument("--celebamask", type=int, default=300, help="CelebAMask-HQ photos for the fast-path check")
     parser.add_argument("--sheet", default="/tmp/face_choice_changed.jpg", help="contact sheet path (outside the repository)")
     args = parser.parse_args()
     if not SHARED_DATA.is_dir():
@@ -50,6 +89,10 @@ def main() -> None:
         rgb = load_image(wild / name)
         faces = analyzer.get(rgb, stages=("embed",))
         photos[name] = (rgb, faces)
+    celebamask = sorted((SHARED_DATA / "celebamask-hq" / "images").iterdir())[: args.celebamask]
+    fast_path = {"wild": fast_path_check(analyzer, [(n, rgb, faces) for n, (rgb, faces) in photos.items()]),
+                 "celebamask-hq": fast_path_check(analyzer, ((p.name, rgb, analyzer.get(rgb, stages=("embed",)))
+                                                              for p in celebamask for rgb in [load_image(p)]))}
 
     by_identity = defaultdict(list)
     for name, (_, faces) in photos.items():
@@ -113,6 +156,7 @@ def main() -> None:
         "changed_share_of_all_photos": len(changed) / max(len(photos), 1),
         "identity_check_of_changed": verdicts,
         "identity_check": "mean ArcFace cosine of each candidate with the main faces of the same identity's other photos",
+        "main_face_fast_path": fast_path,
         "cases": cases,
         "contact_sheet": f"{sheet_path} (not in the repository: research-only photos); green = main face, red = largest box where it differs, grey = other faces",
     }

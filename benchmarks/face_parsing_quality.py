@@ -68,7 +68,8 @@ def main() -> None:
         np.add.at(g, (lut[:, None].repeat(19, 1), lut[None, :].repeat(19, 0)), c)  # class confusion -> group confusion
         per_group = iou(g)[0][: len(GROUPS)]
         result["options"][q] = {
-            "input_size": parsers[q].input_size, "flip_average": parsers[q].flip,
+            "input_sides": list(parsers[q].sides), "flip_average": parsers[q].flip,
+            "probabilities_warped_back": parsers[q].warp_probabilities,
             "miou_8_groups": float(np.nanmean(per_group)),
             "iou_per_group": {k: round(float(v), 4) for k, v in zip(GROUPS, per_group)},
             "miou_18_foreground_classes_present": float(np.nanmean(per_class[1:][present[1:]])),

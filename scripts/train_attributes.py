@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from tqdm import tqdm
 
 from facemakeup.faces.attributes import (
-    ATTRIBUTE_CROP, CELEBA_ATTRIBUTES, EMOTIONS, AttributeNet, AttributePredictor, age_chip, emotion_crop, save_heads,
+    ATTRIBUTE_CROP, CELEBA_ATTRIBUTES, EMOTIONS, AttributeNet, AttributePredictor, age_chip, age_summary, emotion_crop, save_heads,
 )
 from facemakeup.faces.detect import SCRFD
 from facemakeup.faces.image import load_image
@@ -165,7 +165,7 @@ def main():
     save_heads(args.out, net, {"training_data": "CelebA-HQ 256 + aligned CelebA subsets in ../shared (research-only licence)"})
     pred = AttributePredictor(heads=args.out, threads=args.threads)
     test_samples = [s for s, k in zip(samples, split) if k == "test"]
-    ages = np.concatenate([pred.age_years(np.stack([s["age_chip"] for s in test_samples[i:i + 64]]))
+    ages = np.concatenate([age_summary(pred.age_probabilities(np.stack([s["age_chip"] for s in test_samples[i:i + 64]])))[0]
                            for i in range(0, len(test_samples), 64)])
     young = np.array([s["labels"][CELEBA_ATTRIBUTES.index("Young")] for s in test_samples])
     smiling = np.array([s["labels"][CELEBA_ATTRIBUTES.index("Smiling")] for s in test_samples])

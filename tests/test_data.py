@@ -53,6 +53,15 @@ def test_tokenizer_from_a_saved_folder(tokenizer, tmp_path):
     assert again(text)["input_ids"] == tokenizer(text)["input_ids"]
 
 
+def test_a_child_is_captioned_without_gender_age_beard_or_lipstick():
+    attrs = {"Blond_Hair": 0.9, "No_Beard": 0.1, "Wearing_Lipstick": 0.8, "Young": 0.99, "Smiling": 0.9}
+    adult, _ = template_captions(attrs, 30, {"female": 0.1, "male": 0.9}, {"happy": 0.9}, child=0.2)
+    kid, emo = template_captions(attrs, 30, {"female": 0.4, "male": 0.6}, {"happy": 0.9}, child=0.7)
+    assert adult.text.startswith("a young man") and "beard" in adult.text
+    assert kid.text.startswith("a child with blonde hair") and "beard" not in kid.text and "lipstick" not in kid.text
+    assert emo.text == "a child smiling happily" and [p.region for p in kid.phrases][0] == "face"
+
+
 @pytest.mark.parametrize("attrs,age,male,emotion", [
     ({"Blond_Hair": 0.9, "Wavy_Hair": 0.8, "Eyeglasses": 0.7, "Wearing_Earrings": 0.6, "No_Beard": 0.95}, 24, 0.05, "happy"),
     ({"Gray_Hair": 0.9, "Goatee": 0.8, "No_Beard": 0.1, "Wearing_Necktie": 0.6, "Wearing_Hat": 0.7}, 61, 0.95, "neutral"),

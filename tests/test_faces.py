@@ -9,7 +9,7 @@ from PIL import Image
 
 from facemakeup.errors import FaceTooSmallError, ImageReadError, ModelNotFoundError, NoFaceError
 from facemakeup.faces import Face, FaceAnalyzer, clip_crop, estimate_norm, landmark_box, load_image, norm_crop
-from facemakeup.faces.analyzer import STAGES, face_choice_scores
+from facemakeup.faces.analyzer import MISSABLE_SIDE, STAGES, face_choice_scores
 from facemakeup.faces.align import ARCFACE_TEMPLATE
 
 
@@ -152,6 +152,36 @@ def test_real_group_photo_main_face_is_the_centred_subject(shared_data, analyzer
     assert min(f.bbox[0] for f in faces[1:]) < 5  # another face at the frame's edge
 
 
+def test_main_face_fast_path_detects_once_when_it_settles_the_choice(analyzer, astronaut):
+    sizes = []
+    full = analyzer.detector.detect_multiscale
+
+    def counted(rgb, det_sizes):
+        sizes.append(tuple(det_sizes))
+        return full(rgb, det_sizes)
+
+    analyzer.detector.detect_multiscale = counted
+    try:
+        # a portrait (the astronaut's face, ~116 px, in a 400 px crop): 320 alone settles it
+        portrait = np.ascontiguousarray(astronaut[0:400, 30:430])
+        assert analyzer.detection_sizes(400, 400) == (416, 320)
+        fast = analyzer.get(portrait, max_faces=1)[0]
+        assert sizes == [(320,)]
+        sizes.clear()
+        every = analyzer.get(portrait)[0]
+        assert sizes == [(416, 320)]
+        assert np.abs(fast.bbox - every.bbox).max() < 0.05 * every.size
+        # the same face small in a large photo (below what 320 alone may miss): detection runs at every size
+        small = np.full((1280, 1280, 3), 90, np.uint8)
+        small[500:900, 500:900] = portrait
+        sizes.clear()
+        found = analyzer.get(small, max_faces=1)
+        assert sizes == [(320,), (640, 320)] and len(found) == 1
+        assert found[0].size < MISSABLE_SIDE * 1280 / 320  # a face 320 alone could miss might beat it: not settled
+    finally:
+        analyzer.detector.detect_multiscale = full
+
+
 # ---------------------------------------------------------------------------- stages and JSON
 def test_each_stage_runs_once_and_only_on_demand(astronaut, monkeypatch):
     from facemakeup.faces.parsing import FaceParser
@@ -199,7 +229,7 @@ def test_face_json_round_trip(analyzer, astronaut):
 
     face = analyzer.get(astronaut, stages=("embed", "clip", "fit"))[0]
     object.__setattr__(face, "attributes", FaceAttributes(celeba={"Smiling": 0.9}, gender={"female": 0.8, "male": 0.2},
-                                                          age=30.5, emotion={"happy": 1.0}))
+                                                          age=30.5, emotion={"happy": 1.0}, child=0.01))
     data = json.loads(json.dumps(face.to_json(mesh=True)))
     back = Face.from_json(data)
     for name in ("bbox", "kps", "embedding", "clip_box"):
@@ -209,6 +239,9 @@ def test_face_json_round_trip(analyzer, astronaut):
         np.testing.assert_array_equal(getattr(back.fit, name), getattr(face.fit, name))
     assert back.fit.pose == face.fit.pose and back.fit.fitter == face.fit.fitter
     assert back.attributes == face.attributes and data["age"] == 30.5 and data["gender"]["male"] == 0.2
+    assert data["child"] == 0.01
+    old = {k: v for k, v in data.items() if k != "child"}  # JSON written before the key existed
+    assert Face.from_json(old).attributes.child is None
     assert back.to_json(mesh=True) == data
     np.testing.assert_array_equal(shading_map(back.fit, back.kps, height=64, width=64), shading_map(face.fit, face.kps, height=64, width=64))
     assert back.aligned is None and back.parsing is None and back.photo is None
@@ -221,11 +254,31 @@ def test_face_json_round_trip(analyzer, astronaut):
     assert set(only_detected) == {"bbox", "kps", "det_score"}  # to_json runs nothing
 
 
+def test_age_summary_and_child_gender_follow_the_distribution():
+    from facemakeup.faces.attributes import AGE_BINS, CHILD_MAX_AGE, age_summary, child_adjusted_male
+
+    one_hot = np.eye(81)[[30]]  # surely 30
+    uniform = np.full((1, 81), 1 / 81)
+    child = np.zeros((1, 81))
+    child[0, [4, 6, 8]] = [0.3, 0.4, 0.3]
+    mixed = np.zeros((1, 81))
+    mixed[0, [10, 40]] = 0.5
+    mean, interval, p_child = age_summary(np.concatenate([one_hot, uniform, child, mixed]))
+    np.testing.assert_allclose(mean, [30, AGE_BINS.mean(), 0.3 * 4 + 0.4 * 6 + 0.3 * 8, 25], rtol=1e-6)
+    np.testing.assert_array_equal(interval, [[30, 30], [8, 72], [4, 8], [10, 40]])  # cumulative 0.1 / 0.9 crossings
+    np.testing.assert_allclose(p_child, [0, (CHILD_MAX_AGE + 1) / 81, 1, 0.5], atol=1e-12)
+    # the expectation of a two-peaked distribution sits between the peaks; the interval shows both
+    assert interval[3, 0] < mean[3] < interval[3, 1]
+    np.testing.assert_allclose(child_adjusted_male(np.array([0.95, 0.95, 0.05]), np.array([0.0, 1.0, 0.5])),
+                               [0.95, 0.5, 0.275])
+
+
 def test_parser_left_right_follow_celebamask_and_flip_averaging_is_mirror_consistent(astronaut):
     from facemakeup.faces.parsing import HFLIP_PERMUTATION, FaceParser, celebahq_crop
 
     fast, accurate = FaceParser(quality="fast"), FaceParser(quality="accurate")
-    assert (fast.input_size, fast.flip, accurate.input_size, accurate.flip) == (256, False, 256, True)
+    assert (fast.sides, fast.flip, fast.warp_probabilities) == ((256,), False, False)
+    assert (accurate.sides, accurate.flip, accurate.warp_probabilities, accurate.input_size) == ((256, 320), True, True, 256)
     face = FaceAnalyzer(fitter=None, threads=1).get_face(astronaut)
     for parser in (fast, accurate):
         labels = parser.parse(astronaut, face.kps)

@@ -74,6 +74,31 @@ def test_rasterize_area_and_depth_order():
     assert set(np.unique(tri_id[tri_id >= 0])) == {1} and zbuf.max() == 5
 
 
+def test_interpolation_reproduces_an_affine_attribute_and_normals_match_the_summed_formula():
+    from facemakeup.faces.mesh import vertex_normals
+    from facemakeup.faces.render import interpolate, raster_pixels
+
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(np.linspace(4, 60, 8), np.linspace(4, 60, 8)), -1).reshape(-1, 2) + rng.uniform(-2, 2, (64, 2))
+    tris = np.array([[r * 8 + c, r * 8 + c + 1, r * 8 + c + 8] for r in range(7) for c in range(7)]
+                    + [[r * 8 + c + 1, r * 8 + c + 9, r * 8 + c + 8] for r in range(7) for c in range(7)])
+    values = np.stack([0.3 * grid[:, 0] - 0.7 * grid[:, 1] + 2, grid[:, 0] * 0 + 5], axis=1)  # affine in (x, y)
+    tri_id, ys, xs, tid, w = raster_pixels(grid, np.zeros(64), tris, 64, 64)
+    assert (tid == tri_id[ys, xs]).all() and len(ys) > 2500
+    inside = (w > 1e-9).all(axis=1)  # pixel centres strictly inside their triangle (edges are clipped onto it)
+    got = interpolate(w, tris[tid], values)
+    np.testing.assert_allclose(got[inside, 0], 0.3 * (xs[inside] + 0.5) - 0.7 * (ys[inside] + 0.5) + 2, atol=1e-9)
+    np.testing.assert_allclose(got[:, 1], 5, atol=1e-12)
+    # vertex normals: the area-weighted sum of the incident faces' normals, normalised
+    points = np.concatenate([grid, rng.normal(size=(64, 1))], axis=1)
+    a, b, c = (points[tris[:, k]] for k in range(3))
+    expected = np.zeros_like(points)
+    for k in range(3):
+        np.add.at(expected, tris[:, k], np.cross(b - a, c - a))
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(vertex_normals(points, tris), expected, atol=1e-12)
+
+
 def test_sphere_render_is_lit_from_the_light_side():
     img = render_sphere(sh_from_direction([-1, 0, 0.2]), 64)
     assert img[32, 8].mean() > img[32, 56].mean() + 0.3  # left brighter than right

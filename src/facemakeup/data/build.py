@@ -313,7 +313,7 @@ class RecordMaker:
         with self._stage("captions_masks"):
             if self.captioner is None:
                 a = face.attributes
-                captions = template_captions(a.celeba, a.age, a.gender, a.emotion)
+                captions = template_captions(a.celeba, a.age, a.gender, a.emotion, child=a.child)
             else:
                 info = {"key": key, "width": w, "height": h, "bbox": face.bbox.tolist(), "kps": face.kps.tolist(), **attrs}
                 texts = self.captioner(rgb, info)

@@ -41,7 +41,7 @@ PHRASE_REGIONS = {
     r"(?:a |an )?(?:\w+ )?(?:hat|cap|beanie)": "hat",
     r"(?:a )?(?:necktie|tie|shirt|jacket|suit)": "cloth",
     r"(?:\w+ )?skin|(?:\w+ )?cheeks|(?:heavy )?makeup": "skin",
-    r"(?:young |old |elderly |middle-aged |older )?(?:woman|man|girl|boy|person|lady|gentleman)": "face",
+    r"(?:young |old |elderly |middle-aged |older )?(?:woman|man|girl|boy|child|person|lady|gentleman)": "face",
 }
 
 
@@ -196,7 +196,7 @@ def _join(builder: _Builder, items: list[tuple[str, str]]):
 
 
 def template_captions(attributes: dict[str, float], age: float | None, gender: dict[str, float],
-                      emotion: dict[str, float], threshold: float = 0.5) -> tuple[Caption, Caption]:
+                      emotion: dict[str, float], threshold: float = 0.5, child: float | None = None) -> tuple[Caption, Caption]:
     """Attribute and emotion captions from predicted attributes (the default captioner).
 
     Args:
@@ -205,14 +205,17 @@ def template_captions(attributes: dict[str, float], age: float | None, gender: d
         gender: ``{"female": p, "male": 1 - p}``.
         emotion: label -> probability (labels of ``EMOTION_PHRASES``).
         threshold: an attribute is mentioned when its probability is at least this.
+        child: probability that the face is a child's (``FaceAttributes.child``); from 0.5 the
+            subject is "a child" (no gender word, no age word, no beard or lipstick).
 
     Returns:
         ``(attribute_caption, emotion_caption)``, e.g. "a young woman with wavy blonde hair and
         eyeglasses" and "a woman smiling happily"; phrases carry regions, token indices empty.
     """
     on = {k for k, p in attributes.items() if p >= threshold}
-    noun = "man" if gender.get("male", 0.0) >= 0.5 else "woman"
-    subject = " ".join(w for w in (age_word(age, attributes.get("Young")), noun) if w)
+    is_child = child is not None and child >= 0.5
+    noun = "child" if is_child else "man" if gender.get("male", 0.0) >= 0.5 else "woman"
+    subject = noun if is_child else " ".join(w for w in (age_word(age, attributes.get("Young")), noun) if w)
 
     a = _Builder("attribute").add("a " if not subject.startswith(("a", "e")) else "an ").add(subject, "face")
     hair_colour = max(((p, HAIR_COLOURS[k]) for k, p in attributes.items() if k in HAIR_COLOURS), default=(0.0, ""))
@@ -235,7 +238,7 @@ def template_captions(attributes: dict[str, float], age: float | None, gender: d
             items += [(s, "lower_face") for k, s in FACIAL_HAIR if k in on][:1]
     a.add(" with ")
     _join(a, items[:3])
-    worn = [(s, region) for k, s, region in ACCESSORIES if k in on and not (k == "Wearing_Lipstick" and noun == "man")][:2]
+    worn = [(s, region) for k, s, region in ACCESSORIES if k in on and not (k == "Wearing_Lipstick" and noun != "woman")][:2]
     if worn:
         a.add(", wearing ")
         _join(a, worn)

@@ -99,11 +99,13 @@ def crop_box(image: np.ndarray, box: np.ndarray, size: int) -> np.ndarray:
     x0, y0 = int(round(float(box[0]))), int(round(float(box[1])))
     side = max(int(round(float(box[2]) - float(box[0]))), 1)
     h, w = image.shape[:2]
-    canvas = np.zeros((side, side, 3), dtype=np.uint8)  # zero padding outside the photo
     sx0, sy0 = max(x0, 0), max(y0, 0)
     sx1, sy1 = min(x0 + side, w), min(y0 + side, h)
-    if sx1 > sx0 and sy1 > sy0:
-        canvas[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = image[sy0:sy1, sx0:sx1]
+    if sx1 > sx0 and sy1 > sy0:  # the part inside the photo, zero-padded to the box
+        canvas = cv2.copyMakeBorder(image[sy0:sy1, sx0:sx1], sy0 - y0, y0 + side - sy1, sx0 - x0, x0 + side - sx1,
+                                    cv2.BORDER_CONSTANT, value=0)
+    else:
+        canvas = np.zeros((side, side, 3), dtype=np.uint8)
     interp = cv2.INTER_AREA if side > size else cv2.INTER_CUBIC
     return cv2.resize(canvas, (size, size), interpolation=interp)
 

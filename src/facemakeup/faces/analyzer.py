@@ -56,6 +56,14 @@ STAGES = {
 }
 
 
+#: Side (pixels of the detector's input) below which SCRFD may miss a face at one size that it finds
+#: at a larger one (its smallest anchors are 16 and 32 px at stride 8; on ../shared/data/wild the
+#: smallest face found at 320 was 21 px there). The main-face fast path of ``FaceAnalyzer.get``
+#: relies on it (a box's choice score is at most its longer side); ``benchmarks/face_choice.py``
+#: checks the choices it makes.
+MISSABLE_SIDE = 32
+
+
 class _Pending:
     """Marker of a stage field not computed yet."""
 
@@ -336,6 +344,14 @@ class FaceAnalyzer:
         Only detection runs here; the other stages run when a field is read, or now for the
         ``stages`` named.
 
+        With ``max_faces=1`` (the main face only: ``get_face``, generation, evaluation) detection
+        first runs at the smallest of ``detection_sizes`` alone (320: a quarter of the work of 640)
+        and stops there when its best face settles the choice: a face that size can miss is smaller
+        than ``MISSABLE_SIDE`` pixels of its input, and no face that small can score above the best
+        one found (``face_choice_scores`` <= the box's longer side). Otherwise it runs at
+        every size, as without ``max_faces``. ``benchmarks/face_choice.py`` counts how often the two
+        ways choose differently.
+
         Args:
             image: path, PIL image or ``(H, W, 3)`` uint8 RGB array (see ``load_image``).
             max_faces: keep at most this many (the first in that order); ``None`` keeps all.
@@ -351,17 +367,26 @@ class FaceAnalyzer:
         """
         rgb = load_image(image)
         h, w = rgb.shape[:2]
-        boxes, scores, kps = self.detector.detect_multiscale(rgb, self.detection_sizes(h, w))
+        det_sizes = self.detection_sizes(h, w)
+        found = None
+        if max_faces == 1 and len(det_sizes) > 1:  # the main face only: try the cheapest size alone first
+            found = self.detector.detect_multiscale(rgb, det_sizes[-1:])
+            sides, choice = _rank(*found[:2], h, w)
+            big = sides >= self.min_face_size
+            if not (big.any() and choice[big].max() > MISSABLE_SIDE * max(h, w) / det_sizes[-1]):
+                found = None  # a face this size could miss might score higher: detect at every size
+        if found is None:
+            found = self.detector.detect_multiscale(rgb, det_sizes)
+            sides, choice = _rank(*found[:2], h, w)
+            big = sides >= self.min_face_size
+        boxes, scores, kps = found
         if len(boxes) == 0:
             return []
-        sizes = np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1])
-        big = sizes >= self.min_face_size
         if not big.any():
             raise FaceTooSmallError(
-                f"{_name(image)}: found {len(boxes)} face(s), the largest {sizes.max():.0f} px, all smaller than "
+                f"{_name(image)}: found {len(boxes)} face(s), the largest {sides.max():.0f} px, all smaller than "
                 f"min_face_size={self.min_face_size} px; use a photo where the face is larger"
             )
-        choice = face_choice_scores(boxes, scores, h, w)
         order = [i for i in np.argsort(-choice, kind="stable") if big[i]][:max_faces]
         photo = _Photo(rgb, self)
         faces = [Face(bbox=boxes[i], kps=kps[i], det_score=float(scores[i]), _source=photo) for i in order]
@@ -407,7 +432,7 @@ class FaceAnalyzer:
             NoFaceError: no face found (``FaceTooSmallError`` if only too-small faces were found).
             IndexError: ``face_index`` is beyond the number of faces found.
         """
-        faces = self.get(image)
+        faces = self.get(image, max_faces=1 if face_index == 0 else None)
         if not faces:
             raise NoFaceError(
                 f"{_name(image)}: no face found (tried detection sizes {list(self.det_sizes)}); use a photo "
@@ -449,6 +474,11 @@ class FaceAnalyzer:
         if self.parser is None:
             return [(None,)] * len(faces)
         return [(p,) for p in self.parser.parse_batch([f._source.image for f in faces], [f.kps for f in faces])]
+
+
+def _rank(boxes: np.ndarray, scores: np.ndarray, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each box's longer side (pixels) and its ``face_choice_scores``."""
+    return np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]), face_choice_scores(boxes, scores, height, width)
 
 
 def _name(image: ImageInput) -> str:

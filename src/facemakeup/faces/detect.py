@@ -73,11 +73,9 @@ class SCRFD:
         h, w = image.shape[:2]
         scale = det_size / max(h, w)
         new_w, new_h = max(int(round(w * scale)), 1), max(int(round(h * scale)), 1)
-        canvas = np.zeros((det_size, det_size, 3), dtype=np.uint8)
-        if (new_w, new_h) == (w, h):
-            canvas[:h, :w] = image
-        else:
-            canvas[:new_h, :new_w] = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        resized = image if (new_w, new_h) == (w, h) else cv2.resize(
+            image, (new_w, new_h), interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+        canvas = cv2.copyMakeBorder(resized, 0, det_size - new_h, 0, det_size - new_w, cv2.BORDER_CONSTANT, value=0)
         # (x - 127.5) / 128, HWC -> (1, 3, S, S), in one OpenCV call
         blob = cv2.dnn.blobFromImage(canvas, 1.0 / 128.0, (det_size, det_size), (127.5, 127.5, 127.5), swapRB=False, crop=False)
         outs = self.session.run(None, {self.input_name: blob})
@@ -85,13 +83,12 @@ class SCRFD:
         boxes, scores, kps = [], [], []
         for i, stride in enumerate(STRIDES):
             score = outs[i].reshape(-1)  # (h*w*2,)
-            dist = outs[i + 3].reshape(-1, 4) * stride  # (h*w*2, 4) left, top, right, bottom
-            kp = outs[i + 6].reshape(-1, 5, 2) * stride  # (h*w*2, 5, 2)
-            centres = self._anchors(det_size // stride, det_size // stride, stride)
-            keep = score >= self.det_thresh
-            c = centres[keep]
-            boxes.append(np.concatenate([c - dist[keep, :2], c + dist[keep, 2:]], axis=1))
-            kps.append(c[:, None, :] + kp[keep])
+            keep = np.flatnonzero(score >= self.det_thresh)  # decode the kept anchors only
+            dist = outs[i + 3].reshape(-1, 4)[keep] * stride  # (K, 4) left, top, right, bottom
+            kp = outs[i + 6].reshape(-1, 5, 2)[keep] * stride  # (K, 5, 2)
+            c = self._anchors(det_size // stride, det_size // stride, stride)[keep]
+            boxes.append(np.concatenate([c - dist[:, :2], c + dist[:, 2:]], axis=1))
+            kps.append(c[:, None, :] + kp)
             scores.append(score[keep])
         return self._nms(np.concatenate(boxes) / scale, np.concatenate(scores), np.concatenate(kps) / scale)
 

@@ -33,7 +33,8 @@ ODD_IN_X = np.array([name in ("x", "xy", "xz") for name in SH_BASIS])
 
 def _polys(normals: np.ndarray) -> np.ndarray:
     x, y, z = normals[..., 0], normals[..., 1], normals[..., 2]
-    return np.stack([np.ones_like(x), x, y, z, x * y, x * z, y * z, x * x - y * y, 3 * z * z - 1], axis=-1)
+    # stacked as planes, returned as a (..., 9) view: each plane is written contiguously
+    return np.moveaxis(np.stack([np.ones_like(x), x, y, z, x * y, x * z, y * z, x * x - y * y, 3 * z * z - 1]), 0, -1)
 
 
 def sh_basis(normals: np.ndarray) -> np.ndarray:
@@ -45,7 +46,9 @@ def sh_basis(normals: np.ndarray) -> np.ndarray:
     Returns:
         ``(..., 9)`` float64, columns in ``SH_BASIS`` order, each ``A_l * Y_lm(n)``.
     """
-    return _polys(np.asarray(normals, dtype=np.float64)) * (_A * _Y)
+    out = _polys(np.asarray(normals, dtype=np.float64))
+    out *= _A * _Y
+    return out  # (..., 9), planes contiguous
 
 
 def shade(normals: np.ndarray, sh: np.ndarray) -> np.ndarray:

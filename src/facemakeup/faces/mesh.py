@@ -30,7 +30,7 @@ import numpy as np
 
 from ..errors import FitError
 from .lighting import estimate_sh
-from .render import rasterize
+from .render import interpolate, raster_pixels
 
 
 @dataclass(frozen=True, eq=False)
@@ -145,9 +145,8 @@ def vertex_normals(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
     """
     a, b, c = (points[triangles[:, i]] for i in range(3))
     face_n = np.cross(b - a, c - a)  # length = 2 * area
-    normals = np.zeros_like(points, dtype=np.float64)
-    for i in range(3):
-        np.add.at(normals, triangles[:, i], face_n)
+    corners = np.asarray(triangles).reshape(-1)  # each triangle's normal goes to its three vertices
+    normals = np.stack([np.bincount(corners, np.repeat(face_n[:, c], 3), minlength=len(points)) for c in range(3)], axis=1)
     return normals / np.maximum(np.linalg.norm(normals, axis=1, keepdims=True), 1e-12)
 
 
@@ -255,7 +254,7 @@ class MediaPipeFitter:
         to_crop = np.array([[c, s, 0.0], [-s, c, 0.0]])  # rotate by -angle and scale, about the centre
         to_crop[:, 2] = self.input_size / 2 - to_crop[:, :2] @ centre
         crop = cv2.warpAffine(image, to_crop, (self.input_size, self.input_size), flags=cv2.INTER_LINEAR, borderValue=0)
-        self._net.set_tensor(self._input, (crop.astype(np.float32) / 255.0)[None])  # (1, 192, 192, 3) in [0, 1]
+        self._net.set_tensor(self._input, cv2.divide(crop, 255.0, dtype=cv2.CV_32F)[None])  # (1, 192, 192, 3) in [0, 1]
         self._net.invoke()
         presence = float(1 / (1 + np.exp(-self._net.get_tensor(self._presence).reshape(-1)[0])))
         if presence < self.min_presence:
@@ -330,24 +329,20 @@ def fit_from_vertices(image: np.ndarray, verts: np.ndarray, triangles: np.ndarra
     x1, y1 = np.clip(np.ceil(verts[:, :2].max(axis=0)).astype(int), 0, [w, h])
     scale = min(1.0, raster_size / max(int(x1 - x0), int(y1 - y0), 1))  # raster pixels per photo pixel
     rh, rw = max(int(round((y1 - y0) * scale)), 1), max(int(round((x1 - x0) * scale)), 1)
-    tri_id, bary, _ = rasterize((verts[:, :2] - [x0, y0]) * scale, verts[:, 2] * scale, triangles, rh, rw)
-    covered = tri_id >= 0
+    _, ys, xs, tid, w = raster_pixels((verts[:, :2] - [x0, y0]) * scale, verts[:, 2] * scale, triangles, rh, rw)
     seen = np.zeros(len(triangles), dtype=bool)
-    seen[tri_id[covered]] = True
+    seen[tid] = True
     visible = np.zeros(len(verts), dtype=bool)
     visible[triangles[seen].reshape(-1)] = True
-    skin_tri = skin[triangles].all(axis=1)
-    ys, xs = np.nonzero(covered)
-    keep = skin_tri[tri_id[ys, xs]]
-    ys, xs = ys[keep], xs[keep]
-    if len(ys) < min_pixels:
-        raise FitError(f"only {len(ys)} visible skin pixels: too few for the lighting fit")
-    n = np.einsum("pk,pkc->pc", bary[ys, xs], normals[triangles[tri_id[ys, xs]]])
-    n /= np.linalg.norm(n, axis=1, keepdims=True)
+    keep = np.flatnonzero(np.take(skin[triangles].all(axis=1), tid))  # pixels of skin triangles
+    if len(keep) < min_pixels:
+        raise FitError(f"only {len(keep)} visible skin pixels: too few for the lighting fit")
+    n = interpolate(np.take(w, keep, axis=0), np.take(triangles, np.take(tid, keep), axis=0), normals)
+    n /= np.sqrt(np.einsum("pc,pc->p", n, n))[:, None]
     region = image[y0:y1, x0:x1]
     if (rh, rw) != region.shape[:2]:
         region = cv2.resize(region, (rw, rh), interpolation=cv2.INTER_AREA)
-    colours = region[ys, xs].astype(np.float64) / 255.0
+    colours = np.take(region.reshape(-1, 3), np.take(ys, keep) * rw + np.take(xs, keep), axis=0) / 255.0
     sh = estimate_sh(n, colours)
     return FaceFit(
         vertices=verts.astype(np.float32), triangles=triangles.astype(np.int32), normals=normals.astype(np.float32),

@@ -16,13 +16,64 @@ import numpy as np
 from .lighting import shade
 
 
-def rasterize(xy: np.ndarray, depth: np.ndarray, triangles: np.ndarray, height: int, width: int):
-    """Rasterisation of a triangle mesh with hidden-surface removal.
+def raster_pixels(xy: np.ndarray, depth: np.ndarray, triangles: np.ndarray, height: int, width: int):
+    """The covered pixels of a triangle mesh with hidden-surface removal, as pixel lists.
 
     Triangles are filled with OpenCV (``cv2.fillConvexPoly``, 1/16 pixel precision) far to near by
     their mean depth (painter's algorithm: exact for meshes whose triangles do not interpenetrate,
-    as a face mesh seen from outside), then per-pixel barycentric weights and depth are computed
-    for the pixels each triangle won.
+    as a face mesh seen from outside); then the barycentric weights of the pixel centres are
+    computed for the pixels each triangle won (weights are affine in the pixel position, so per
+    triangle ``w_k = c_k0 + c_k1 * x + c_k2 * y``).
+
+    Args:
+        xy: ``(N, 2)`` float vertex positions in pixels (x right, y down; pixel ``i`` spans [i, i+1)).
+        depth: ``(N,)`` float vertex depth, larger = closer to the viewer.
+        triangles: ``(M, 3)`` int vertex indices (either winding).
+        height, width: raster size in pixels.
+
+    Returns:
+        ``(tri_id, ys, xs, tid, weights)``: ``(H, W)`` int32 index of the visible triangle (-1 =
+        background); ``(P,)`` int64 rows and columns of the covered pixels (row-major order);
+        ``(P,)`` int32 their triangles (``tri_id[ys, xs]``); ``(P, 3)`` float64 barycentric
+        weights of their triangle's vertices (clipped to the triangle at its edges, summing to 1).
+    """
+    import cv2
+
+    xy = np.asarray(xy, dtype=np.float64)
+    triangles = np.asarray(triangles)
+    tri_id = np.full((height, width), -1, dtype=np.int32)
+    fixed = np.round((xy - 0.5) * 16).astype(np.int32)  # cv2 puts pixel centres on integers; 4 fractional bits
+    order = np.argsort(np.asarray(depth, dtype=np.float64)[triangles].mean(axis=1), kind="stable")  # far to near
+    fill, line8 = cv2.fillConvexPoly, cv2.LINE_8
+    for t, poly in zip(order.tolist(), list(fixed[triangles[order]])):
+        fill(tri_id, poly, t, line8, 4)
+    covered = np.flatnonzero(tri_id >= 0)  # row-major; np.take: gathers several times faster than fancy indexing
+    ys, xs = np.divmod(covered, width)
+    tid = np.take(tri_id, covered)
+    a, b, c = (xy[triangles[:, k]] for k in range(3))  # (M, 2) each
+    area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    area = np.where(np.abs(area) < 1e-12, 1e-12, area)
+    coef = np.stack([  # (6, M): w0 = coef0 + coef1 x + coef2 y, w1 = coef3 + coef4 x + coef5 y
+        b[:, 0] * c[:, 1] - b[:, 1] * c[:, 0], b[:, 1] - c[:, 1], c[:, 0] - b[:, 0],
+        c[:, 0] * a[:, 1] - c[:, 1] * a[:, 0], c[:, 1] - a[:, 1], a[:, 0] - c[:, 0],
+    ]) / area
+    k = np.take(coef, tid, axis=1)  # (6, P): planes, so every step below runs on contiguous rows
+    px, py = xs + 0.5, ys + 0.5
+    w = np.empty((3, len(tid)))
+    w[0] = k[0] + k[1] * px + k[2] * py
+    w[1] = k[3] + k[4] * px + k[5] * py
+    np.subtract(1.0, w[0], out=w[2])
+    w[2] -= w[1]
+    w = w.T  # (P, 3) view
+    edge = np.flatnonzero((w[:, 0] < 0) | (w[:, 1] < 0) | (w[:, 2] < 0))  # centres just outside their triangle: onto it
+    if len(edge):
+        we = np.clip(w[edge], 0.0, None)
+        w[edge] = we / np.maximum(we.sum(axis=1, keepdims=True), 1e-12)
+    return tri_id, ys, xs, tid, w
+
+
+def rasterize(xy: np.ndarray, depth: np.ndarray, triangles: np.ndarray, height: int, width: int):
+    """Rasterisation of a triangle mesh with hidden-surface removal, as images (see ``raster_pixels``).
 
     Args:
         xy: ``(N, 2)`` float vertex positions in pixels (x right, y down; pixel ``i`` spans [i, i+1)).
@@ -35,37 +86,30 @@ def rasterize(xy: np.ndarray, depth: np.ndarray, triangles: np.ndarray, height: 
         ``(H, W, 3)`` float32 barycentric weights of its vertices (clipped to the triangle at its
         edges), ``(H, W)`` float32 depth (``-inf`` = background).
     """
-    import cv2
-
-    xy = np.asarray(xy, dtype=np.float64)
-    depth = np.asarray(depth, dtype=np.float64)
-    triangles = np.asarray(triangles)
-    tri_id = np.full((height, width), -1, dtype=np.int32)
-    fixed = np.round((xy - 0.5) * 16).astype(np.int32)  # cv2 puts pixel centres on integers; 4 fractional bits
-    order = np.argsort(depth[triangles].mean(axis=1), kind="stable")  # far to near: nearer triangles overwrite
-    for t, poly in zip(order.tolist(), fixed[triangles[order]]):
-        cv2.fillConvexPoly(tri_id, poly, t, cv2.LINE_8, 4)
+    tri_id, ys, xs, tid, w = raster_pixels(xy, depth, triangles, height, width)
     bary = np.zeros((height, width, 3), dtype=np.float32)
     zbuf = np.full((height, width), -np.inf, dtype=np.float32)
-    ys, xs = np.nonzero(tri_id >= 0)
-    if len(ys):
-        # barycentric weights are affine in the pixel position: w_k = c_k0 + c_k1 * x + c_k2 * y per triangle
-        a, b, c = (xy[triangles[:, k]] for k in range(3))  # (M, 2) each
-        area = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
-        area = np.where(np.abs(area) < 1e-12, 1e-12, area)
-        coef = np.stack([
-            np.stack([b[:, 0] * c[:, 1] - b[:, 1] * c[:, 0], b[:, 1] - c[:, 1], c[:, 0] - b[:, 0]], axis=1),  # w0
-            np.stack([c[:, 0] * a[:, 1] - c[:, 1] * a[:, 0], c[:, 1] - a[:, 1], a[:, 0] - c[:, 0]], axis=1),  # w1
-        ], axis=1) / area[:, None, None]  # (M, 2, 3)
-        tid = tri_id[ys, xs]
-        k = coef[tid]  # (P, 2, 3)
-        w01 = k[:, :, 0] + k[:, :, 1] * (xs + 0.5)[:, None] + k[:, :, 2] * (ys + 0.5)[:, None]  # (P, 2)
-        w = np.clip(np.concatenate([w01, 1 - w01.sum(axis=1, keepdims=True)], axis=1), 0, None)  # edge pixels: onto the triangle
-        w /= np.maximum(w.sum(axis=1, keepdims=True), 1e-12)
-        corners = triangles[tid]  # (P, 3)
-        bary[ys, xs] = w
-        zbuf[ys, xs] = (w * depth[corners]).sum(axis=1)
+    bary[ys, xs] = w
+    zbuf[ys, xs] = interpolate(w, np.take(np.asarray(triangles), tid, axis=0), np.asarray(depth, dtype=np.float64))
     return tri_id, bary, zbuf
+
+
+def interpolate(weights: np.ndarray, corners: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Barycentric interpolation of per-vertex ``values`` at pixels.
+
+    Args:
+        weights: ``(P, 3)`` barycentric weights (``raster_pixels``).
+        corners: ``(P, 3)`` vertex indices of each pixel's triangle.
+        values: ``(N,)`` or ``(N, C)`` per-vertex values.
+
+    Returns:
+        ``(P,)`` or ``(P, C)`` float64 (a column-major array: computed one channel at a time).
+    """
+    planar = np.ascontiguousarray(np.asarray(values, dtype=np.float64).T)  # (C, N) or (N,)
+    out = np.take(planar, corners[:, 0], axis=-1) * weights[:, 0]
+    for k in (1, 2):
+        out += np.take(planar, corners[:, k], axis=-1) * weights[:, k]
+    return out.T
 
 
 def render_normals(xy, depth, triangles, vertex_normals, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,13 +123,11 @@ def render_normals(xy, depth, triangles, vertex_normals, height: int, width: int
     Returns:
         ``(normals (H, W, 3) float64, mask (H, W) bool)``; normals are zero outside the mask.
     """
-    tri_id, bary, _ = rasterize(xy, depth, triangles, height, width)
-    mask = tri_id >= 0
+    tri_id, ys, xs, tid, w = raster_pixels(xy, depth, triangles, height, width)
     normals = np.zeros((height, width, 3))
-    corners = np.asarray(triangles)[tri_id[mask]]  # (P, 3)
-    n = np.einsum("pk,pkc->pc", bary[mask], np.asarray(vertex_normals)[corners])
-    normals[mask] = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-    return normals, mask
+    n = interpolate(w, np.take(np.asarray(triangles), tid, axis=0), np.asarray(vertex_normals, dtype=np.float64))
+    normals[ys, xs] = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+    return normals, tri_id >= 0
 
 
 def render_shading(xy, depth, triangles, vertex_normals, sh: np.ndarray, height: int, width: int, grey: bool = True) -> np.ndarray:
@@ -101,10 +143,11 @@ def render_shading(xy, depth, triangles, vertex_normals, sh: np.ndarray, height:
     Returns:
         ``(H, W)`` (grey) or ``(H, W, 3)`` float64 in [0, 1]; 0 off the mesh.
     """
-    normals, mask = render_normals(xy, depth, triangles, vertex_normals, height, width)
+    tri_id, ys, xs, tid, w = raster_pixels(xy, depth, triangles, height, width)
+    n = interpolate(w, np.take(np.asarray(triangles), tid, axis=0), np.asarray(vertex_normals, dtype=np.float64))
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
     out = np.zeros((height, width, 3))
-    out[mask] = shade(normals[mask], sh)
-    out = np.clip(out, 0.0, 1.0)
+    out[ys, xs] = np.clip(shade(n, sh), 0.0, 1.0)
     return out.mean(axis=2) if grey else out
 
 
