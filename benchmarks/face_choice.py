@@ -12,8 +12,10 @@ photos: the sheet must be written OUTSIDE the repository, /tmp by default).
 
 It also checks ``get(max_faces=1)``'s fast path (detection at 320 alone when that settles the main
 face) against full detection, on wild and the first ``--celebamask`` CelebAMask-HQ photos (512 px):
-how often the fast path was taken, how often it chose another face (box IoU < 0.5), and how far its
-keypoints and ArcFace embedding moved (the pooled detection may keep the 640 px box instead).
+how often the fast path was taken, how often it chose another face (box IoU < 0.5), how far its
+keypoints and ArcFace embedding moved (the pooled detection may keep the 640 px box instead), and
+the identity verification ROC AUC over all photo pairs of the two sets (labelled identities) with
+the embeddings of either way.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from collections import defaultdict
 
 import numpy as np
 from PIL import Image, ImageDraw
+from sklearn.metrics import roc_auc_score  # the test extra
 from tqdm import tqdm
 
 from common import ROOT, SHARED_DATA, write_result
@@ -32,15 +35,16 @@ from facemakeup.faces import FaceAnalyzer, load_image
 from facemakeup.faces.analyzer import face_choice_scores
 
 
-def fast_path_check(analyzer: FaceAnalyzer, photos) -> dict:
-    """``get(max_faces=1)`` against the first face of full detection, over (name, rgb, faces) triples."""
+def fast_path_check(analyzer: FaceAnalyzer, photos, pairs: list) -> dict:
+    """``get(max_faces=1)`` against the first face of full detection, over (name, rgb, faces, identity)
+    tuples; appends (identity, full embedding, fast embedding) to ``pairs`` for photos with an identity."""
     calls = []
     full = analyzer.detector.detect_multiscale
     analyzer.detector.detect_multiscale = lambda rgb, sizes: calls.append(len(sizes)) or full(rgb, sizes)
     n = taken = other = 0
     kp_dev, cos = [], []
     try:
-        for name, rgb, faces in tqdm(photos, desc="fast path"):
+        for name, rgb, faces, ident in tqdm(photos, desc="fast path"):
             calls.clear()
             fast = analyzer.get(rgb, max_faces=1, stages=("embed",))
             n += 1
@@ -57,6 +61,8 @@ def fast_path_check(analyzer: FaceAnalyzer, photos) -> dict:
                 continue
             kp_dev.append(float(np.abs(fast[0].kps - faces[0].kps).max() / faces[0].size))
             cos.append(float(fast[0].embedding @ faces[0].embedding))
+            if ident:
+                pairs.append((ident, faces[0].embedding, fast[0].embedding))
     finally:
         analyzer.detector.detect_multiscale = full
     return {"photos": n, "fast_path_taken": int(taken), "chose_another_face": other,
@@ -68,7 +74,7 @@ def fast_path_check(analyzer: FaceAnalyzer, photos) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--limit", type=int, default=None, help="first N photos")
-    parser.add_argument("--celebamask", type=int, default=300, help="CelebAMask-HQ photos for the fast-path check")
+    parser.add_argument("--celebamask", type=int, default=850, help="CelebAMask-HQ photos for the fast-path check")
     parser.add_argument("--sheet", default="/tmp/face_choice_changed.jpg", help="contact sheet path (outside the repository)")
     args = parser.parse_args()
     if not SHARED_DATA.is_dir():
@@ -89,10 +95,20 @@ def main() -> None:
         rgb = load_image(wild / name)
         faces = analyzer.get(rgb, stages=("embed",))
         photos[name] = (rgb, faces)
-    celebamask = sorted((SHARED_DATA / "celebamask-hq" / "images").iterdir())[: args.celebamask]
-    fast_path = {"wild": fast_path_check(analyzer, [(n, rgb, faces) for n, (rgb, faces) in photos.items()]),
-                 "celebamask-hq": fast_path_check(analyzer, ((p.name, rgb, analyzer.get(rgb, stages=("embed",)))
-                                                              for p in celebamask for rgb in [load_image(p)]))}
+    with open(SHARED_DATA / "celebamask-hq" / "index.tsv") as f:
+        celebamask = list(csv.DictReader(f, delimiter="\t"))[: args.celebamask]
+    pairs: list[tuple] = []  # (identity, full-detection embedding, fast-path embedding)
+    fast_path = {"wild": fast_path_check(analyzer, [(n, rgb, faces, identity[n]) for n, (rgb, faces) in photos.items()], pairs),
+                 "celebamask-hq": fast_path_check(analyzer, ((r["image"], rgb, analyzer.get(rgb, stages=("embed",)), f"c{r['identity']}")
+                                                              for r in celebamask for rgb in [load_image(SHARED_DATA / "celebamask-hq" / r["image"])]),
+                                                  pairs)}
+    ids = np.array([p[0] for p in pairs])
+    same = (ids[:, None] == ids[None])[np.triu_indices(len(ids), 1)]
+    fast_path["verification_pairs"] = {"photos": len(ids), "same_identity_pairs": int(same.sum()), "pairs": int(len(same))}
+    for k, way in ((1, "full_detection"), (2, "fast_path")):
+        emb = np.stack([p[k] for p in pairs])
+        sims = (emb @ emb.T)[np.triu_indices(len(ids), 1)]
+        fast_path["verification_pairs"][f"roc_auc_{way}"] = float(roc_auc_score(same, sims))
 
     by_identity = defaultdict(list)
     for name, (_, faces) in photos.items():
