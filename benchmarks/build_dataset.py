@@ -77,7 +77,7 @@ def main():
     photos = sum(args.limit for _ in runs)
     result = {
         "benchmark": "build_dataset", "input": str(args.input), "photos_per_run": args.limit,
-        "note": "subset of celeba-hq-256 (the machine is shared by ~7 engineers); every run in a fresh process, models loading included",
+        "note": "first --limit photos of celeba-hq-256; every run in a fresh process, models loading included; load_average_before per run says whether the machine was shared",
         "runs": runs,
         "stage_seconds_per_photo": {k: round(v / photos, 4) for k, v in stage_total.items()},
         "captions": {
