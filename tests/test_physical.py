@@ -9,7 +9,7 @@ from facemakeup.eval import light_rmse, pose_rmse
 from facemakeup.faces import lighting
 from facemakeup.faces.lighting import SH_BASIS, estimate_sh, mirror_sh, sh_basis, sh_from_direction, shade
 from facemakeup.faces.mesh import euler_to_rotation, fit_from_vertices, rotation_to_euler
-from facemakeup.faces.render import rasterize, render_shading, render_sphere, shading_map
+from facemakeup.faces.render import interpolate, raster_pixels, render_shading, render_sphere, shading_map
 
 
 def random_normals(n, seed=0, front=True):
@@ -61,22 +61,23 @@ def test_mirror_sh_matches_mirrored_normals():
 
 
 # ---------------------------------------------------------------------------- rasteriser
-def test_rasterize_area_and_depth_order():
+def test_raster_pixels_area_and_depth_order():
     square = np.array([[10, 10], [50, 10], [50, 50], [10, 50]], float)
     tris = np.array([[0, 1, 2], [0, 2, 3]])
-    tri_id, bary, zbuf = rasterize(square, np.zeros(4), tris, 64, 64)
-    assert 40 * 40 <= (tri_id >= 0).sum() <= 41 * 41  # pixel centres inside [10, 50]^2 (OpenCV fills both edges)
+    tri_id, ys, xs, tid, w = raster_pixels(square, np.zeros(4), tris, 64, 64)
+    assert 40 * 40 <= (tri_id >= 0).sum() <= 41 * 41 and len(ys) == (tri_id >= 0).sum()  # centres in [10, 50]^2 (both edges)
     assert tri_id[30, 30] >= 0 and tri_id[8, 30] == -1 and tri_id[30, 52] == -1
-    np.testing.assert_allclose(bary[tri_id >= 0].sum(axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(w.sum(axis=1), 1.0, atol=1e-12)
+    assert (w >= 0).all()  # edge pixels are clipped onto their triangle
     # two overlapping triangles: the closer (larger depth) wins
     xy = np.array([[0, 0], [60, 0], [0, 60], [0, 0], [60, 0], [0, 60]], float)
-    tri_id, _, zbuf = rasterize(xy, np.array([1, 1, 1, 5, 5, 5.0]), np.array([[0, 1, 2], [3, 4, 5]]), 64, 64)
-    assert set(np.unique(tri_id[tri_id >= 0])) == {1} and zbuf.max() == 5
+    depth = np.array([1, 1, 1, 5, 5, 5.0])
+    tri_id, ys, xs, tid, w = raster_pixels(xy, depth, np.array([[0, 1, 2], [3, 4, 5]]), 64, 64)
+    assert set(np.unique(tid)) == {1} and np.allclose(interpolate(w, np.array([[3, 4, 5]] * len(tid)), depth), 5)
 
 
 def test_interpolation_reproduces_an_affine_attribute_and_normals_match_the_summed_formula():
     from facemakeup.faces.mesh import vertex_normals
-    from facemakeup.faces.render import interpolate, raster_pixels
 
     rng = np.random.default_rng(0)
     grid = np.stack(np.meshgrid(np.linspace(4, 60, 8), np.linspace(4, 60, 8)), -1).reshape(-1, 2) + rng.uniform(-2, 2, (64, 2))

@@ -72,28 +72,6 @@ def raster_pixels(xy: np.ndarray, depth: np.ndarray, triangles: np.ndarray, heig
     return tri_id, ys, xs, tid, w
 
 
-def rasterize(xy: np.ndarray, depth: np.ndarray, triangles: np.ndarray, height: int, width: int):
-    """Rasterisation of a triangle mesh with hidden-surface removal, as images (see ``raster_pixels``).
-
-    Args:
-        xy: ``(N, 2)`` float vertex positions in pixels (x right, y down; pixel ``i`` spans [i, i+1)).
-        depth: ``(N,)`` float vertex depth, larger = closer to the viewer.
-        triangles: ``(M, 3)`` int vertex indices (either winding).
-        height, width: raster size in pixels.
-
-    Returns:
-        ``(tri_id, bary, zbuf)``: ``(H, W)`` int32 index of the visible triangle (-1 = background),
-        ``(H, W, 3)`` float32 barycentric weights of its vertices (clipped to the triangle at its
-        edges), ``(H, W)`` float32 depth (``-inf`` = background).
-    """
-    tri_id, ys, xs, tid, w = raster_pixels(xy, depth, triangles, height, width)
-    bary = np.zeros((height, width, 3), dtype=np.float32)
-    zbuf = np.full((height, width), -np.inf, dtype=np.float32)
-    bary[ys, xs] = w
-    zbuf[ys, xs] = interpolate(w, np.take(np.asarray(triangles), tid, axis=0), np.asarray(depth, dtype=np.float64))
-    return tri_id, bary, zbuf
-
-
 def interpolate(weights: np.ndarray, corners: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Barycentric interpolation of per-vertex ``values`` at pixels.
 
@@ -112,29 +90,11 @@ def interpolate(weights: np.ndarray, corners: np.ndarray, values: np.ndarray) ->
     return out.T
 
 
-def render_normals(xy, depth, triangles, vertex_normals, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-pixel unit normals (Phong interpolation of vertex normals) and the coverage mask.
-
-    Args:
-        xy, depth, triangles: the mesh in raster pixels (see ``rasterize``).
-        vertex_normals: ``(N, 3)`` unit normals, camera frame (x right, y up, z toward the viewer).
-        height, width: raster size in pixels.
-
-    Returns:
-        ``(normals (H, W, 3) float64, mask (H, W) bool)``; normals are zero outside the mask.
-    """
-    tri_id, ys, xs, tid, w = raster_pixels(xy, depth, triangles, height, width)
-    normals = np.zeros((height, width, 3))
-    n = interpolate(w, np.take(np.asarray(triangles), tid, axis=0), np.asarray(vertex_normals, dtype=np.float64))
-    normals[ys, xs] = n / np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
-    return normals, tri_id >= 0
-
-
 def render_shading(xy, depth, triangles, vertex_normals, sh: np.ndarray, height: int, width: int, grey: bool = True) -> np.ndarray:
     """Lambertian render of a mesh under SH lighting, on black.
 
     Args:
-        xy, depth, triangles: the mesh in raster pixels (see ``rasterize``).
+        xy, depth, triangles: the mesh in raster pixels (see ``raster_pixels``).
         vertex_normals: ``(N, 3)`` unit normals, camera frame (x right, y up, z toward the viewer).
         sh: ``(9, 3)`` SH coefficients (``lighting.SH_BASIS`` order).
         height, width: output size.
