@@ -35,7 +35,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from common import write_result
 from facemakeup.model.shadingnet import shadingnet_from_unet
-from facemakeup.model.tiny import tiny_components
+from facemakeup.model.tiny import random_faceid_plusv2_state_dict, tiny_components
 from facemakeup.pipeline import FaceMakeUpPipeline
 
 
@@ -52,35 +52,6 @@ def sd15_components() -> dict:
     parts["text_encoder"] = CLIPTextModel(CLIPTextConfig(vocab_size=514, hidden_size=768, intermediate_size=64, num_hidden_layers=1,
                                                          num_attention_heads=12, bos_token_id=512, eos_token_id=513, pad_token_id=513)).eval()
     return parts
-
-
-def faceid_plusv2(unet, clip_dim: int, rank: int = 128) -> dict:
-    """Random weights in the h94 ``ip-adapter-faceid-plusv2_sd15.bin`` layout (names and shapes)."""
-    g = torch.Generator().manual_seed(0)
-    w = lambda *shape: torch.randn(*shape, generator=g) * 0.02  # noqa: E731
-    d = unet.config.cross_attention_dim
-    inner = 64 * max(d // 64, 1)
-    proj = {"proj.0.weight": w(1024, 512), "proj.0.bias": w(1024), "proj.2.weight": w(4 * d, 1024), "proj.2.bias": w(4 * d),
-            "norm.weight": 1 + w(d), "norm.bias": w(d)}
-    r = "perceiver_resampler."
-    proj.update({r + "proj_in.weight": w(d, clip_dim), r + "proj_in.bias": w(d), r + "proj_out.weight": w(d, d), r + "proj_out.bias": w(d),
-                 r + "norm_out.weight": 1 + w(d), r + "norm_out.bias": w(d)})
-    for i in range(4):
-        p = f"{r}layers.{i}."
-        proj.update({p + "0.norm1.weight": 1 + w(d), p + "0.norm1.bias": w(d), p + "0.norm2.weight": 1 + w(d), p + "0.norm2.bias": w(d),
-                     p + "0.to_q.weight": w(inner, d), p + "0.to_kv.weight": w(2 * inner, d), p + "0.to_out.weight": w(d, inner),
-                     p + "1.0.weight": 1 + w(d), p + "1.0.bias": w(d), p + "1.1.weight": w(4 * d, d), p + "1.3.weight": w(d, 4 * d)})
-    ip = {}
-    for i, name in enumerate(unet.attn_processors):
-        attn = unet.get_submodule(name[: -len(".processor")])
-        hidden, ctx = attn.to_k.out_features, attn.to_k.in_features
-        for t, fan_in in (("to_q", hidden), ("to_k", ctx), ("to_v", ctx), ("to_out", hidden)):
-            ip[f"{i}.{t}_lora.down.weight"] = w(rank, fan_in)
-            ip[f"{i}.{t}_lora.up.weight"] = w(hidden, rank)
-        if attn.is_cross_attention:
-            ip[f"{i}.to_k_ip.weight"] = w(hidden, d)
-            ip[f"{i}.to_v_ip.weight"] = w(hidden, d)
-    return {"image_proj": proj, "ip_adapter": ip}
 
 
 def timed(fn, repeats: int) -> float:
@@ -111,7 +82,7 @@ def bench(size: str, steps: int, repeats: int) -> dict:
     clip = torch.randn(1, clip_len, clip_dim, generator=g)
     uncond_clip = torch.randn(1, clip_len, clip_dim, generator=g)
     shading = torch.rand(1, 3, px, px, generator=g)
-    state = faceid_plusv2(unet, clip_dim)
+    state = random_faceid_plusv2_state_dict(unet, clip_dim, rank=128, std=0.02)  # h94's layout, random values
     common = dict(height=px, width=px, latents=latents, output_type="latent")
     t = {}
     with torch.no_grad():

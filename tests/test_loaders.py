@@ -22,7 +22,7 @@ from facemakeup.errors import CheckpointError, CheckpointLayoutError
 from facemakeup.model.loaders import load_checkpoint, write_checkpoint
 from facemakeup.model.tiny import tiny_components
 from facemakeup.pipeline import FaceMakeUpPipeline
-from test_model import faceid_plusv2_state_dict
+from facemakeup.model.tiny import random_faceid_plusv2_state_dict
 
 D = 32  # the tiny UNet's cross-attention width
 CLIP = 32  # the tiny CLIP's hidden width
@@ -156,8 +156,8 @@ def inputs(seed=0, n=1):
 
 LAYOUTS = {  # name: (state builder, file name, shortcut, tokens per face, references)
     "ip-adapter-faceid": (lambda u: faceid_state_dict(u, 1), "ip-adapter-faceid_sd15.bin", None, 4, 1),
-    "ip-adapter-faceid-plus": (lambda u: faceid_plusv2_state_dict(u, CLIP, 2), "ip-adapter-faceid-plus_sd15.bin", False, 4, 1),
-    "ip-adapter-faceid-plusv2": (lambda u: faceid_plusv2_state_dict(u, CLIP, 3), "ip-adapter-faceid-plusv2_sd15.safetensors", True, 4, 1),
+    "ip-adapter-faceid-plus": (lambda u: random_faceid_plusv2_state_dict(u, CLIP, 2), "ip-adapter-faceid-plus_sd15.bin", False, 4, 1),
+    "ip-adapter-faceid-plusv2": (lambda u: random_faceid_plusv2_state_dict(u, CLIP, 3), "ip-adapter-faceid-plusv2_sd15.safetensors", True, 4, 1),
     "ip-adapter-faceid-portrait": (lambda u: faceid_state_dict(u, 4, tokens=16, lora=False), "ip-adapter-faceid-portrait_sd15.bin", None, 16, 3),
 }
 
@@ -222,7 +222,7 @@ def test_face_makeup_model_bin_with_its_controlnet(tmp_path, parts, astronaut, v
     from facemakeup.faces.conditions import condition_map
     from facemakeup.model.shadingnet import shadingnet_from_unet
 
-    state = faceid_plusv2_state_dict(parts["unet"], CLIP, 7)
+    state = random_faceid_plusv2_state_dict(parts["unet"], CLIP, 7)
     net = _perturbed(shadingnet_from_unet(parts["unet"], 2), 8)
     state["controlnet"] = net.state_dict()
     path = save(state, tmp_path / "model.bin")
@@ -292,14 +292,14 @@ def test_convert_writes_face_makeup_v2_with_the_controlnet(tmp_path, parts):
     from facemakeup.model.shadingnet import shadingnet_from_unet
 
     net = _perturbed(shadingnet_from_unet(parts["unet"], 2), 3)
-    ckpt = load_checkpoint(save(faceid_plusv2_state_dict(parts["unet"], CLIP, 1), tmp_path / "a.bin"), parts["unet"])
+    ckpt = load_checkpoint(save(random_faceid_plusv2_state_dict(parts["unet"], CLIP, 1), tmp_path / "a.bin"), parts["unet"])
     write_checkpoint(tmp_path / "ours", ckpt.adapter, net, "ours")
     back = load_checkpoint(tmp_path / "ours", parts["unet"])
     assert back.layout == "ours" and back.controlnet is not None
     write_checkpoint(tmp_path / "v2", back.adapter, back.controlnet, "face-makeup-v2")
     raw = torch.load(tmp_path / "v2" / "model.bin", weights_only=True)
     assert set(raw) == {"image_proj", "ip_adapter", "controlnet"}
-    assert set(raw["image_proj"]) == set(faceid_plusv2_state_dict(parts["unet"], CLIP)["image_proj"])
+    assert set(raw["image_proj"]) == set(random_faceid_plusv2_state_dict(parts["unet"], CLIP)["image_proj"])
     for k, v in net.state_dict().items():
         assert torch.equal(raw["controlnet"][k], v)
     assert load_checkpoint(tmp_path / "v2" / "model.bin", parts["unet"], vae_scale_factor=2).layout == "face-makeup"
@@ -321,7 +321,7 @@ def test_unload_restores_the_plain_unet_bit_exactly(tmp_path, parts):
     before = plain(latents, 10, encoder_hidden_states=text).sample
 
     pipe = ours_pipeline(parts)
-    pipe.load_face_adapter(save(faceid_plusv2_state_dict(parts["unet"], CLIP, 5), tmp_path / "a.bin"))
+    pipe.load_face_adapter(save(random_faceid_plusv2_state_dict(parts["unet"], CLIP, 5), tmp_path / "a.bin"))
     pipe.face_adapter.fuse_lora()
     pipe.load_face_adapter(save(faceid_state_dict(parts["unet"], 6), tmp_path / "b.bin"))  # replaces the first
     pipe.face_adapter.fuse_lora()
@@ -337,7 +337,7 @@ def test_unload_restores_the_plain_unet_bit_exactly(tmp_path, parts):
 
 def test_set_face_adapter_scale_per_block(tmp_path, parts):
     pipe = ours_pipeline(parts)
-    pipe.load_face_adapter(save(faceid_plusv2_state_dict(parts["unet"], CLIP, 5), tmp_path / "a.bin"))
+    pipe.load_face_adapter(save(random_faceid_plusv2_state_dict(parts["unet"], CLIP, 5), tmp_path / "a.bin"))
     scales = lambda: {n[: -len(".processor")]: p.scale for n, p in pipe.unet.attn_processors.items() if hasattr(p, "scale")}  # noqa: E731
     assert set(map(tuple, scales().values())) == {(0.6,)}  # the default after loading
     pipe.set_face_adapter_scale({"up": {"block_1": [0.0, 1.0]}, "mid": 0.5})
@@ -360,7 +360,7 @@ def test_set_face_adapter_scale_per_block(tmp_path, parts):
 
 # ---------------------------------------------------------------------------- errors
 def test_unknown_layout_names_the_nearest_and_the_differing_keys(tmp_path, parts):
-    state = faceid_plusv2_state_dict(parts["unet"], CLIP)
+    state = random_faceid_plusv2_state_dict(parts["unet"], CLIP)
     del state["ip_adapter"]["3.to_k_ip.weight"]
     state["ip_adapter"]["99.to_k_ip.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointLayoutError, match=r"nearest known: ip-adapter-faceid-plus .*missing 1 keys \['ip_adapter.3.to_k_ip.weight'\], "
@@ -446,7 +446,7 @@ def test_cli_convert_and_generate_with_keypoints(tmp_path, astronaut):
     from facemakeup.cli import main
 
     unet = tiny_components()["unet"]  # `--model tiny`'s UNet layout
-    save(faceid_plusv2_state_dict(unet, CLIP, 4), tmp_path / "plusv2.bin")
+    save(random_faceid_plusv2_state_dict(unet, CLIP, 4), tmp_path / "plusv2.bin")
     runner = CliRunner()
     res = runner.invoke(main, ["convert", str(tmp_path / "plusv2.bin"), str(tmp_path / "ours"), "--to", "ours", "--model", "tiny"])
     assert res.exit_code == 0, res.output

@@ -9,50 +9,10 @@ from diffusers import StableDiffusionPipeline
 
 from facemakeup.model import FaceIDAdapter
 from facemakeup.model.loaders import adapter_from_state_dict
-from facemakeup.model.tiny import tiny_components
+from facemakeup.model.tiny import random_faceid_plusv2_state_dict, tiny_components
 from facemakeup.pipeline import FaceMakeUpPipeline
 
 RANK = 4
-
-
-def faceid_plusv2_state_dict(unet, clip_dim: int, seed: int = 0, rank: int = RANK) -> dict:
-    """Random weights in the h94 ``ip-adapter-faceid-plusv2_sd15.bin`` layout (IP-Adapter's
-    ``ProjPlusModel`` + ``FacePerceiverResampler`` names, LoRA and IP keys numbered by processor)."""
-    g = torch.Generator().manual_seed(seed)
-
-    def w(*shape):
-        return torch.randn(*shape, generator=g) * 0.05
-
-    d = unet.config.cross_attention_dim
-    inner = 64 * max(d // 64, 1)
-    proj = {
-        "proj.0.weight": w(1024, 512), "proj.0.bias": w(1024),
-        "proj.2.weight": w(4 * d, 1024), "proj.2.bias": w(4 * d),
-        "norm.weight": 1 + w(d), "norm.bias": w(d),
-        "perceiver_resampler.proj_in.weight": w(d, clip_dim), "perceiver_resampler.proj_in.bias": w(d),
-        "perceiver_resampler.proj_out.weight": w(d, d), "perceiver_resampler.proj_out.bias": w(d),
-        "perceiver_resampler.norm_out.weight": 1 + w(d), "perceiver_resampler.norm_out.bias": w(d),
-    }
-    for i in range(4):
-        p = f"perceiver_resampler.layers.{i}."
-        proj.update({
-            p + "0.norm1.weight": 1 + w(d), p + "0.norm1.bias": w(d),
-            p + "0.norm2.weight": 1 + w(d), p + "0.norm2.bias": w(d),
-            p + "0.to_q.weight": w(inner, d), p + "0.to_kv.weight": w(2 * inner, d), p + "0.to_out.weight": w(d, inner),
-            p + "1.0.weight": 1 + w(d), p + "1.0.bias": w(d),
-            p + "1.1.weight": w(4 * d, d), p + "1.3.weight": w(d, 4 * d),
-        })
-    ip = {}
-    for i, name in enumerate(unet.attn_processors):
-        attn = unet.get_submodule(name[: -len(".processor")])
-        hidden, ctx = attn.to_k.out_features, attn.to_k.in_features
-        for t, fan_in in (("to_q", hidden), ("to_k", ctx), ("to_v", ctx), ("to_out", hidden)):
-            ip[f"{i}.{t}_lora.down.weight"] = w(rank, fan_in)
-            ip[f"{i}.{t}_lora.up.weight"] = w(hidden, rank)
-        if attn.is_cross_attention:
-            ip[f"{i}.to_k_ip.weight"] = w(hidden, d)
-            ip[f"{i}.to_v_ip.weight"] = w(hidden, d)
-    return {"image_proj": proj, "ip_adapter": ip}
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +22,7 @@ def parts():
 
 @pytest.fixture(scope="module")
 def checkpoint(parts):
-    return faceid_plusv2_state_dict(parts["unet"], parts["image_encoder"].config.hidden_size)
+    return random_faceid_plusv2_state_dict(parts["unet"], parts["image_encoder"].config.hidden_size)
 
 
 def ours_and_diffusers(parts, checkpoint):

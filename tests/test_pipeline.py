@@ -157,10 +157,10 @@ def save_tiny_backbone(folder, seed):
 
 def test_from_backbone_loads_local_folders(tmp_path, astronaut):
     """The real loading path of an SD 1.5 folder + CLIP encoder folder + IP-Adapter checkpoint file."""
-    from test_model import faceid_plusv2_state_dict
+    from facemakeup.model.tiny import random_faceid_plusv2_state_dict
 
     parts = save_tiny_backbone(tmp_path, seed=7)
-    ckpt = faceid_plusv2_state_dict(parts["unet"], 32)
+    ckpt = random_faceid_plusv2_state_dict(parts["unet"], 32)
     torch.save(ckpt, tmp_path / "ip-adapter-faceid-plusv2_sd15.bin")
 
     pipe = FaceMakeUpPipeline.from_backbone(tmp_path / "sd15", image_encoder=tmp_path / "clip",
@@ -219,10 +219,10 @@ def test_shadingnet_reads_the_shading_map_and_only_the_id_tokens(pipe, astronaut
 
 def test_face_makeup_v2_checkpoint_loads_adapter_and_shadingnet(tmp_path, astronaut):
     """Face-MakeUpV2's model.bin: one pickle with image_proj, ip_adapter and controlnet."""
-    from test_model import faceid_plusv2_state_dict
+    from facemakeup.model.tiny import random_faceid_plusv2_state_dict
 
     parts = save_tiny_backbone(tmp_path, seed=9)
-    ckpt = faceid_plusv2_state_dict(parts["unet"], 32)
+    ckpt = random_faceid_plusv2_state_dict(parts["unet"], 32)
     net = _perturbed_shadingnet(parts["unet"], seed=4)
     ckpt["controlnet"] = net.state_dict()
     torch.save(ckpt, tmp_path / "model.bin")

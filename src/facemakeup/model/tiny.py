@@ -103,3 +103,52 @@ def tiny_components(seed: int = 0, sample_size: int = 32) -> dict:
         "image_encoder": image_encoder.eval(),
         "feature_extractor": feature_extractor,
     }
+
+
+def random_faceid_plusv2_state_dict(unet: UNet2DConditionModel, clip_dim: int, seed: int = 0, rank: int = 4,
+                                    std: float = 0.05) -> dict:
+    """Random weights in h94's ``ip-adapter-faceid-plusv2_sd15.bin`` layout, sized for ``unet``.
+
+    The key names and shapes of IP-Adapter's ``ProjPlusModel`` + ``FacePerceiverResampler``
+    (``image_proj``: a 512 -> 1024 -> 4 x d MLP with LayerNorm, a 4-layer perceiver resampler
+    from ``clip_dim``) and of its attention processors (``ip_adapter``: ``{i}.to_{q,k,v,out}_lora``
+    down/up of ``rank`` for every processor ``i`` in ``unet.attn_processors`` order, and
+    ``{i}.to_{k,v}_ip`` for the cross-attention ones), d = the UNet's cross-attention width.
+    For tests and speed benchmarks of the loaders: the values mean nothing.
+
+    Args:
+        unet: the UNet the weights are for. clip_dim: the CLIP image encoder's hidden size.
+        seed: ``torch.Generator`` seed. rank: LoRA rank. std: standard deviation of the weights
+            (LayerNorm weights are 1 + that noise).
+
+    Returns:
+        ``{"image_proj": {...}, "ip_adapter": {...}}`` of float32 tensors.
+    """
+    g = torch.Generator().manual_seed(seed)
+
+    def w(*shape):
+        return torch.randn(*shape, generator=g) * std
+
+    d = unet.config.cross_attention_dim
+    inner = 64 * max(d // 64, 1)
+    r = "perceiver_resampler."
+    proj = {"proj.0.weight": w(1024, 512), "proj.0.bias": w(1024), "proj.2.weight": w(4 * d, 1024), "proj.2.bias": w(4 * d),
+            "norm.weight": 1 + w(d), "norm.bias": w(d),
+            r + "proj_in.weight": w(d, clip_dim), r + "proj_in.bias": w(d), r + "proj_out.weight": w(d, d), r + "proj_out.bias": w(d),
+            r + "norm_out.weight": 1 + w(d), r + "norm_out.bias": w(d)}
+    for i in range(4):
+        p = f"{r}layers.{i}."
+        proj.update({p + "0.norm1.weight": 1 + w(d), p + "0.norm1.bias": w(d), p + "0.norm2.weight": 1 + w(d), p + "0.norm2.bias": w(d),
+                     p + "0.to_q.weight": w(inner, d), p + "0.to_kv.weight": w(2 * inner, d), p + "0.to_out.weight": w(d, inner),
+                     p + "1.0.weight": 1 + w(d), p + "1.0.bias": w(d), p + "1.1.weight": w(4 * d, d), p + "1.3.weight": w(d, 4 * d)})
+    ip = {}
+    for i, name in enumerate(unet.attn_processors):
+        attn = unet.get_submodule(name[: -len(".processor")])
+        hidden, ctx = attn.to_k.out_features, attn.to_k.in_features
+        for t, fan_in in (("to_q", hidden), ("to_k", ctx), ("to_v", ctx), ("to_out", hidden)):
+            ip[f"{i}.{t}_lora.down.weight"] = w(rank, fan_in)
+            ip[f"{i}.{t}_lora.up.weight"] = w(hidden, rank)
+        if attn.is_cross_attention:
+            ip[f"{i}.to_k_ip.weight"] = w(hidden, d)
+            ip[f"{i}.to_v_ip.weight"] = w(hidden, d)
+    return {"image_proj": proj, "ip_adapter": ip}
