@@ -57,6 +57,8 @@ CELEBA_ATTRIBUTES = (
 EMOTIONS = ("anger", "disgust", "fear", "happy", "neutral", "sadness", "surprised")
 ATTRIBUTE_CROP = 224
 DEFAULT_HEADS = "attribute_heads.safetensors"
+#: Index of CelebA's ``Male`` attribute (the gender head).
+MALE = CELEBA_ATTRIBUTES.index("Male")
 #: 5-point template approximating a dlib 64 px face chip with padding 0.2: the 68-point face box
 #: (brows to chin) fills 1/1.4 of the chip, eye centres at 30%, mouth corners at 78% of its height.
 AGE_CHIP_TEMPLATE = np.array([[22.9, 22.9], [41.1, 22.9], [32.0, 35.6], [25.1, 44.8], [38.9, 44.8]], np.float32)
@@ -91,6 +93,13 @@ def child_adjusted_male(male: np.ndarray | float, child: np.ndarray | float) -> 
 
     ``(1 - child) * male + child * 0.5``: the gender models are trusted for adults only (see the
     module docstring); a face surely a child's reads 0.5 whatever they say.
+
+    Args:
+        male: P(male) from the gender models, in [0, 1] (float or array).
+        child: P(age <= ``CHILD_MAX_AGE``) from ``age_summary``, in [0, 1], broadcastable to ``male``.
+
+    Returns:
+        The adjusted P(male), in [0, 1], of ``male``'s type and shape.
     """
     return (1.0 - child) * male + child * 0.5
 
@@ -276,7 +285,7 @@ class AttributePredictor:
         out = []
         for i, p in enumerate(probs):
             celeba = {name: round(float(v), 4) for name, v in zip(CELEBA_ATTRIBUTES, p)}
-            male = float(p[CELEBA_ATTRIBUTES.index("Male")]) if males is None else (float(p[CELEBA_ATTRIBUTES.index("Male")]) + float(males[i])) / 2
+            male = float(p[MALE]) if males is None else (float(p[MALE]) + float(males[i])) / 2  # the head, with dlib's model
             age = child = None
             if ages is not None:
                 age, child = round(float(ages[0][i]), 1), round(float(ages[2][i]), 4)

@@ -204,7 +204,8 @@ class FaceParser:
         crops = np.stack([cv2.warpAffine(im, M, (size, size), flags=cv2.INTER_AREA, borderMode=cv2.BORDER_REPLICATE)
                           for im, M in zip(images, transforms)])
         probs = self.probabilities(crops)  # (N, 19, S, S), S = input_size
-        transforms = [celebahq_transform(k, self.input_size) for k in kps]
+        if size != self.input_size:  # the probabilities' frame
+            transforms = [celebahq_transform(k, self.input_size) for k in kps]
         if not self.warp_probabilities:
             return [cv2.warpAffine(lab, M, (im.shape[1], im.shape[0]), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP,
                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0)
