@@ -1,4 +1,5 @@
-"""Tiny, randomly initialised components with SD 1.5's classes, for tests and ``--model tiny``.
+"""Tiny, randomly initialised components with SD 1.5's and SDXL's classes, for tests, ``--model tiny``
+and ``--model tiny-xl``.
 
 Nothing here is trained: a pipeline built from these makes noise, not faces. Its use is to run the
 whole code path (loading, saving, the ID channel, the CLI) on any machine in seconds, as diffusers'
@@ -8,14 +9,17 @@ whole code path (loading, saving, the ID channel, the CLI) on any machine in sec
 from __future__ import annotations
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-from transformers import CLIPImageProcessorPil, CLIPTextConfig, CLIPTextModel, CLIPTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
+from diffusers import AutoencoderKL, DDIMScheduler, EulerDiscreteScheduler, UNet2DConditionModel
+from transformers import (CLIPImageProcessorPil, CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer,
+                          CLIPVisionConfig, CLIPVisionModelWithProjection)
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
 #: Cross-attention width of the tiny UNet (SD 1.5: 768).
 TINY_CROSS_DIM = 32
 #: Input side of the tiny CLIP image encoder (CLIP ViT-H-14: 224).
 TINY_CLIP_SIZE = 32
+#: Widths of the tiny SDXL's two text encoders; their penultimate states are concatenated (SDXL: 768 + 1280).
+TINY_XL_TEXT_DIMS = (32, 32)
 
 
 def tiny_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
@@ -56,41 +60,8 @@ def tiny_components(seed: int = 0, sample_size: int = 32) -> dict:
         attention_head_dim=8,
         norm_num_groups=8,
     )
-    vae = AutoencoderKL(
-        block_out_channels=(16, 32),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=2 * sample_size,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=514,
-            hidden_size=TINY_CROSS_DIM,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=512,
-            eos_token_id=513,
-            pad_token_id=513,
-        )
-    )
-    image_encoder = CLIPVisionModelWithProjection(
-        CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            projection_dim=32,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            image_size=TINY_CLIP_SIZE,
-            patch_size=4,
-        )
-    )
-    feature_extractor = CLIPImageProcessorPil(size={"shortest_edge": TINY_CLIP_SIZE}, crop_size={"height": TINY_CLIP_SIZE, "width": TINY_CLIP_SIZE})
+    vae = _tiny_vae(sample_size)
+    text_encoder = CLIPTextModel(_tiny_text_config(TINY_CROSS_DIM))
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1
     )
@@ -100,9 +71,95 @@ def tiny_components(seed: int = 0, sample_size: int = 32) -> dict:
         "tokenizer": tiny_tokenizer(),
         "unet": unet.eval(),
         "scheduler": scheduler,
-        "image_encoder": image_encoder.eval(),
-        "feature_extractor": feature_extractor,
+        **_tiny_image_encoder(),
     }
+
+
+def tiny_xl_components(seed: int = 0, sample_size: int = 32) -> dict:
+    """Build a tiny SDXL-shaped set of components (``--model tiny-xl``).
+
+    The shape of SDXL's UNet at a tiny width: three levels, the first without attention, the two
+    others with transformer depth 1 and 2 (SDXL: 2 and 10), linear projections, ``text_time``
+    micro-conditioning (6 size/crop numbers of ``addition_time_embed_dim`` each plus the pooled
+    text embedding of the second encoder); two text encoders whose penultimate hidden states are
+    concatenated into the cross-attention context (``TINY_XL_TEXT_DIMS``; SDXL: 768 + 1280 = 2048);
+    an Euler scheduler as in SDXL-base's ``scheduler/`` folder.
+
+    Args:
+        seed: torch seed for the random weights.
+        sample_size: latent side; images are ``2 * sample_size`` pixels (the tiny VAE downsamples by 2).
+
+    Returns:
+        dict with ``vae``, ``text_encoder``, ``text_encoder_2``, ``tokenizer``, ``tokenizer_2``,
+        ``unet``, ``scheduler``, ``image_encoder``, ``feature_extractor`` (all float32, CPU).
+    """
+    torch.manual_seed(seed)
+    d1, d2 = TINY_XL_TEXT_DIMS
+    time_dim = 8
+    unet = UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=(32, 32, 64),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 1, 2),
+        attention_head_dim=(2, 4, 8),
+        use_linear_projection=True,
+        cross_attention_dim=d1 + d2,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=time_dim,
+        projection_class_embeddings_input_dim=6 * time_dim + d2,
+        norm_num_groups=8,
+    )
+    vae = _tiny_vae(sample_size)
+    text_encoder = CLIPTextModel(_tiny_text_config(d1))
+    text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config(d2, projection_dim=d2))
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    return {
+        "vae": vae.eval(),
+        "text_encoder": text_encoder.eval(),
+        "text_encoder_2": text_encoder_2.eval(),
+        "tokenizer": tiny_tokenizer(),
+        "tokenizer_2": tiny_tokenizer(),
+        "unet": unet.eval(),
+        "scheduler": scheduler,
+        **_tiny_image_encoder(),
+    }
+
+
+def _tiny_vae(sample_size: int) -> AutoencoderKL:
+    """A 2-level ``AutoencoderKL`` (downsampling by 2) for images of ``2 * sample_size`` pixels."""
+    return AutoencoderKL(
+        block_out_channels=(16, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=2 * sample_size,
+    )
+
+
+def _tiny_text_config(hidden: int, projection_dim: int = 512) -> CLIPTextConfig:
+    """A 2-layer CLIP text tower over ``tiny_tokenizer``'s 514 tokens."""
+    return CLIPTextConfig(vocab_size=514, hidden_size=hidden, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                          max_position_embeddings=77, bos_token_id=512, eos_token_id=513, pad_token_id=513,
+                          projection_dim=projection_dim)
+
+
+def _tiny_image_encoder() -> dict:
+    """``image_encoder`` (a 3-layer CLIP vision tower, 32 px input, width 32) and its ``feature_extractor``."""
+    encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=3, num_attention_heads=4,
+                         image_size=TINY_CLIP_SIZE, patch_size=4)
+    )
+    size = {"height": TINY_CLIP_SIZE, "width": TINY_CLIP_SIZE}
+    return {"image_encoder": encoder.eval(), "feature_extractor": CLIPImageProcessorPil(size={"shortest_edge": TINY_CLIP_SIZE}, crop_size=size)}
 
 
 def random_faceid_plusv2_state_dict(unet: UNet2DConditionModel, clip_dim: int, seed: int = 0, rank: int = 4,
