@@ -2,9 +2,10 @@
 
 An implementation of Face-MakeUp (arXiv 2501.02523) and Face-MakeUpV2 (arXiv 2510.21775) on
 diffusers. Rooms: ``faces`` (analysis, no diffusion imports), ``model`` (what plugs into
-diffusers), ``pipeline`` (``FaceMakeUpPipeline``), ``cli``.
+diffusers), ``face_conditioning`` (the face conditioning both pipelines share), ``pipeline``
+(``FaceMakeUpPipeline``, SD 1.5), ``pipeline_xl`` (``FaceMakeUpXLPipeline``, SDXL), ``cli``.
 
-The torch-side names (``FaceMakeUpPipeline``, ``FaceIDAdapter``) are imported on first use, so
+The torch-side names (``FaceMakeUpPipeline``, ``FaceMakeUpXLPipeline``, ``FaceIDAdapter``) are imported on first use, so
 ``import facemakeup.faces`` stays light.
 """
 
@@ -24,7 +25,8 @@ from .errors import (
 
 _LAZY = {
     "FaceMakeUpPipeline": "facemakeup.pipeline",
-    "FaceMakeUpPipelineOutput": "facemakeup.pipeline",
+    "FaceMakeUpPipelineOutput": "facemakeup.face_conditioning",
+    "FaceMakeUpXLPipeline": "facemakeup.pipeline_xl",
     "FaceIDAdapter": "facemakeup.model.id_adapter",  # diffusers' loader finds saved components here
 }
 
