@@ -109,22 +109,22 @@ def test_bad_uploads_are_named_errors(backend, photos, tmp_path):
         backend.preview(req(photos / "astronaut.png", light_from="target photo"))
     with pytest.raises(ValueError, match="positive sum"):
         backend.preview(req(photos / "astronaut.png", photos / "hopper.jpg", weights=[0.0, 0.0]))
-    assert backend.conditions(req(photos / "astronaut.png", weights=[0.0])).weights == [1.0]  # one photo: its (hidden) weight is unused
+    assert backend.conditions(req(photos / "astronaut.png", weights=[0.0])).request.weights == [1.0]  # one photo: its (hidden) weight is unused
     with pytest.raises(ValueError, match="write a prompt"):
         backend.generate(DemoRequest(references=[str(photos / "astronaut.png")], prompt="  "))
 
 
 def test_lighting_and_pose_sources(backend, photos):
     astro, mirrored = photos / "astronaut.png", photos / "mirrored.png"
-    own = backend.conditions(req(astro)).shading[..., 0].astype(int)
+    own = backend.conditions(req(astro)).map[..., 0].astype(int)
     lit = backend.conditions(req(astro, light_from="direction (sphere)", light_x=-0.9, light_y=0.0))
-    np.testing.assert_allclose(lit.light_dir, light_direction(-0.9, 0.0))
+    np.testing.assert_allclose(lit.request.light_dir, light_direction(-0.9, 0.0))
     face = own > 0
-    assert np.array_equal(lit.shading[..., 0] > 0, face)  # same geometry
+    assert np.array_equal(lit.map[..., 0] > 0, face)  # same geometry
     cols = np.nonzero(face.any(axis=0))[0]
     left, right = cols[: len(cols) // 3], cols[-len(cols) // 3:]
-    assert lit.shading[..., 0][:, left][face[:, left]].mean() > lit.shading[..., 0][:, right][face[:, right]].mean() + 20  # lit from the left
-    posed = backend.conditions(req(astro, target=str(mirrored), pose_from="target photo")).shading[..., 0] > 0
+    assert lit.map[..., 0][:, left][face[:, left]].mean() > lit.map[..., 0][:, right][face[:, right]].mean() + 20  # lit from the left
+    posed = backend.conditions(req(astro, target=str(mirrored), pose_from="target photo")).map[..., 0] > 0
     assert (posed[:, ::-1] & face).sum() / (posed[:, ::-1] | face).sum() > 0.8  # the mirrored target's silhouette
     target_light = backend.conditions(req(astro, target=str(mirrored), light_from="target photo"))
     np.testing.assert_allclose(target_light.sh, backend.read_photo(mirrored, "t").faces[0].fit.sh)
@@ -140,7 +140,7 @@ def test_generate_saves_images_provenance_and_zip(backend, photos):
     with zipfile.ZipFile(zip_path) as zf:
         names = sorted(Path(n).name for n in zf.namelist())
         rec = json.loads(zf.read(f"{run.name}/provenance.json"))
-    assert names == ["conditions.png", "image_00.png", "image_01.png", "provenance.json", "shading.png"]
+    assert names == ["conditions.png", "grid.png", "image_00.png", "image_01.png", "provenance.json", "shading.png"]
     assert rec["task"] == "demo" and rec["parameters"]["seed"] == 5 and rec["parameters"]["steps"] == 2
     ref = rec["inputs"]["references"][0]
     assert ref["name"] == "reference 1 (astronaut.png)" and len(ref["sha256"]) == 64 and ref["face_index"] == 0

@@ -1,10 +1,10 @@
 """``facemakeup`` command line. Thin: parse, call the library, print.
 
-    facemakeup generate --reference PHOTO --prompt TEXT --out DIR [--model ID|PATH|tiny] [--seed N] ...
+    facemakeup generate --reference PHOTO --prompt TEXT --out DIR [--model ID|PATH|tiny|tiny-xl] [--seed N] ...
     facemakeup analyze PHOTO_OR_DIR_OR_GLOB... --out DIR
     facemakeup convert SRC DST --to ours|face-makeup-v2|ip-adapter
     facemakeup evaluate (--pairs FILE.csv | --generated DIR --references DIR) --out DIR [--metrics ...]
-    facemakeup benchmark --model ID|PATH|tiny --identities DIR --out DIR [--prompts FILE] [--seeds N]
+    facemakeup benchmark --model ID|PATH|tiny|tiny-xl --identities DIR --out DIR [--prompts FILE] [--seeds N]
 
 Every failure prints one line, ``error: ...``, and exits with the status of its kind (``errors.EXIT_STATUS``:
 1 missing model, 2 bad input, 3 no face, 4 output folder, 5 unusable weights file, 6 out of memory,
@@ -107,7 +107,7 @@ def _light_dir(ctx, param, value):
 @click.option("--prompt", required=True, help='Text prompt, e.g. "a smiling woman with blonde hair".')
 @click.option("--negative-prompt", default=None, help="Negative prompt.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
-@click.option("--model", default=None, help="'tiny' (random, noise images), a saved FaceMakeUpPipeline folder, or an SD 1.5 backbone id/folder [default: stable-diffusion-v1-5/stable-diffusion-v1-5].")
+@click.option("--model", default=None, help="'tiny' / 'tiny-xl' (random SD 1.5- / SDXL-shaped, noise images), a saved FaceMakeUp(XL)Pipeline folder, or an SD 1.5 or SDXL backbone id/folder (told apart by its model_index.json / UNet config) [default: stable-diffusion-v1-5/stable-diffusion-v1-5].")
 @click.option("--image-encoder", default=None, help="CLIP image encoder id/folder [default: laion/CLIP-ViT-H-14-laion2B-s32B-b79K].")
 @click.option("--adapter", default=None, type=click.Path(path_type=Path), help="ID-adapter weights: an IP-Adapter-FaceID / -Plus / -PlusV2 / -Portrait file, a Face-MakeUp V1/V2 model.bin, or our folder (face_adapter/).")
 @click.option("--shadingnet", default=None, help="ControlNet weights: Face-MakeUp V1/V2 model.bin, our folder (shadingnet/), a ControlNet folder, or 'init' (untrained).")
@@ -143,26 +143,20 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
     the photos' headers, the models, and --out (writable, enough free space, empty unless --overwrite).
     Results are written all at once: a failed run leaves nothing behind.
     """
-    import torch
-    from PIL import Image
-
     from .faces import FaceAnalyzer
-    from .faces.lighting import sh_from_direction
-    from .faces.render import shading_map
-    from .provenance import environment, sha256_file
-    from .viz import conditions_sheet
+    from .faces.image import probe_image
+    from .generation import GenerationRequest, generate as run_generation, read_photo, write_outputs
+    from .pipeline import DEFAULT_BACKBONE, DEFAULT_IMAGE_ENCODER, load_pipeline
+    from .validation import OutputFolder
 
     if weights and face_index == "all":
         _fail(ValueError("--weight needs one face per --reference; drop --weight or pick one face with --face-index N"))
-    from .faces.image import probe_image
-    from .pipeline import DEFAULT_BACKBONE, DEFAULT_IMAGE_ENCODER
-    from .validation import OutputFolder
 
     # 0. Preflight, before any work: values, output folder, photos' headers, models
     _check_generate_options(references, weights, prompt, negative_prompt, model, image_encoder, adapter, shadingnet, seed, guidance_scale,
                             ip_scale, s_scale, controlnet_scale, shading_from, light_from, light_dir, light_strength, height, width,
                             face_index, crop_factor, shading_crop_factor)
-    side = 64 if model == "tiny" else 512
+    side = 64 if model in ("tiny", "tiny-xl") else 1024
     pixels = (height or side) * (width or side) * 3  # one image, uncompressed: an upper bound of its PNG
     expected = pixels * (2 * num_images + 1) + 3 * 776 * 384 * (len(references) + 3) + 2**20  # images, grid, shading, sheet, JSON
     folder = OutputFolder(out_dir, "--out", overwrite=overwrite, expected_bytes=expected, overwrite_hint="pass --overwrite")
@@ -170,144 +164,56 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
     for path in (*references, shading_from, light_from):
         if path is not None:
             probe_image(path)
-    _preflight_models(model or DEFAULT_BACKBONE, None if model == "tiny" else (image_encoder or DEFAULT_IMAGE_ENCODER), adapter,
-                      shadingnet, face_models)
-    timings = {}
+    model = model or DEFAULT_BACKBONE
+    _preflight_models(model, image_encoder, adapter, shadingnet, face_models)
     try:
         # 1. Faces first: a photo without a usable face fails before any large model loads.
         t0 = time.perf_counter()
         analyzer = FaceAnalyzer(detector=face_models, recognizer=face_models, crop_factor=crop_factor)
-        chosen = [(ref, f) for ref in references for f in _reference_faces(analyzer, ref, face_index)]  # by path: errors name the file
-        faces = [f for _, f in chosen]
-        photos = [f.photo for f in faces]  # decoded once, by the analyser
-        shading_face = analyzer.get_face(shading_from) if shading_from else faces[0]
-        light_face = analyzer.get_face(light_from) if light_from else None
-        timings["face_analysis_s"] = time.perf_counter() - t0
+        one = 1 if face_index == 0 else None  # the main face only: the analyser's fast path
+        refs = []
+        for path in references:
+            photo = read_photo(path, analyzer, max_faces=one)
+            refs += [(photo, k) for k in (range(len(photo.faces)) if face_index == "all" else [face_index])]
+        shading_photo = read_photo(shading_from, analyzer, max_faces=1) if shading_from else None
+        light_photo = read_photo(light_from, analyzer, max_faces=1) if light_from else None
+        analysis_s = time.perf_counter() - t0
 
         # 2. The pipeline
-        from .pipeline import load_pipeline
-
-        model = model or DEFAULT_BACKBONE
-        image_encoder = image_encoder or DEFAULT_IMAGE_ENCODER
         t0 = time.perf_counter()
-        pipe = load_pipeline(model, image_encoder=image_encoder, adapter=str(adapter) if adapter else None, shadingnet=shadingnet,
-                             shortcut=shortcut)
-        timings["load_s"] = time.perf_counter() - t0
-        # the faces found above feed the pipeline directly (no second analysis); their CLIP crops are
-        # made once, on first use below, at the encoder's size
-        analyzer.clip_size = pipe.image_encoder.config.image_size if pipe.image_encoder is not None else analyzer.clip_size
+        pipe = load_pipeline(model, image_encoder=image_encoder or DEFAULT_IMAGE_ENCODER, adapter=str(adapter) if adapter else None,
+                             shadingnet=shadingnet, shortcut=shortcut)
+        load_s = time.perf_counter() - t0
         pipe.face_adapter.fuse_lora()  # inference only: merge the LoRA, no per-step LoRA cost
-
-        # 3. The ControlNet's map: V2's shading map (the reference's or the target's face, its own or
-        #    another light) or V1's keypoint map (the reference's or the target's keypoints)
-        shading = None
         shading_options = shading_from or light_from or light_dir or _explicit("controlnet_scale") or _explicit("shading_crop_factor")
         if pipe.controlnet is None and shading_options:
             raise ValueError("--shading-from/--light-from/--light-dir/--controlnet-scale/--shading-crop-factor act through a "
                              "ShadingNet, and this pipeline has none: pass --shadingnet, or drop them")
-        if condition != "shading" and (light_from or light_dir):
-            raise ValueError(f"--light-from/--light-dir relight the shading map; --condition {condition} has none")
-        if pipe.controlnet is not None and condition == "keypoints":
-            from .faces.conditions import keypoint_map
 
-            h = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
-            w = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
-            shading = keypoint_map(shading_face.kps, shading_crop_factor, h, w)
-        if pipe.controlnet is not None and condition == "shading":
-            h = height or pipe.unet.config.sample_size * pipe.vae_scale_factor
-            w = width or pipe.unet.config.sample_size * pipe.vae_scale_factor
-            for name, face, path in (("shading", shading_face, shading_from or references[0]), ("light", light_face, light_from)):
-                if face is not None and face.fit is None:
-                    raise FitError(f"{path}: the 3D fit of the {name} photo's face failed ({face.fit_error}); use a photo with a "
-                                   "clearer, more frontal face")
-            sh = light_face.fit.sh if light_face else (sh_from_direction(light_dir, light_strength) if light_dir else None)
-            shading = shading_map(shading_face.fit, shading_face.kps, sh=sh, crop_factor=shading_crop_factor, height=h, width=w)
-
-        # 4. Generate
-        t0 = time.perf_counter()
-        out = pipe(prompt, id_embeds=torch.from_numpy(np.stack([f.embedding for f in faces])), face_images=[f.clip_image for f in faces],
-                   negative_prompt=negative_prompt, num_images_per_prompt=num_images, height=height, width=width,
-                   num_inference_steps=steps, guidance_scale=guidance_scale, ip_scale=ip_scale, s_scale=s_scale,
-                   reference_weights=list(weights) or None, seed=seed, shading_image=shading,
-                   controlnet_conditioning_scale=controlnet_scale, condition=condition, truncate_prompt=truncate_prompt)
-        timings["generate_s"] = time.perf_counter() - t0
-        timings["per_step_s"] = timings["generate_s"] / steps
-    except IndexError as err:  # --face-index beyond the faces found
-        raise NoFaceError(str(err)) from err
+        # 3. Conditions and generation (facemakeup.generation: the same function as the demo's)
+        request = GenerationRequest(prompt=prompt, references=refs, negative_prompt=negative_prompt, weights=list(weights) or None,
+                                    shading_from=shading_photo, light_from=light_photo, light_dir=light_dir, light_strength=light_strength,
+                                    condition=condition, crop_factor=crop_factor, shading_crop_factor=shading_crop_factor, seed=seed,
+                                    num_images=num_images, steps=steps, guidance_scale=guidance_scale, ip_scale=ip_scale,
+                                    s_scale=s_scale, controlnet_scale=controlnet_scale, height=height, width=width,
+                                    truncate_prompt=truncate_prompt)
+        result = run_generation(pipe, request)
+        result.timings.update(face_analysis_s=analysis_s, load_s=load_s)
     except (FaceMakeUpError, ValueError) as err:
         _fail(err)
 
-    # 5. Save images, the conditions sheet and the provenance record: staged, then moved into --out at once
+    # 4. Images, the conditions sheet and the provenance record: staged, then moved into --out at once
     stage = folder.begin()
     click.get_current_context().call_on_close(folder.cleanup)
-    from PIL.PngImagePlugin import PngInfo
-
-    names = []
-    for i, img in enumerate(out.images):
-        info = PngInfo()
-        info.add_text("facemakeup", json.dumps({"prompt": prompt, "seed": seed, "index": i, "model": model}))
-        name = f"image_{i:02d}.png"
-        img.save(stage / name, pnginfo=info)
-        names.append(name)
-    extra = []
-    if out.shading_image is not None:
-        map_name = "keypoints.png" if condition == "keypoints" else "shading.png"
-        Image.fromarray(out.shading_image).save(stage / map_name)
-        extra.append(map_name)
-    conditions_sheet(photos, faces, shading=out.shading_image).save(stage / "conditions.png")
-    if len(out.images) > 1:
-        from diffusers.utils import make_image_grid
-
-        cols = min(len(out.images), 4)
-        rows = -(-len(out.images) // cols)
-        blank = [out.images[0].copy().point(lambda _: 0)] * (rows * cols - len(out.images))
-        make_image_grid(list(out.images) + blank, rows=rows, cols=cols).save(stage / "grid.png")
-        extra.append("grid.png")
-
-    def _face_record(path, face):
-        return {"path": str(path), "sha256": sha256_file(path), **face.to_json()}
-
-    record = {
-        "task": "generate",
-        "inputs": {
-            "references": [{**_face_record(r, f), "face_index": face_index} for r, f in chosen],
-            "reference_weights": out.reference_weights,
-            "prompt": prompt,
-            "negative_prompt": negative_prompt,
-            "truncate_prompt": truncate_prompt,
-            "shading_from": _face_record(shading_from, shading_face) if shading_from else None,
-            "light_from": _face_record(light_from, light_face) if light_from else None,
-            "light_dir": light_dir,
-            "light_strength": light_strength if light_dir else None,
-        },
-        "parameters": {"seed": seed, "num_images": num_images, "steps": steps, "guidance_scale": guidance_scale,
-                       "ip_scale": ip_scale, "s_scale": s_scale, "controlnet_scale": controlnet_scale if shading is not None else None,
-                       "condition": condition if shading is not None else None,
-                       "height": out.images[0].height, "width": out.images[0].width, "crop_factor": crop_factor,
-                       "shading_crop_factor": shading_crop_factor, "scheduler": type(pipe.scheduler).__name__},
-        "models": {"pipeline": model, "image_encoder": image_encoder if model != "tiny" else "tiny (random)",
-                   "adapter": str(adapter) if adapter else ("untrained (fresh init)" if model != "tiny" else "tiny (random)"),
-                   "shadingnet": shadingnet or ("tiny (fresh from_unet)" if model == "tiny" else None),
-                   "face": analyzer.model_files},
-        "outputs": names + ["conditions.png"] + extra,
-        "timings": timings,
-        **environment(),
-    }
-    if model == "tiny":
-        record["note"] = "tiny randomly initialised pipeline: the images are noise, not faces"
-    (stage / "provenance.json").write_text(json.dumps(record, indent=2, allow_nan=False), encoding="utf-8")
-    folder.commit(names + ["conditions.png"] + extra + ["provenance.json"], previous)
-    click.echo(f"wrote {len(names)} image(s), conditions.png and provenance.json to {out_dir}")
-
-
-def _reference_faces(analyzer, path, face_index) -> list:
-    """The face(s) of one reference photo: ``face_index`` (an int) or every face ("all", main first)."""
-    if face_index != "all":
-        return [analyzer.get_face(path, face_index)]
-    faces = analyzer.get(path)
-    if not faces:
-        analyzer.get_face(path)  # raises NoFaceError naming the file
-    return faces
+    tiny = model in ("tiny", "tiny-xl")
+    encoder = None if pipe.image_encoder is None else ("tiny (random)" if tiny else image_encoder or DEFAULT_IMAGE_ENCODER)
+    models = {"pipeline": model, "family": type(pipe).__name__, "image_encoder": encoder,
+              "adapter": str(adapter) if adapter else ("untrained (fresh init)" if not tiny else "tiny (random)"),
+              "shadingnet": shadingnet or (f"{model} (fresh from_unet)" if tiny else None), "face": analyzer.model_files}
+    extra = {"note": "tiny randomly initialised pipeline: the images are noise, not faces"} if tiny else None
+    names = write_outputs(stage, request, result, task="generate", models=models, extra=extra)
+    folder.commit(names, previous)
+    click.echo(f"wrote {len(result.output.images)} image(s), conditions.png and provenance.json to {out_dir}")
 
 
 def _expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
@@ -487,7 +393,7 @@ def build_dataset(input, out, workers, distributor, scheduler, shard_size, limit
 
 
 @main.command()
-@click.option("--model", default=None, help="'tiny' (random, noise images), a saved FaceMakeUpPipeline folder, or an SD 1.5 backbone id/folder [default: stable-diffusion-v1-5/stable-diffusion-v1-5].")
+@click.option("--model", default=None, help="'tiny' / 'tiny-xl' (random SD 1.5- / SDXL-shaped, noise images), a saved FaceMakeUp(XL)Pipeline folder, or an SD 1.5 or SDXL backbone id/folder (told apart by its model_index.json / UNet config) [default: stable-diffusion-v1-5/stable-diffusion-v1-5].")
 @click.option("--image-encoder", default=None, help="CLIP image encoder id/folder [default: laion/CLIP-ViT-H-14-laion2B-s32B-b79K].")
 @click.option("--adapter", default=None, type=click.Path(path_type=Path), help="ID-adapter weights: IP-Adapter-FaceID-PlusV2 / Face-MakeUp checkpoint file, or a FaceIDAdapter folder.")
 @click.option("--shadingnet", default=None, help="ShadingNet (ControlNet) weights: Face-MakeUpV2 model.bin, a ControlNet folder, or 'init' (untrained).")
@@ -516,8 +422,8 @@ def demo(model, image_encoder, adapter, shadingnet, out_dir, host, port, max_pix
         _fail(err)
     info = {"pipeline": model, "image_encoder": image_encoder or DEFAULT_IMAGE_ENCODER, "adapter": str(adapter) if adapter else None,
             "shadingnet": shadingnet}
-    if model == "tiny":
-        info = {"pipeline": "tiny", "note": "tiny randomly initialised pipeline: the images are noise, not faces"}
+    if model in TINY_MODELS:
+        info = {"pipeline": model, "note": "tiny randomly initialised pipeline: the images are noise, not faces"}
     max_bytes = int(max_file_size * 2**20)
     app = build_demo(pipe, output_dir=out_dir, max_pixels=max_pixels, max_file_size=max_bytes, model_info=info)
     click.echo(f"demo on http://{host}:{port} (writing to {out_dir}); Ctrl+C stops it")
@@ -662,15 +568,15 @@ def _check_generate_options(references, weights, prompt, negative_prompt, model,
     if negative_prompt and guidance_scale <= 1 and _explicit("negative_prompt"):
         raise FaceMakeUpInputError(f"--guidance-scale {guidance_scale:g} turns classifier-free guidance off, so --negative-prompt "
                                    "would be ignored: raise --guidance-scale above 1 or drop --negative-prompt")
-    saved = model not in (None, "tiny") and "FaceMakeUpPipeline" in _read_index(model)
-    if model == "tiny" and image_encoder is not None:
-        raise FaceMakeUpInputError("--model tiny has its own tiny image encoder, so --image-encoder would be ignored: drop it")
+    saved = _saved_pipeline(model)
+    if model in TINY_MODELS and image_encoder is not None:
+        raise FaceMakeUpInputError(f"--model {model} has its own tiny image encoder, so --image-encoder would be ignored: drop it")
     if saved:
         given = [f for f, val in (("--image-encoder", image_encoder), ("--adapter", adapter), ("--shadingnet", shadingnet)) if val is not None]
         if given:
-            raise FaceMakeUpInputError(f"--model {model} is a saved FaceMakeUpPipeline that holds its own components, so "
-                                       f"{', '.join(given)} would be ignored: drop them, or pass an SD 1.5 backbone as --model")
-    if model != "tiny" and not saved and shadingnet is None:
+            raise FaceMakeUpInputError(f"--model {model} is a saved {saved} that holds its own components, so "
+                                       f"{', '.join(given)} would be ignored: drop them, or pass a backbone (SD 1.5 or SDXL) as --model")
+    if model not in TINY_MODELS and not saved and shadingnet is None:
         needs = [f for f in ("--shading-from", "--light-from", "--light-dir", "--controlnet-scale", "--shading-crop-factor")
                  if _explicit(f[2:].replace("-", "_"))]
         if needs:
@@ -678,12 +584,18 @@ def _check_generate_options(references, weights, prompt, negative_prompt, model,
                                        "pass --shadingnet FILE_OR_DIR (or 'init'), or drop them")
 
 
-def _read_index(model: str) -> str:
-    index = Path(model) / "model_index.json"
+#: ``--model`` values that build a tiny random pipeline (noise images).
+TINY_MODELS = ("tiny", "tiny-xl")
+
+
+def _saved_pipeline(model: str | None) -> str | None:
+    """The class name when ``model`` is a folder written by ``save_pretrained`` of one of our pipelines, else ``None``."""
+    index = Path(model) / "model_index.json" if model and model not in TINY_MODELS else None
     try:
-        return index.read_text(encoding="utf-8") if index.is_file() else ""
-    except (OSError, UnicodeDecodeError):
-        return ""
+        name = json.loads(index.read_text(encoding="utf-8")).get("_class_name") if index is not None and index.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return None
+    return name if name in ("FaceMakeUpPipeline", "FaceMakeUpXLPipeline") else None
 
 
 def _preflight_models(model: str, image_encoder: str | None, adapter: Path | None, shadingnet: str | None, face_models: Path | None) -> None:
@@ -698,13 +610,13 @@ def _preflight_models(model: str, image_encoder: str | None, adapter: Path | Non
     from huggingface_hub import constants as hub
 
     from .errors import ModelNotFoundError
-    from .pipeline import _missing_message
+    from .face_conditioning import missing_message
 
     def hub_model(what: str, repo: str, marker: str) -> None:
         path = Path(repo).expanduser()
         if path.exists():
             if not (path / marker).is_file():
-                raise ModelNotFoundError(_missing_message(what, repo, FileNotFoundError(marker)))
+                raise ModelNotFoundError(missing_message(what, repo, FileNotFoundError(marker)))
             return
         try:
             huggingface_hub.utils.validate_repo_id(repo)
@@ -715,7 +627,7 @@ def _preflight_models(model: str, image_encoder: str | None, adapter: Path | Non
         if isinstance(huggingface_hub.try_to_load_from_cache(repo, marker), str):
             return
         if hub.HF_HUB_OFFLINE:
-            raise ModelNotFoundError(_missing_message(what, repo, ConnectionError("HF_HUB_OFFLINE is set and it is not cached")))
+            raise ModelNotFoundError(missing_message(what, repo, ConnectionError("HF_HUB_OFFLINE is set and it is not cached")))
         click.echo(f"note: the {what} '{repo}' is not in the Hugging Face cache ({hub.HF_HUB_CACHE}): it will be downloaded from "
                    f"https://huggingface.co/{repo} first (several GB for SD 1.5 and CLIP ViT-H-14)", err=True)
 
@@ -725,11 +637,14 @@ def _preflight_models(model: str, image_encoder: str | None, adapter: Path | Non
     if shadingnet not in (None, "init") and not Path(shadingnet).exists():
         raise ModelNotFoundError(f"--shadingnet {shadingnet}: no such file or folder; pass Face-MakeUpV2's model.bin, a ControlNet "
                                  "folder, or 'init' for an untrained one")
-    if model == "tiny" or "FaceMakeUpPipeline" in _read_index(model):
+    if model in TINY_MODELS or _saved_pipeline(model):
         return
-    hub_model("SD 1.5 backbone", model, "model_index.json")
-    if image_encoder is not None:
-        hub_model("CLIP image encoder", image_encoder, "config.json")
+    from .model.loaders import reads_clip_features
+    from .pipeline import DEFAULT_IMAGE_ENCODER, backbone_family
+
+    hub_model("SDXL backbone" if backbone_family(model) == "sdxl" else "SD 1.5 backbone", model, "model_index.json")
+    if reads_clip_features(adapter):  # FaceID, Portrait and InstantID files read ArcFace only: no CLIP encoder
+        hub_model("CLIP image encoder", image_encoder or DEFAULT_IMAGE_ENCODER, "config.json")
 
 
 def _previous_outputs(out_dir: Path) -> list[str]:
@@ -807,7 +722,7 @@ def evaluate(pairs_csv, generated, references, out_dir, model_label, metrics, cl
     try:
         pairs = pairs_from_csv(pairs_csv) if pairs_csv else pairs_from_folders(generated, references)
         label = model_label or _png_model(pairs[0].generated) or "unknown"
-        note = "tiny randomly initialised pipeline: the images are noise, not faces; the numbers are those of noise" if label == "tiny" else None
+        note = "tiny randomly initialised pipeline: the images are noise, not faces; the numbers are those of noise" if label in TINY_MODELS else None
         _run_evaluation(pairs, out_dir, names, models, batch_size, label, note,
                         {"inputs": {"pairs": str(pairs_csv) if pairs_csv else None, "generated": str(generated) if generated else None,
                                     "references": str(references) if references else None}})
@@ -851,7 +766,7 @@ def _benchmark_worker(args) -> list[str]:
 
 
 @main.command()
-@click.option("--model", required=True, help="'tiny' (random, noise images), a saved FaceMakeUpPipeline folder, or an SD 1.5 backbone id/folder.")
+@click.option("--model", required=True, help="'tiny' / 'tiny-xl' (random, noise images), a saved FaceMakeUp(XL)Pipeline folder, or an SD 1.5 or SDXL backbone id/folder.")
 @click.option("--adapter", default=None, type=click.Path(path_type=Path), help="ID-adapter weights (file or FaceIDAdapter folder).")
 @click.option("--image-encoder", default=None, help="CLIP image encoder id/folder [default: laion/CLIP-ViT-H-14-laion2B-s32B-b79K].")
 @click.option("--shadingnet", default=None, help="ShadingNet weights (Face-MakeUpV2 model.bin, a ControlNet folder).")
@@ -906,7 +821,7 @@ def benchmark(model, adapter, image_encoder, shadingnet, identities, out_dir, pr
                        f"--generated {out_dir} --references {out_dir / 'references'} --out {out_dir}` when they are")
             return
         pairs = pairs_from_folders(out_dir, out_dir / "references")
-        note = "tiny randomly initialised pipeline: the images are noise, not faces; the numbers are those of noise" if model == "tiny" else None
+        note = "tiny randomly initialised pipeline: the images are noise, not faces; the numbers are those of noise" if model in TINY_MODELS else None
         info = {"inputs": {"identities": str(identities), "prompts": str(prompts_file) if prompts_file else "assets/benchmark_prompts.txt",
                            "seeds": seeds, "steps": steps, "adapter": str(adapter) if adapter else None, "failures": failures}}
         _run_evaluation(pairs, out_dir, names, models, batch_size, model, note, info)

@@ -38,18 +38,19 @@ import time
 import uuid
 import zipfile
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from .errors import FaceMakeUpError, ImageReadError, NoFaceError
-from .faces.align import clip_crop, landmark_box
+from .faces.align import landmark_box
 from .faces.image import load_image
 from .faces.lighting import sh_from_direction
-from .faces.render import render_sphere, shading_map
-from .viz import conditions_sheet, draw_faces
+from .faces.render import render_sphere
+from .generation import Conditions, GenerationRequest, Photo, generate, prepare_conditions, write_outputs
+from .viz import draw_faces
 
 #: Reference photos one request may mix.
 MAX_REFERENCES = 4
@@ -113,40 +114,6 @@ class DemoRequest:
     seed: int | None = 42
     width: int = 512
     height: int = 512
-
-
-@dataclass(frozen=True)
-class Photo:
-    """An uploaded photo, read and analysed: ``label`` (safe display name), ``sha256`` of the file,
-    ``rgb`` ``(H, W, 3)`` uint8 and its ``faces`` (largest first, ``FaceAnalyzer.get``)."""
-
-    label: str
-    sha256: str
-    rgb: np.ndarray
-    faces: list
-
-
-@dataclass
-class Conditions:
-    """What a request turns into before the pipeline runs.
-
-    Attributes:
-        photos: the reference ``Photo``s. faces: the chosen ``Face`` of each, its CLIP crop at the
-            request's ``crop_factor``. indices: which face of each photo. weights: one per reference.
-        target: the target ``Photo`` or ``None``.
-        shading: ``(height, width, 3)`` uint8 shading map, or ``None`` (no ShadingNet).
-        sh: ``(9, 3)`` SH lighting of the shading map, or ``None``.
-        light_dir: ``(3,)`` unit light direction when the light comes from the sphere, else ``None``.
-    """
-
-    photos: list[Photo]
-    faces: list
-    indices: list[int]
-    weights: list[float]
-    target: Photo | None = None
-    shading: np.ndarray | None = None
-    sh: np.ndarray | None = None
-    light_dir: list[float] | None = None
 
 
 def safe_label(path: str | os.PathLike, prefix: str) -> str:
@@ -264,14 +231,14 @@ class DemoBackend:
         return Photo(label, digest, rgb, faces)
 
     # ------------------------------------------------------------------ conditions
-    def conditions(self, req: DemoRequest) -> Conditions:
-        """Read the photos of a request, pick the faces and build the shading map.
+    def request(self, req: DemoRequest) -> GenerationRequest:
+        """The page's request as ``generation.GenerationRequest``: its photos read and analysed, its
+        choices (pose and light sources, weights, face indices) turned into the generator's inputs.
 
         Raises:
-            ValueError: a missing or inconsistent input (no reference, no target where one is
-                needed, weights summing to 0, bad face index); the message says what to change.
+            ValueError: a missing or inconsistent input (no reference, no target where one is needed,
+                weights summing to 0); the message says what to change.
             ImageReadError, NoFaceError: from ``read_photo``.
-            FaceMakeUpError: the 3D fit of the face the shading map needs failed.
         """
         refs = [r for r in (req.references or []) if r]
         if not refs:
@@ -282,39 +249,32 @@ class DemoBackend:
         if len(weights) != len(refs) or any(w < 0 for w in weights) or sum(weights) <= 0:
             raise ValueError(f"reference weights must be >= 0 with a positive sum, got {weights}")
         photos = [self.read_photo(p, f"reference {k + 1}") for k, p in enumerate(refs)]
-        faces, indices = [], []
-        for k, photo in enumerate(photos):
-            i = int(list(req.face_indices)[k]) if k < len(req.face_indices) else 0
-            if not 0 <= i < len(photo.faces):
-                raise ValueError(f"{photo.label}: face #{i} chosen, but {len(photo.faces)} face(s) were found")
-            face = photo.faces[i]
-            indices.append(i)
-            faces.append(replace(face, clip_image=clip_crop(photo.rgb, face.kps, self.clip_size, req.crop_factor),
-                                 clip_box=landmark_box(face.kps, req.crop_factor)))
+        indices = [int(list(req.face_indices)[k]) if k < len(req.face_indices) else 0 for k in range(len(photos))]
         needs_target = self.has_shading and ("target photo" in (req.pose_from, req.light_from))
         if needs_target and not req.target:
             raise ValueError("the shading map's pose or lighting comes from the target photo: upload one, or choose 'reference'")
         target = self.read_photo(req.target, "target") if req.target and self.has_shading else None
-        cond = Conditions(photos, faces, indices, weights, target)
-        if not self.has_shading:
-            return cond
-        pose_face, pose_label = (target.faces[0], target.label) if req.pose_from == "target photo" else (faces[0], photos[0].label)
-        if pose_face.fit is None:
-            raise FaceMakeUpError(f"{pose_label}: the 3D face fit failed ({pose_face.fit_error}); use a more frontal photo")
-        if req.light_from == "target photo":
-            if target.faces[0].fit is None:
-                raise FaceMakeUpError(f"{target.label}: the 3D face fit failed ({target.faces[0].fit_error}); use a more frontal photo")
-            sh = target.faces[0].fit.sh
-        elif req.light_from == "direction (sphere)":
-            direction = light_direction(req.light_x, req.light_y)
-            cond.light_dir = direction.tolist()
-            sh = sh_from_direction(direction, req.light_strength)
-        else:
-            sh = pose_face.fit.sh
-        cond.sh = np.asarray(sh)
-        cond.shading = shading_map(pose_face.fit, pose_face.kps, sh=cond.sh, crop_factor=req.shading_crop_factor,
-                                   height=int(req.height), width=int(req.width))
-        return cond
+        sphere = self.has_shading and req.light_from == "direction (sphere)"
+        return GenerationRequest(
+            prompt=req.prompt, references=list(zip(photos, indices)), negative_prompt=req.negative_prompt or None, weights=weights,
+            shading_from=target if req.pose_from == "target photo" else None,
+            light_from=target if req.light_from == "target photo" else None,
+            light_dir=light_direction(req.light_x, req.light_y).tolist() if sphere else None, light_strength=float(req.light_strength),
+            condition="shading" if self.has_shading else "none", crop_factor=float(req.crop_factor),
+            shading_crop_factor=float(req.shading_crop_factor), seed=int(req.seed) if req.seed is not None else 0,
+            num_images=int(req.num_images), steps=int(req.steps), guidance_scale=float(req.guidance_scale), ip_scale=float(req.ip_scale),
+            s_scale=float(req.s_scale), controlnet_scale=float(req.controlnet_scale), height=int(req.height), width=int(req.width),
+        )
+
+    def conditions(self, req: DemoRequest) -> Conditions:
+        """Read the photos of a request, pick the faces and build the shading map
+        (``generation.prepare_conditions``, as ``facemakeup generate``).
+
+        Raises:
+            as ``request``; ``NoFaceError`` for a face index beyond the faces found; ``FitError`` when
+            the 3D fit of the face the shading map needs failed.
+        """
+        return prepare_conditions(self.pipe, self.request(req))
 
     def preview(self, req: DemoRequest) -> tuple[list[tuple[Image.Image, str]], list[int], str]:
         """What the model will see, before generating.
@@ -329,20 +289,22 @@ class DemoBackend:
             as ``conditions``.
         """
         cond = self.conditions(req)
+        request = cond.request
         items = []
-        for k, (photo, face, i) in enumerate(zip(cond.photos, cond.faces, cond.indices)):
+        for k, ((photo, i), face) in enumerate(zip(request.references, cond.faces)):
             items.append((draw_faces(photo.rgb, [replace(f, clip_box=landmark_box(f.kps, req.crop_factor)) for f in photo.faces]),
                           f"{photo.label}: {len(photo.faces)} face(s), using #{i}"))
             items.append((Image.fromarray(face.aligned), f"reference {k + 1}: aligned ArcFace crop (112 px)"))
             items.append((Image.fromarray(face.clip_image), f"reference {k + 1}: CLIP crop (x{req.crop_factor:g})"))
-        if cond.target is not None:
-            items.append((draw_faces(cond.target.rgb, cond.target.faces[:1]), f"{cond.target.label}: face #0 used"))
-        if cond.shading is not None:
-            items.append((Image.fromarray(cond.shading), f"shading map: pose from {req.pose_from}, light from {req.light_from}"))
+        target = request.shading_from or request.light_from
+        if target is not None:
+            items.append((draw_faces(target.rgb, target.faces[:1]), f"{target.label}: face #0 used"))
+        if cond.map is not None:
+            items.append((Image.fromarray(cond.map), f"shading map: pose from {req.pose_from}, light from {req.light_from}"))
             sphere = (render_sphere(cond.sh, SPHERE_SIZE) * 255).round().astype(np.uint8)
             items.append((Image.fromarray(sphere), "the shading map's lighting on a sphere"))
-        counts = [len(p.faces) for p in cond.photos]
-        summary = "; ".join(f"{p.label}: {n} face(s)" for p, n in zip(cond.photos, counts))
+        counts = [len(p.faces) for p, _ in request.references]
+        summary = "; ".join(f"{p.label}: {n} face(s)" for (p, _), n in zip(request.references, counts))
         return items, counts, f"Ready: {summary}. Press **Generate**."
 
     # ------------------------------------------------------------------ generation
@@ -359,8 +321,6 @@ class DemoBackend:
         Raises:
             as ``conditions``, and ``ValueError`` for an empty prompt or out-of-range numbers.
         """
-        import torch
-
         if not (req.prompt or "").strip():
             raise ValueError("write a prompt, e.g. 'a photo of a person smiling, best quality'")
         if req.seed is None:
@@ -375,79 +335,28 @@ class DemoBackend:
         t0 = time.perf_counter()
         cond = self.conditions(req)
         analysis_s = time.perf_counter() - t0
-
-        def on_step(pipe, i, t, tensors):
-            if progress is not None:
-                progress((i + 1, steps), desc=f"denoising step {i + 1}/{steps}")
-            return {}
-
+        report = None if progress is None else (lambda i, n: progress((i, n), desc=f"denoising step {i}/{n}"))
         with self._generate_lock:
-            t0 = time.perf_counter()
-            out = self.pipe(
-                req.prompt, id_embeds=torch.from_numpy(np.stack([f.embedding for f in cond.faces])),
-                face_images=[f.clip_image for f in cond.faces], negative_prompt=req.negative_prompt or None,
-                num_images_per_prompt=num_images, height=height, width=width, num_inference_steps=steps,
-                guidance_scale=float(req.guidance_scale), ip_scale=float(req.ip_scale), s_scale=float(req.s_scale),
-                reference_weights=cond.weights, seed=seed, shading_image=cond.shading,
-                controlnet_conditioning_scale=float(req.controlnet_scale), callback_on_step_end=on_step,
-            )
-            generate_s = time.perf_counter() - t0
-        return self._save(req, cond, out, {"face_analysis_s": analysis_s, "generate_s": generate_s, "per_step_s": generate_s / steps})
+            result = generate(self.pipe, cond.request, cond, progress=report)
+        result.timings["face_analysis_s"] = analysis_s
+        return self._save(req, result)
 
-    def _save(self, req: DemoRequest, cond: Conditions, out, timings: dict) -> tuple[list[Path], Path, str]:
-        from PIL.PngImagePlugin import PngInfo
-
-        from .provenance import environment
-
+    def _save(self, req: DemoRequest, result) -> tuple[list[Path], Path, str]:
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
         run_dir = self._inside("runs", run_id)
         run_dir.mkdir(parents=True)
-        names = []
-        for i, img in enumerate(out.images):
-            info = PngInfo()
-            info.add_text("facemakeup", json.dumps({"prompt": req.prompt, "seed": int(req.seed), "index": i, "run": run_id}))
-            names.append(f"image_{i:02d}.png")
-            img.save(run_dir / names[-1], pnginfo=info)
-        extra = ["conditions.png"]
-        conditions_sheet([p.rgb for p in cond.photos], cond.faces, shading=out.shading_image).save(run_dir / "conditions.png")
-        if out.shading_image is not None:
-            Image.fromarray(out.shading_image).save(run_dir / "shading.png")
-            extra.append("shading.png")
-
-        def face_record(photo: Photo, face) -> dict:
-            return {"name": photo.label, "sha256": photo.sha256, "bbox": face.bbox.tolist(), "kps": face.kps.tolist(),
-                    "det_score": face.det_score, "pose": face.fit.pose if face.fit is not None else None}
-
-        params = asdict(req)
-        for key in ("references", "target", "weights", "face_indices", "prompt", "negative_prompt"):
-            params.pop(key)
-        record = {
-            "task": "demo",
-            "inputs": {
-                "references": [{**face_record(p, f), "face_index": i, "clip_box": f.clip_box.tolist()}
-                               for p, f, i in zip(cond.photos, cond.faces, cond.indices)],
-                "reference_weights": out.reference_weights,
-                "prompt": req.prompt,
-                "negative_prompt": req.negative_prompt,
-                "target": face_record(cond.target, cond.target.faces[0]) if cond.target is not None else None,
-                "light_dir": cond.light_dir,
-                "sh": cond.sh.tolist() if cond.sh is not None else None,
-            },
-            "parameters": {**params, "scheduler": type(self.pipe.scheduler).__name__, "shading": self.has_shading},
-            "models": {**self.model_info, "face": self.analyzer.model_files},
-            "outputs": names + extra,
-            "timings": timings,
-            **environment(),
-        }
-        (run_dir / "provenance.json").write_text(json.dumps(record, indent=2))
+        page = {k: getattr(req, k) for k in ("pose_from", "light_from", "light_x", "light_y")}
+        names = write_outputs(run_dir, result.conditions.request, result, task="demo", parameters={**page, "run": run_id},
+                              models={**self.model_info, "face": self.analyzer.model_files})
         zip_path = self._inside("downloads", f"facemakeup-{run_id}.zip")
         zip_path.parent.mkdir(parents=True, exist_ok=True)
         with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_DEFLATED) as zf:
-            for name in names + extra + ["provenance.json"]:
+            for name in names:
                 zf.write(run_dir / name, f"{run_id}/{name}")
-        total = timings["face_analysis_s"] + timings["generate_s"]
-        message = f"Generated {len(names)} image(s) in {total:.1f} s (seed {int(req.seed)}); download below."
-        return [run_dir / n for n in names], zip_path, message
+        total = result.timings["face_analysis_s"] + result.timings["generate_s"]
+        message = f"Generated {len(result.output.images)} image(s) in {total:.1f} s (seed {int(req.seed)}); download below."
+        images = [n for n in names if n.startswith("image_")]
+        return [run_dir / n for n in images], zip_path, message
 
     def _inside(self, *parts: str) -> Path:
         """``output_dir / parts``, refused if it would leave ``output_dir``."""

@@ -633,3 +633,32 @@ def write_checkpoint(dst: str | os.PathLike, adapter: FaceIDAdapter | None, cont
     else:
         torch.save(state, dst)
     return [dst]
+
+
+def reads_clip_features(path: str | os.PathLike | None) -> bool:
+    """Whether the adapter checkpoint at ``path`` reads CLIP image features (a Plus projection: FaceID-Plus,
+    -PlusV2, Face-MakeUp V1/V2, or an "ours" folder with ``projection="plus"``), decided from its keys or
+    config without reading its tensors (a zip pickle is memory-mapped, a safetensors header read).
+
+    ``None`` (a fresh adapter, Plus-shaped) and files that cannot be peeked at (a legacy pickle) count as
+    reading CLIP; the full read in ``load_checkpoint`` still decides the layout.
+    """
+    if path is None:
+        return True
+    path = Path(path)
+    try:
+        if path.is_dir():
+            adapter_dir, _ = _folder_parts(path)
+            if adapter_dir is None:
+                return False
+            return json.loads((adapter_dir / "config.json").read_text()).get("projection", "plus") == "plus"
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(path, "pt") as f:
+                return any("perceiver_resampler." in k for k in f.keys())
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable here: load_checkpoint reports it properly
+        return True
+    proj = state.get("image_proj", state) if isinstance(state, dict) else {}
+    return any("perceiver_resampler." in k for k in (proj if isinstance(proj, dict) else {}))

@@ -1,0 +1,326 @@
+"""One generate function for the CLI and the demo: photos -> conditions -> the pipeline -> files with provenance.
+
+``facemakeup generate`` and the web demo differ in where their photos come from (paths vs uploads)
+and where their results go (``--out`` staged and committed at once vs a run folder and a zip);
+everything between is here, once (DESIGN.md, "One generate function"):
+
+1. ``prepare_conditions``: the chosen face of each reference, its CLIP crop at the request's crop
+   factor, and the ControlNet's map: Face-MakeUpV2's shading map (the reference's or a target's
+   3D face, under its own, another photo's or a chosen light) or V1's / InstantID's keypoint map;
+2. ``generate``: the pipeline call (``FaceMakeUpPipeline`` or ``FaceMakeUpXLPipeline``) with the
+   precomputed ArcFace embeddings and crops (no second face analysis), timed;
+3. ``write_outputs``: ``image_NN.png`` (prompt and seed in the PNG text chunk), ``grid.png``,
+   ``shading.png`` / ``keypoints.png``, ``conditions.png`` and ``provenance.json`` (inputs with
+   SHA-256, every parameter, models, versions, timings).
+
+Example:
+    >>> analyzer = FaceAnalyzer(fitter="mediapipe")
+    >>> photo = read_photo("me.jpg", analyzer)
+    >>> req = GenerationRequest(prompt="a smiling woman", references=[(photo, 0)], steps=30)
+    >>> result = generate(load_pipeline("tiny"), req)
+    >>> write_outputs("out/", req, result, task="generate", models={"pipeline": "tiny"})
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from .errors import FitError, NoFaceError
+
+
+@dataclass(frozen=True)
+class Photo:
+    """A photo, read and analysed.
+
+    Attributes:
+        label: display name (a path, or a safe name of an upload). sha256: of the file's bytes.
+        rgb: ``(H, W, 3)`` uint8 pixels. faces: its ``Face`` records, main face first (``FaceAnalyzer.get``).
+        path: the file it was read from, or ``None`` (an upload).
+    """
+
+    label: str
+    sha256: str
+    rgb: np.ndarray
+    faces: list
+    path: str | None = None
+
+
+def read_photo(path: str | os.PathLike, analyzer, max_faces: int | None = None) -> Photo:
+    """Read ``path`` and detect its faces, main face first (each analysed further on first use).
+
+    Args:
+        path: an image file. analyzer: a ``faces.FaceAnalyzer``.
+        max_faces: keep this many faces (``1``: the main face only, through the analyser's fast path,
+            as ``FaceAnalyzer.get_face``); ``None``: all.
+
+    Raises:
+        ImageReadError: unreadable, not an image, truncated, too many pixels (named by the path).
+        NoFaceError: no face in it (``FaceTooSmallError``: only too-small faces).
+    """
+    faces = analyzer.get(path, max_faces=max_faces)  # decodes once; its errors name the path
+    if not faces:
+        raise NoFaceError(f"{path}: no face found (tried detection sizes {list(analyzer.det_sizes)}); use a photo "
+                          "with a clearly visible, roughly frontal face")
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return Photo(str(path), digest, faces[0].photo, faces, str(path))
+
+
+@dataclass
+class GenerationRequest:
+    """Everything one generation reads (the CLI's flags, the demo's page).
+
+    Attributes:
+        prompt, negative_prompt: text (``negative_prompt`` ``None``: the pipeline's empty / zero negative).
+        references: ``(Photo, face index)`` per reference of the person (several are mixed by ``weights``).
+        weights: one mixing weight >= 0 per reference, or ``None`` (equal).
+        shading_from: the photo whose main face gives the map's pose and shape (and, unless told
+            otherwise, its light): Face-MakeUpV2's target image; ``None``: the first reference.
+        light_from: a photo whose main face's SH lighting relights the map, or ``None``.
+        light_dir: ``(3,)`` one light from this direction (camera frame: x right, y up, z toward the
+            viewer) with ``light_strength`` (``faces.lighting.sh_from_direction``), or ``None``.
+        condition: what the ControlNet reads: ``"shading"``, ``"keypoints"`` or ``"none"``.
+        crop_factor: the CLIP face crop, keypoint box times this (V2 demo 3).
+        shading_crop_factor: the map's crop, keypoint box times this (V2 demo 5).
+        seed, num_images, steps, guidance_scale, ip_scale, s_scale, controlnet_scale, height, width,
+        truncate_prompt: as the pipeline's ``__call__`` (``height``/``width`` ``None``: the model's size).
+    """
+
+    prompt: str
+    references: list[tuple[Photo, int]]
+    negative_prompt: str | None = None
+    weights: list[float] | None = None
+    shading_from: Photo | None = None
+    light_from: Photo | None = None
+    light_dir: list[float] | None = None
+    light_strength: float = 0.7
+    condition: str = "shading"
+    crop_factor: float = 3.0
+    shading_crop_factor: float = 5.0
+    seed: int = 42
+    num_images: int = 1
+    steps: int = 50
+    guidance_scale: float = 7.5
+    ip_scale: float = 0.6
+    s_scale: float = 1.0
+    controlnet_scale: float = 0.5
+    height: int | None = None
+    width: int | None = None
+    truncate_prompt: bool = False
+
+    def parameters(self) -> dict:
+        """The request's numbers and switches, for ``provenance.json``."""
+        skip = {"prompt", "negative_prompt", "references", "weights", "shading_from", "light_from", "light_dir"}
+        return {k: v for k, v in self.__dict__.items() if k not in skip}
+
+
+@dataclass
+class Conditions:
+    """What a request turns into before the pipeline runs.
+
+    Attributes:
+        faces: the chosen ``Face`` of each reference, its CLIP crop at the request's ``crop_factor``.
+        map: ``(height, width, 3)`` uint8 ControlNet map (shading or keypoints), or ``None`` (no ControlNet).
+        sh: ``(9, 3)`` SH lighting of a shading map, or ``None``.
+        size: ``(height, width)`` of the output in pixels.
+        request: the request they were made from.
+    """
+
+    faces: list
+    map: np.ndarray | None = None
+    sh: np.ndarray | None = None
+    size: tuple[int, int] = (0, 0)
+    request: GenerationRequest | None = None
+
+
+@dataclass
+class GenerationResult:
+    """``output`` (the pipeline's ``FaceMakeUpPipelineOutput``), the ``conditions`` it used, ``timings`` in
+    seconds, and the pipeline's ``scheduler`` class name."""
+
+    output: object
+    conditions: Conditions
+    timings: dict = field(default_factory=dict)
+    scheduler: str = ""
+
+
+def output_size(pipe, request: GenerationRequest) -> tuple[int, int]:
+    """``(height, width)`` of the images: the request's, else the model's (``sample_size * vae_scale_factor``)."""
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    return request.height or side, request.width or side
+
+
+def prepare_conditions(pipe, request: GenerationRequest) -> Conditions:
+    """The faces and the ControlNet's map of a request.
+
+    Raises:
+        NoFaceError: a reference's face index is beyond the faces found.
+        FitError: a shading map is needed and the 3D fit of its face (or of the light's photo) failed.
+        ValueError: relighting asked for without a shading map.
+    """
+    from .faces.align import clip_crop, landmark_box
+
+    size = pipe.image_encoder.config.image_size if pipe.image_encoder is not None else 224
+    faces = []
+    for photo, index in request.references:
+        if not 0 <= index < len(photo.faces):
+            raise NoFaceError(f"{photo.label}: face #{index} chosen, but {len(photo.faces)} face(s) were found (face_index={index})")
+        face = photo.faces[index]
+        faces.append(replace(face, clip_image=clip_crop(photo.rgb, face.kps, size, request.crop_factor),
+                             clip_box=landmark_box(face.kps, request.crop_factor)))
+    height, width = output_size(pipe, request)
+    cond = Conditions(faces, size=(height, width), request=request)
+    if (request.light_from is not None or request.light_dir is not None) and request.condition != "shading":
+        raise ValueError(f"relighting acts on the shading map; condition {request.condition!r} has none")
+    if pipe.controlnet is None or request.condition == "none":
+        return cond
+    source = request.shading_from.faces[0] if request.shading_from is not None else faces[0]
+    source_label = request.shading_from.label if request.shading_from is not None else request.references[0][0].label
+    if request.condition == "keypoints":
+        from .faces.conditions import keypoint_map
+
+        cond.map = keypoint_map(source.kps, request.shading_crop_factor, height, width)
+        return cond
+    from .faces.lighting import sh_from_direction
+    from .faces.render import shading_map
+
+    light = request.light_from.faces[0] if request.light_from is not None else None
+    for what, face, label in (("shading", source, source_label), ("light", light, request.light_from and request.light_from.label)):
+        if face is not None and face.fit is None:
+            raise FitError(f"{label}: the 3D fit of the {what} photo's face failed ({face.fit_error}); use a photo with a "
+                           "clearer, more frontal face")
+    if light is not None:
+        sh = light.fit.sh
+    elif request.light_dir is not None:
+        sh = sh_from_direction(request.light_dir, request.light_strength)
+    else:
+        sh = source.fit.sh
+    cond.sh = np.asarray(sh)
+    cond.map = shading_map(source.fit, source.kps, sh=cond.sh, crop_factor=request.shading_crop_factor, height=height, width=width)
+    return cond
+
+
+def generate(pipe, request: GenerationRequest, conditions: Conditions | None = None, progress=None) -> GenerationResult:
+    """Run the pipeline for a request.
+
+    Args:
+        pipe: a ``FaceMakeUpPipeline`` or ``FaceMakeUpXLPipeline`` (its LoRA fused for speed, or not).
+        request: the request. conditions: from ``prepare_conditions`` (made here when ``None``).
+        progress: optional ``callable(step, steps)`` after each denoising step.
+
+    Returns:
+        The ``GenerationResult``.
+
+    Raises:
+        as ``prepare_conditions`` and the pipeline's ``__call__`` (``ValueError`` / ``FaceMakeUpInputError``
+        for invalid values).
+    """
+    import torch
+
+    timings = {}
+    t0 = time.perf_counter()
+    cond = conditions if conditions is not None else prepare_conditions(pipe, request)
+    timings["conditions_s"] = time.perf_counter() - t0
+
+    def on_step(_pipe, i, _t, _tensors):
+        if progress is not None:
+            progress(i + 1, request.steps)
+        return {}
+
+    height, width = cond.size
+    t0 = time.perf_counter()
+    out = pipe(request.prompt, id_embeds=torch.from_numpy(np.stack([f.embedding for f in cond.faces])),
+               face_images=[f.clip_image for f in cond.faces] if pipe.reads_clip else None,
+               negative_prompt=request.negative_prompt, num_images_per_prompt=request.num_images, height=height, width=width,
+               num_inference_steps=request.steps, guidance_scale=request.guidance_scale, ip_scale=request.ip_scale,
+               s_scale=request.s_scale, reference_weights=list(request.weights) if request.weights else None, seed=request.seed,
+               shading_image=cond.map, controlnet_conditioning_scale=request.controlnet_scale, condition=request.condition,
+               truncate_prompt=request.truncate_prompt, callback_on_step_end=on_step)
+    timings["generate_s"] = time.perf_counter() - t0
+    timings["per_step_s"] = timings["generate_s"] / request.steps
+    return GenerationResult(out, cond, timings, type(pipe.scheduler).__name__)
+
+
+def _photo_record(photo: Photo, face, face_index: int | None = None) -> dict:
+    rec = {"name": photo.label, "sha256": photo.sha256}
+    if photo.path is not None:
+        rec["path"] = photo.path
+    if face_index is not None:
+        rec["face_index"] = face_index
+    return {**rec, **face.to_json()}
+
+
+def write_outputs(folder: str | os.PathLike, request: GenerationRequest, result: GenerationResult, *, task: str, models: dict,
+                  extra: dict | None = None, parameters: dict | None = None) -> list[str]:
+    """Write a generation's files into ``folder`` (which exists).
+
+    Files: ``image_NN.png`` (PNG text chunk ``facemakeup``: prompt, seed, index, model), ``grid.png``
+    (several images), ``shading.png`` or ``keypoints.png`` (the ControlNet's map), ``conditions.png``
+    (``viz.conditions_sheet``) and ``provenance.json``: ``task``, ``inputs`` (references with their
+    SHA-256 and face, weights, prompts, the shading/light photos, light direction and SH),
+    ``parameters`` (the request's, the scheduler, plus ``parameters``), ``models``, ``outputs``,
+    ``timings``, package versions (``provenance.environment``), plus ``extra``'s keys.
+
+    Returns:
+        The names written, ``provenance.json`` last.
+    """
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    from .provenance import environment
+    from .viz import conditions_sheet
+
+    folder = Path(folder)
+    out, cond = result.output, result.conditions
+    names = []
+    for i, img in enumerate(out.images):
+        info = PngInfo()
+        info.add_text("facemakeup", json.dumps({"prompt": request.prompt, "seed": request.seed, "index": i,
+                                                "model": models.get("pipeline")}))
+        names.append(f"image_{i:02d}.png")
+        img.save(folder / names[-1], pnginfo=info)
+    if len(out.images) > 1:
+        from diffusers.utils import make_image_grid
+
+        cols = min(len(out.images), 4)
+        rows = -(-len(out.images) // cols)
+        blank = [out.images[0].copy().point(lambda _: 0)] * (rows * cols - len(out.images))
+        make_image_grid(list(out.images) + blank, rows=rows, cols=cols).save(folder / "grid.png")
+        names.append("grid.png")
+    if out.shading_image is not None:
+        names.append("keypoints.png" if request.condition == "keypoints" else "shading.png")
+        Image.fromarray(out.shading_image).save(folder / names[-1])
+    conditions_sheet([p.rgb for p, _ in request.references], cond.faces, shading=out.shading_image).save(folder / "conditions.png")
+    names.append("conditions.png")
+    with_map = out.shading_image is not None
+    record = {
+        "task": task,
+        "inputs": {
+            "references": [_photo_record(p, f, i) for (p, i), f in zip(request.references, cond.faces)],
+            "reference_weights": out.reference_weights,
+            "prompt": request.prompt,
+            "negative_prompt": request.negative_prompt,
+            "truncate_prompt": request.truncate_prompt,
+            "shading_from": _photo_record(request.shading_from, request.shading_from.faces[0]) if request.shading_from else None,
+            "light_from": _photo_record(request.light_from, request.light_from.faces[0]) if request.light_from else None,
+            "light_dir": list(request.light_dir) if request.light_dir is not None else None,
+            "light_strength": request.light_strength if request.light_dir is not None else None,
+            "sh": cond.sh.tolist() if cond.sh is not None else None,
+        },
+        "parameters": {**request.parameters(), "height": cond.size[0], "width": cond.size[1],
+                       "controlnet_scale": request.controlnet_scale if with_map else None,
+                       "condition": request.condition if with_map else None, "scheduler": result.scheduler, **(parameters or {})},
+        "models": models,
+        "outputs": names,
+        "timings": result.timings,
+        **environment(),
+        **(extra or {}),
+    }
+    (folder / "provenance.json").write_text(json.dumps(record, indent=2, allow_nan=False), encoding="utf-8")
+    return names + ["provenance.json"]
