@@ -1,9 +1,31 @@
-"""Training configuration: one typed dataclass, two presets, YAML in and out.
+"""Training configuration: one typed dataclass, four presets, YAML in and out.
 
 ``sd15`` is Face-MakeUpV2's recipe (REFERENCE.md "V2 differences", "Training"): 512 px, AdamW
 lr 1e-4, weight decay 0.01, LoRA rank 128, 4 ID tokens, text dropout 0.05, CLIP-image dropout 0.5,
 mask-alignment weight 1e-3 on the 32x32 layers, mixed precision with the trainable weights in fp32.
 ``tiny`` trains the ``--model tiny`` backbone on a CPU in minutes (32 px, 16x16 latents and attention maps).
+
+``sdxl`` is the same recipe on ``stabilityai/stable-diffusion-xl-base-1.0`` at its 1024 px, bf16, with
+gradient checkpointing, batch 2 x 4 accumulation steps (the paper's 8 per process). Text conditioning
+is SDXL's (both text encoders, the pooled embedding, ``add_time_ids``), computed by
+``FaceMakeUpXLPipeline.encode_prompt`` / ``_add_time_ids`` so training and generation agree, with the
+micro-conditioning diffusers' ``train_controlnet_sdxl.py`` uses: original size = target size =
+(resolution, resolution), crop (0, 0), which is also what the pipeline passes by default.
+``tiny-xl`` trains the ``--model tiny-xl`` backbone on a CPU, as ``tiny``.
+
+Which layers the mask-alignment loss supervises on SDXL. SD 1.5 at 512 px supervises the query grid
+(512/16)^2 = 32x32: ``down_blocks.1`` + ``up_blocks.2``, the first attention level below the top one
+(latent stride 2) and its mirror in the up path. SDXL keeps ``map_attention_stride=16``: at 1024 px
+that is 64x64, ``down_blocks.1`` (2 attentions x 2 transformer layers) + ``up_blocks.1`` (3 x 2): 10
+layers (``model.capture.supervised_layers``). Why these and not SDXL's 32x32 layers (``down_blocks.2``,
+the mid block, ``up_blocks.0``; 60 layers): (1) one map pixel covers the same 16x16 image pixels as in the
+paper, so a phrase mask (hair, eyes, mouth) keeps the detail the paper supervised; at 32x32 on 1024 px a
+cell is 32x32 pixels and small regions fall below the 0.5 binarisation; (2) they sit where SD 1.5's do,
+after one downsampling of the latent (latent stride 2, the level whose down and mirrored up blocks the
+paper picks); SDXL has no attention at the top level, so on SDXL they are also the finest maps it has;
+(3) the extra ``QK^T`` and the kept probabilities for the loss are 10 layers x 10 heads x 4096 x 77
+per sample, against 60 x 20 x 1024 x 77 for the 32x32 layers. ``tiny-xl`` (32 px, VAE /2) uses stride 4
+for the same place in its UNet: ``down_blocks.1`` + ``up_blocks.1`` at 8x8.
 
 Example:
     >>> cfg = preset("tiny")
@@ -37,8 +59,8 @@ class TrainConfig:
     """
 
     # --- models
-    backbone: str = "tiny"  # "tiny" (deterministic random --model tiny backbone) or an SD 1.5 hub id / diffusers folder
-    image_encoder: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # CLIP image encoder (ignored for backbone "tiny")
+    backbone: str = "tiny"  # "tiny" / "tiny-xl" (deterministic random --model backbones) or an SD 1.5 / SDXL hub id or diffusers folder
+    image_encoder: str = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"  # CLIP image encoder (ignored for backbones "tiny" / "tiny-xl")
     init_adapter: str | None = None  # start from these FaceIDAdapter weights (file or folder); None = fresh
     init_shadingnet: str | None = None  # start from these ShadingNet weights; None = copy of the UNet (from_unet)
     lora_rank: int = 128  # LoRA rank on q/k/v/out of every attention layer (Face-MakeUp: 128)
@@ -69,7 +91,7 @@ class TrainConfig:
     seed: int = 42  # all randomness of a step derives from (seed, step)
     # --- losses
     map_loss_weight: float = 1e-3  # weight of the mask-alignment loss (0 = off: no attention maps recorded)
-    map_attention_stride: int = 16  # image pixels per attention-map pixel of the supervised layers (SD 1.5: 512/32)
+    map_attention_stride: int = 16  # image pixels per attention-map pixel of the supervised layers (SD 1.5: 512/32, SDXL: 1024/64)
     id_loss_weight: float = 0.0  # weight of the ID loss (0 = off; the paper gives no value)
     id_loss_max_timestep: int = 400  # the ID loss applies to samples with timestep below this
     # --- logging, checkpoints, samples
@@ -99,6 +121,17 @@ PRESETS = {
         train_batch_size=4, map_loss_weight=1e-3, map_attention_stride=2, mixed_precision="no", num_train_steps=300,
         lr_warmup_steps=10, checkpoint_every=100, sample_every=100, sample_steps=10, holdout=8,
     ),
+    "sdxl": dict(
+        backbone="stabilityai/stable-diffusion-xl-base-1.0", resolution=1024, mask_resolution=128, lora_rank=128, num_tokens=4,
+        learning_rate=1e-4, weight_decay=0.01, train_batch_size=2, gradient_accumulation_steps=4, text_dropout=0.05,
+        clip_image_dropout=0.5, map_loss_weight=1e-3, map_attention_stride=16, mixed_precision="bf16", gradient_checkpointing=True,
+        num_train_steps=680000, checkpoint_every=5000, sample_every=5000,
+    ),
+    "tiny-xl": dict(
+        backbone="tiny-xl", resolution=32, mask_resolution=32, lora_rank=4, num_tokens=4, learning_rate=1e-3,
+        train_batch_size=4, map_loss_weight=1e-3, map_attention_stride=4, mixed_precision="no", num_train_steps=300,
+        lr_warmup_steps=10, checkpoint_every=100, sample_every=100, sample_steps=10, holdout=8,
+    ),
 }
 
 
@@ -108,7 +141,7 @@ def valid_keys() -> list[str]:
 
 
 def preset(name: str) -> TrainConfig:
-    """The ``tiny`` or ``sd15`` preset.
+    """The ``tiny``, ``sd15``, ``sdxl`` or ``tiny-xl`` preset.
 
     Raises:
         ConfigError: unknown name.

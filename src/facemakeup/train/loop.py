@@ -4,6 +4,9 @@ What trains: the ID projection, the IP k/v and the LoRA of ``FaceIDAdapter`` and
 (``ControlNetModel.from_unet``), wrapped in one ``nn.Module`` (``Trainable``) for
 ``accelerator.prepare`` (diffusers' example scripts; IP-Adapter's ``tutorial_train.py``). The UNet,
 VAE, text and image encoders are frozen, in the mixed-precision dtype; trainable weights stay fp32.
+On an SDXL backbone (``sdxl``, ``tiny-xl``) the text conditioning is ``FaceMakeUpXLPipeline``'s own
+(``encode_prompt``: both text encoders, the pooled embedding; ``_add_time_ids``), passed to the UNet
+and the ShadingNet as ``added_cond_kwargs``, and the samples come from ``FaceMakeUpXLPipeline``.
 
 Determinism: every random draw of a sample (caption choice, noise, timestep, dropouts, VAE
 sampling) comes from a generator seeded by ``(seed, global sample position)``, and the data order
@@ -13,8 +16,10 @@ and timesteps as one process with batch N*b (the losses differ only by float sum
 
 Run layout (``RUN_DIR``): ``config.yaml``, ``metrics.jsonl``, ``eval.jsonl`` (held-out attention
 IoU), ``loss.png``, ``tensorboard/``, ``samples/step-XXXXXX.png``, ``checkpoint-STEP/`` (accelerate
-state + ``face_adapter/`` + ``shadingnet/`` + ``config.yaml`` + ``trainer_state.json``), ``final/``
-(``face_adapter/``, ``shadingnet/``, ``config.yaml``, ``provenance.json``) and ``summary.json``.
+state + ``face_adapter/`` + ``shadingnet/`` + ``backbone.json`` + ``config.yaml`` + ``trainer_state.json``),
+``final/`` (``face_adapter/``, ``shadingnet/``, ``backbone.json``, ``config.yaml``, ``provenance.json``) and
+``summary.json``. ``backbone.json`` (``model.backbone``) records the backbone and its UNet layout, so
+``facemakeup convert`` and ``generate --adapter RUN_DIR/final`` need no ``--model``.
 
 Example:
     >>> from facemakeup.train import preset, train
@@ -41,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..data.captions import Caption, Phrase, token_indices
 from ..data.dataset import FaceCaptionMaskDataset
 from ..errors import FaceMakeUpError
-from ..model.capture import AttentionCapture
+from ..model.capture import AttentionCapture, supervised_layers
 from ..model.id_adapter import FaceIDAdapter
 from .config import ConfigError, TrainConfig, differing_keys, load_config, save_config, to_dict
 from .losses import diffusion_loss, id_loss, mask_alignment_loss, predicted_x0
@@ -49,6 +54,8 @@ from .losses import diffusion_loss, id_loss, mask_alignment_loss, predicted_x0
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+#: The frozen models of ``load_frozen`` (``text_encoder_2`` on SDXL only).
+FROZEN = ("vae", "text_encoder", "text_encoder_2", "unet", "image_encoder")
 
 
 class NonFiniteLossError(FaceMakeUpError, RuntimeError):
@@ -61,20 +68,28 @@ class Trainable(nn.Module):
 
     The frozen UNet is held outside the module tree (no parameters, not in ``state_dict``); the
     adapter must be attached to it. ``forward`` is Face-MakeUpV2's conditional UNet call.
+
+    Args:
+        adapter, shadingnet, unet: as above. backbone: the config's ``backbone``, recorded beside the
+            weights by ``save_weights`` (``None``: nothing recorded). vae_scale_factor: image pixels per
+            latent pixel of that backbone.
     """
 
-    def __init__(self, adapter: FaceIDAdapter, shadingnet, unet):
+    def __init__(self, adapter: FaceIDAdapter, shadingnet, unet, backbone: str | None = None, vae_scale_factor: int = 8):
         super().__init__()
         self.adapter = adapter
         self.shadingnet = shadingnet
         self._unet = (unet,)  # a tuple: not registered as a submodule
+        self.backbone, self.vae_scale_factor = backbone, vae_scale_factor
 
-    def forward(self, noisy_latents, timesteps, text_embeds, id_embeds, clip_embeds, shading):
+    def forward(self, noisy_latents, timesteps, text_embeds, id_embeds, clip_embeds, shading, added_cond_kwargs: dict | None = None):
         """Noise (or v) prediction.
 
         Args:
             noisy_latents: ``(B, 4, h, w)``; timesteps: ``(B,)`` int64; text_embeds: ``(B, 77, D)``;
             id_embeds: ``(B, 512)``; clip_embeds: ``(B, L, C)``; shading: ``(B, 3, H, W)`` in [0, 1].
+            added_cond_kwargs: SDXL's ``{"text_embeds": (B, P) pooled, "time_ids": (B, 6)}`` for the UNet
+                and the ShadingNet, or ``None`` (SD 1.5).
 
         Returns:
             ``(B, 4, h, w)`` UNet output.
@@ -85,37 +100,55 @@ class Trainable(nn.Module):
         residuals = {}
         if self.shadingnet is not None:  # ShadingNet attends to the ID tokens only (Face-MakeUp V1/V2)
             down, mid = self.shadingnet(noisy_latents, timesteps, encoder_hidden_states=tokens,
-                                        controlnet_cond=shading.to(noisy_latents.dtype), return_dict=False)
+                                        controlnet_cond=shading.to(noisy_latents.dtype), added_cond_kwargs=added_cond_kwargs,
+                                        return_dict=False)
             residuals = {"down_block_additional_residuals": [r.to(noisy_latents.dtype) for r in down],
                          "mid_block_additional_residual": mid.to(noisy_latents.dtype)}
-        return unet(noisy_latents, timesteps, encoder_hidden_states=(text_embeds, [tokens[:, None]]), **residuals).sample
+        return unet(noisy_latents, timesteps, encoder_hidden_states=(text_embeds, [tokens[:, None]]), added_cond_kwargs=added_cond_kwargs,
+                    **residuals).sample
 
 
 def load_frozen(cfg: TrainConfig) -> dict:
     """The frozen components of ``cfg.backbone``: ``vae``, ``text_encoder``, ``tokenizer``, ``unet``,
-    ``noise_scheduler`` (DDPM, the backbone's schedule), ``sample_scheduler`` (DDIM), ``image_encoder``,
-    ``feature_extractor``; all with ``requires_grad`` off.
+    ``noise_scheduler`` (DDPM, the backbone's schedule), ``sample_scheduler`` (what the pipeline samples
+    with: DDIM on SD 1.5, the backbone's own scheduler on SDXL), ``image_encoder``, ``feature_extractor``,
+    and on SDXL ``text_encoder_2`` and ``tokenizer_2``; all with ``requires_grad`` off.
+
+    ``tiny`` / ``tiny-xl`` are the deterministic ``--model`` backbones; any other backbone is read by the
+    pipeline of its family (``pipeline.backbone_family``: SD 1.5 or SDXL).
 
     Raises:
         ModelNotFoundError: the backbone or image encoder cannot be loaded (what to download is said).
+        ConfigError: a VAE with ``latents_mean`` / ``latents_std`` (not supported for training).
     """
     from diffusers import DDIMScheduler, DDPMScheduler
 
-    if cfg.backbone == "tiny":
-        from ..model.tiny import tiny_components
+    if cfg.backbone in ("tiny", "tiny-xl"):
+        from ..model.tiny import tiny_components, tiny_xl_components
 
-        parts = tiny_components()  # the deterministic --model tiny backbone
+        parts = tiny_xl_components() if cfg.backbone == "tiny-xl" else tiny_components()  # the deterministic --model backbones
     else:
-        from ..pipeline import FaceMakeUpPipeline
+        from ..pipeline import FaceMakeUpPipeline, backbone_family
 
-        pipe = FaceMakeUpPipeline.from_backbone(cfg.backbone, image_encoder=cfg.image_encoder, lora_rank=0)
+        xl = backbone_family(cfg.backbone) == "sdxl"
+        if xl:
+            from ..pipeline_xl import FaceMakeUpXLPipeline as cls
+        else:
+            cls = FaceMakeUpPipeline
+        pipe = cls.from_backbone(cfg.backbone, image_encoder=cfg.image_encoder, lora_rank=0)
         pipe.face_adapter.detach()
-        parts = {k: getattr(pipe, k) for k in ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "image_encoder", "feature_extractor")}
-    sched_config = parts.pop("scheduler").config
+        names = ("vae", "text_encoder", "tokenizer", "unet", "scheduler", "image_encoder", "feature_extractor")
+        parts = {k: getattr(pipe, k) for k in names + (("text_encoder_2", "tokenizer_2") if xl else ())}
+    if getattr(parts["vae"].config, "latents_mean", None) is not None:
+        raise ConfigError(f"backbone {cfg.backbone}: its VAE normalises latents with latents_mean/latents_std, which training does not "
+                          "support; use a backbone whose VAE has only a scaling_factor (SD 1.5, SDXL)")
+    scheduler = parts.pop("scheduler")
+    sched_config = scheduler.config
     parts["noise_scheduler"] = DDPMScheduler.from_config(sched_config)
-    parts["sample_scheduler"] = DDIMScheduler.from_config(sched_config)
-    for name in ("vae", "text_encoder", "unet", "image_encoder"):
-        parts[name].requires_grad_(False).eval()
+    parts["sample_scheduler"] = type(scheduler).from_config(sched_config) if "text_encoder_2" in parts else DDIMScheduler.from_config(sched_config)
+    for name in FROZEN:
+        if name in parts:
+            parts[name].requires_grad_(False).eval()
     return parts
 
 
@@ -147,7 +180,8 @@ def build_trainable(cfg: TrainConfig, parts: dict) -> Trainable:
     adapter = adapter if adapter.dtype == torch.float32 else adapter.to(dtype=torch.float32)
     if cfg.lora_rank == 0 or adapter.config.lora_rank == 0:
         raise ConfigError("lora_rank must be > 0 for training (Face-MakeUp trains LoRA on every attention layer)")
-    return Trainable(adapter.requires_grad_(True), shadingnet.requires_grad_(True) if shadingnet is not None else None, unet)
+    return Trainable(adapter.requires_grad_(True), shadingnet.requires_grad_(True) if shadingnet is not None else None, unet,
+                     backbone=cfg.backbone, vae_scale_factor=scale)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -266,7 +300,12 @@ def open_dataset(cfg: TrainConfig, data_dir, tokenizer) -> tuple[FaceCaptionMask
 
 # ---------------------------------------------------------------------------------------------- encoders
 class Encoders:
-    """The frozen encoders' work on a batch (no gradient), with optional per-record caches."""
+    """The frozen encoders' work on a batch (no gradient), with optional per-record caches.
+
+    On SDXL (``text_encoder_2`` in ``parts``) the text side is ``FaceMakeUpXLPipeline``'s own
+    ``encode_prompt`` and ``_add_time_ids`` (one owner of SDXL's text conditioning for training and
+    generation), on a pipeline object made of the frozen parts (no adapter).
+    """
 
     def __init__(self, parts: dict, cfg: TrainConfig, device, dtype):
         self.vae, self.text_encoder, self.image_encoder = parts["vae"], parts["text_encoder"], parts["image_encoder"]
@@ -275,6 +314,14 @@ class Encoders:
         self.empty_ids = self.tokenizer("", padding="max_length", max_length=self.tokenizer.model_max_length,
                                         return_tensors="pt").input_ids[0]  # (77,)
         self._uncond = None
+        self.resolution = cfg.resolution
+        self.xl = None
+        if "text_encoder_2" in parts:
+            from ..pipeline_xl import FaceMakeUpXLPipeline
+
+            self.xl = FaceMakeUpXLPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], text_encoder_2=parts["text_encoder_2"],
+                                           tokenizer=parts["tokenizer"], tokenizer_2=parts["tokenizer_2"], unet=parts["unet"],
+                                           scheduler=parts["noise_scheduler"], face_adapter=None)
 
     @torch.no_grad()
     def latent_dist(self, pixels: torch.Tensor, keys: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -292,8 +339,28 @@ class Encoders:
 
     @torch.no_grad()
     def text(self, ids: torch.Tensor) -> torch.Tensor:
-        """``(B, 77, D)`` last hidden state of the text encoder."""
+        """``(B, 77, D)`` last hidden state of the text encoder (SD 1.5)."""
         return self.text_encoder(ids.to(self.device))[0]
+
+    @torch.no_grad()
+    def conditioning(self, batch: dict, drop_text: torch.Tensor | None = None) -> tuple[torch.Tensor, dict | None]:
+        """The text conditioning of a batch, the empty caption where ``drop_text`` (``(B,)`` bool) is set.
+
+        SD 1.5: ``(text_encoder(input_ids) (B, 77, 768), None)``. SDXL: ``FaceMakeUpXLPipeline.encode_prompt``
+        of the captions, ``(B, 77, 768 + 1280)`` (penultimate states of both encoders), and
+        ``{"text_embeds": (B, 1280) pooled, "time_ids": (B, 6)}``: ``_add_time_ids`` of original size =
+        target size = (resolution, resolution) and crop (0, 0), as diffusers' ``train_controlnet_sdxl.py``
+        and the pipeline's defaults at that size.
+        """
+        if self.xl is None:
+            ids = batch["input_ids"] if drop_text is None else torch.where(drop_text[:, None], self.empty_ids[None], batch["input_ids"])
+            return self.text(ids), None
+        drop = [False] * len(batch["caption"]) if drop_text is None else drop_text.tolist()
+        captions = ["" if d else c for c, d in zip(batch["caption"], drop)]
+        embeds, _, pooled, _ = self.xl.encode_prompt(captions, None, None, None, self.device, do_cfg=False)  # (B, 77, D), (B, P)
+        size = (self.resolution, self.resolution)
+        time_ids = self.xl._add_time_ids(size, (0, 0), size, embeds.dtype).to(self.device).repeat(len(captions), 1)  # (B, 6)
+        return embeds, {"text_embeds": pooled, "time_ids": time_ids}
 
     def _clip_pixels(self, images: torch.Tensor) -> torch.Tensor:
         size = self.image_encoder.config.image_size
@@ -339,6 +406,22 @@ def sample_draws(cfg: TrainConfig, positions, latent_shape, num_timesteps: int) 
             "drop_text": torch.tensor(drop_text), "drop_clip": torch.tensor(drop_clip)}
 
 
+def map_capture(cfg: TrainConfig, unet, vae_scale_factor: int) -> AttentionCapture:
+    """The ``AttentionCapture`` of the mask-alignment loss: the cross-attention layers of ``unet`` whose query
+    grid is ``(resolution / map_attention_stride)^2`` (``model.capture.supervised_layers``; SD 1.5 at 512 px:
+    ``down_blocks.1`` + ``up_blocks.2``, SDXL at 1024 px: ``down_blocks.1`` + ``up_blocks.1``, see ``train.config``).
+
+    Raises:
+        ConfigError: no layer of the UNet runs at that grid (the grids it has are named).
+    """
+    side = cfg.resolution // cfg.map_attention_stride
+    try:
+        layers = supervised_layers(unet, cfg.resolution, cfg.map_attention_stride, vae_scale_factor)
+    except ValueError as err:
+        raise ConfigError(f"map_attention_stride: {err}") from None
+    return AttentionCapture(side * side, layers=layers)
+
+
 # ---------------------------------------------------------------------------------------------- evaluation
 @torch.no_grad()
 def attention_iou(model: Trainable, enc: Encoders, scheduler, samples: list[dict], cfg: TrainConfig,
@@ -355,14 +438,14 @@ def attention_iou(model: Trainable, enc: Encoders, scheduler, samples: list[dict
     """
     unet = model._unet[0]
     side = cfg.resolution // cfg.map_attention_stride
-    capture = AttentionCapture(side * side)
+    capture = map_capture(cfg, unet, model.vae_scale_factor)
     capture.install(unet)
     try:
         batch = collate(samples)
         keys = batch["key"]
         mean, std = enc.latent_dist(batch["pixel_values"], keys)
         latents = mean * enc.vae.config.scaling_factor
-        text = enc.text(batch["input_ids"])
+        text, added = enc.conditioning(batch)
         clip = enc.clip(batch["clip_image"], keys)
         ious = []
         for t in timesteps:
@@ -371,7 +454,7 @@ def attention_iou(model: Trainable, enc: Encoders, scheduler, samples: list[dict
             ts = torch.full((len(latents),), t, dtype=torch.long, device=latents.device)
             noisy = scheduler.add_noise(latents, noise, ts)
             capture.clear()
-            model(noisy.to(enc.dtype), ts, text, batch["id_embedding"].to(enc.device), clip, batch["shading"].to(enc.device))
+            model(noisy.to(enc.dtype), ts, text, batch["id_embedding"].to(enc.device), clip, batch["shading"].to(enc.device), added)
             b = len(latents)
             maps = torch.stack([m.float().view(b, -1, side * side, m.shape[-1]).mean(1) for m in capture.maps]).mean(0)  # (B, HW, T)
             masks = F.interpolate(batch["masks"].float(), size=(side, side), mode="bilinear", align_corners=False) > 0.5  # (B, M, s, s)
@@ -392,8 +475,9 @@ def attention_iou(model: Trainable, enc: Encoders, scheduler, samples: list[dict
 
 
 def sample_grid(model: Trainable, parts: dict, samples: list[dict], cfg: TrainConfig, path: Path) -> None:
-    """Images from fixed held-out references and seeds through ``FaceMakeUpPipeline``; one row per
-    reference: the training image, its shading map, then one image per seed. Saved as PNG."""
+    """Images from fixed held-out references and seeds through ``FaceMakeUpPipeline`` (``FaceMakeUpXLPipeline``
+    on SDXL, with its default guidance); one row per reference: the training image, its shading map,
+    then one image per seed. Saved as PNG."""
     from PIL import Image
 
     from ..pipeline import FaceMakeUpPipeline
@@ -402,9 +486,15 @@ def sample_grid(model: Trainable, parts: dict, samples: list[dict], cfg: TrainCo
     capture = adapter._capture
     adapter.detach()
     try:
-        pipe = FaceMakeUpPipeline(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], unet=unet,
-                                  scheduler=parts["sample_scheduler"], face_adapter=adapter, image_encoder=parts["image_encoder"],
-                                  feature_extractor=parts["feature_extractor"], controlnet=model.shadingnet)
+        common = dict(vae=parts["vae"], text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], unet=unet,
+                      scheduler=parts["sample_scheduler"], face_adapter=adapter, image_encoder=parts["image_encoder"],
+                      feature_extractor=parts["feature_extractor"], controlnet=model.shadingnet)
+        if "text_encoder_2" in parts:
+            from ..pipeline_xl import FaceMakeUpXLPipeline
+
+            pipe = FaceMakeUpXLPipeline(text_encoder_2=parts["text_encoder_2"], tokenizer_2=parts["tokenizer_2"], **common)
+        else:
+            pipe = FaceMakeUpPipeline(**common)
         pipe.set_progress_bar_config(disable=True)
         rows = []
         for s in samples:
@@ -452,10 +542,15 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
 
 
 def save_weights(model: Trainable, folder: Path) -> None:
-    """The "Ours" layout: ``face_adapter/`` (FaceIDAdapter) and, when trained, ``shadingnet/`` (ControlNetModel)."""
+    """The "Ours" layout: ``face_adapter/`` (FaceIDAdapter), when trained ``shadingnet/`` (ControlNetModel), and
+    ``backbone.json`` (``model.backbone.write_backbone``: the backbone and its UNet layout) when ``model.backbone`` is set."""
+    from ..model.backbone import write_backbone
+
     model.adapter.save_pretrained(folder / "face_adapter")
     if model.shadingnet is not None:
         model.shadingnet.save_pretrained(folder / "shadingnet")
+    if model.backbone is not None:
+        write_backbone(folder, model.backbone, model._unet[0], model.vae_scale_factor)
 
 
 def load_weights(model: Trainable, folder: Path) -> None:
@@ -524,13 +619,12 @@ def train(cfg: TrainConfig, data_dir, run_dir, max_steps: int | None = None, res
     parts = load_frozen(cfg)
     model = build_trainable(cfg, parts)
     device = accelerator.device
-    for name in ("vae", "text_encoder", "unet", "image_encoder"):
+    for name in (n for n in FROZEN if n in parts):
         parts[name].to(device)
         if parts[name].dtype != weight_dtype:
             parts[name].to(dtype=weight_dtype)
     model.to(device)
-    side = cfg.resolution // cfg.map_attention_stride
-    capture = AttentionCapture(side * side) if cfg.map_loss_weight > 0 else None
+    capture = map_capture(cfg, parts["unet"], model.vae_scale_factor) if cfg.map_loss_weight > 0 else None
     model.adapter.attach(parts["unet"], capture=capture)
     if cfg.gradient_checkpointing:
         parts["unet"].enable_gradient_checkpointing()
@@ -633,15 +727,14 @@ def train(cfg: TrainConfig, data_dir, run_dir, max_steps: int | None = None, res
             latents = (mean + std * draws["eps"].to(device)) * scaling  # (B, 4, h, w) sampled posterior
             noise, timesteps = draws["noise"].to(device), draws["timesteps"].to(device)
             noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-            ids = torch.where(draws["drop_text"][:, None], enc.empty_ids[None], batch["input_ids"])  # text dropout
-            text = enc.text(ids)
+            text, added = enc.conditioning(batch, draws["drop_text"])  # text dropout: the empty caption
             clip = enc.clip(batch["clip_image"], keys)
             clip = torch.where(draws["drop_clip"].to(device)[:, None, None], enc.uncond_clip().expand_as(clip), clip)  # CLIP-image dropout
             sync = micro == cfg.gradient_accumulation_steps - 1
             with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
                 if capture is not None:
                     capture.clear()
-                pred = model(noisy.to(weight_dtype), timesteps, text, batch["id_embedding"].to(device), clip, batch["shading"].to(device))
+                pred = model(noisy.to(weight_dtype), timesteps, text, batch["id_embedding"].to(device), clip, batch["shading"].to(device), added)
                 mse = diffusion_loss(pred, latents, noise, timesteps, noise_scheduler)
                 loss = mse
                 terms = {"loss_mse": mse.detach()}
