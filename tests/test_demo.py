@@ -171,6 +171,23 @@ def test_build_demo_queues_one_generation_at_a_time(backend):
     assert sorted(p.name for p in examples.iterdir()) == ["astronaut.png", "grace_hopper.jpg"]
 
 
+def test_page_text_names_the_backbone_and_says_tiny_images_are_noise(tmp_path, analyzer):
+    import gradio as gr
+
+    from facemakeup.demo import backbone_text
+    from facemakeup.pipeline import load_pipeline
+
+    xl = load_pipeline("tiny-xl")
+    app = build_demo(xl, tmp_path / "out", analyzer=analyzer, model_info={"pipeline": "tiny-xl"})
+    intro = next(b.value for b in app.blocks.values() if isinstance(b, gr.Markdown) and "identity-consistent" in str(b.value))
+    assert "SDXL-shaped test model (tiny-xl)" in intro and "its images are noise, not faces" in intro
+    assert "Stable Diffusion 1.5" not in intro
+    assert backbone_text(xl, {"pipeline": "models/sdxl"}) == "on SDXL"
+    sd = load_pipeline("tiny")
+    assert backbone_text(sd, {"pipeline": "models/sd15"}) == "on Stable Diffusion 1.5"
+    assert "Stable Diffusion 1.5-shaped test model (tiny)" in backbone_text(sd, {"pipeline": "tiny"})
+
+
 def test_demo_command_binds_loopback_and_names_missing_models(tmp_path, monkeypatch):
     from click.testing import CliRunner
 

@@ -334,6 +334,29 @@ def test_benchmark_tiny_end_to_end_and_resume(tmp_path, astronaut):
     assert (tmp_path / "b" / "astronaut" / "p00_s42.png").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
+def test_benchmark_and_evaluate_take_the_sdxl_tiny_model(tmp_path, astronaut):
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from facemakeup.cli import main
+
+    (tmp_path / "ids").mkdir()
+    Image.fromarray(astronaut).save(tmp_path / "ids" / "astronaut.png")
+    (tmp_path / "prompts.txt").write_text("a person smiling\n")
+    res = CliRunner().invoke(main, ["benchmark", "--model", "tiny-xl", "--identities", str(tmp_path / "ids"), "--out", str(tmp_path / "b"),
+                                    "--prompts", str(tmp_path / "prompts.txt"), "--steps", "1", "--metrics", "FaceSim,Attr"])
+    assert res.exit_code == 0, res.output
+    with Image.open(tmp_path / "b" / "astronaut" / "p00_s42.png") as im:
+        assert im.size == (64, 64) and json.loads(im.info["facemakeup"])["model"] == "tiny-xl"
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["model"] == "tiny-xl"
+    res = CliRunner().invoke(main, ["evaluate", "--generated", str(tmp_path / "b"), "--references", str(tmp_path / "b" / "references"),
+                                    "--out", str(tmp_path / "e"), "--metrics", "FaceSim,Attr"])
+    assert res.exit_code == 0, res.output
+    data = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert data["model"] == "tiny-xl" and "noise" in data["note"]
+
+
 def test_vlm_score_on_a_tiny_saved_llava(tmp_path, astronaut):
     """A tiny random LLaVA (CLIP vision tower + Llama) with a word-level tokenizer and a chat template."""
     from tokenizers import Tokenizer, models, pre_tokenizers

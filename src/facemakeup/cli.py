@@ -151,6 +151,7 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
 
     if weights and face_index == "all":
         _fail(ValueError("--weight needs one face per --reference; drop --weight or pick one face with --face-index N"))
+    model = _model_for_weights(model, {"--adapter": adapter, "--shadingnet": shadingnet})  # a training run knows its backbone
 
     # 0. Preflight, before any work: values, output folder, photos' headers, models
     _check_generate_options(references, weights, prompt, negative_prompt, model, image_encoder, adapter, shadingnet, seed, guidance_scale,
@@ -414,7 +415,7 @@ def demo(model, image_encoder, adapter, shadingnet, out_dir, host, port, max_pix
     from .demo import build_demo, launch_demo
     from .pipeline import DEFAULT_BACKBONE, DEFAULT_IMAGE_ENCODER, load_pipeline
 
-    model = model or DEFAULT_BACKBONE
+    model = _model_for_weights(model, {"--adapter": adapter, "--shadingnet": shadingnet}) or DEFAULT_BACKBONE
     try:
         pipe = load_pipeline(model, image_encoder=image_encoder or DEFAULT_IMAGE_ENCODER, adapter=str(adapter) if adapter else None,
                              shadingnet=shadingnet)
@@ -431,33 +432,12 @@ def demo(model, image_encoder, adapter, shadingnet, out_dir, host, port, max_pix
 
 
 # ---------------------------------------------------------------------------- convert (issue 12)
-def _layout_unet(model: str):
-    """``(UNet without weights, vae_scale_factor)`` giving the attention layout a checkpoint is for."""
-    from accelerate import init_empty_weights
-    from diffusers import UNet2DConditionModel
-
-    if model == "tiny":
-        from .model.tiny import tiny_components
-
-        parts = tiny_components()
-        return parts["unet"], 2 ** (len(parts["vae"].config.block_out_channels) - 1)
-    if model == "sd15":  # SD 1.5's UNet config (diffusers' defaults with these three)
-        with init_empty_weights():
-            return UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64), 8
-    config = UNet2DConditionModel.load_config(model, subfolder="unet")
-    with init_empty_weights():
-        unet = UNet2DConditionModel.from_config(config)
-    vae_config = Path(model) / "vae" / "config.json"
-    blocks = json.loads(vae_config.read_text())["block_out_channels"] if vae_config.is_file() else [0] * 4
-    return unet, 2 ** (len(blocks) - 1)
-
-
 @main.command()
 @click.argument("src")
 @click.argument("dst", type=click.Path(path_type=Path))
 @click.option("--to", "target", required=True, type=click.Choice(["ours", "face-makeup-v2", "ip-adapter"]),
               help="ours: folder with face_adapter/ + shadingnet/; face-makeup-v2: V2's model.bin; ip-adapter: h94 FaceID-PlusV2 .bin/.safetensors.")
-@click.option("--model", default="sd15", show_default=True, help="UNet the checkpoint is for: 'sd15', 'tiny', or an SD 1.5-family backbone id/folder.")
+@click.option("--model", default=None, help="UNet the checkpoint is for: 'sd15', 'sdxl', 'tiny', 'tiny-xl', or a backbone id/folder [default: the backbone a training run's SRC records in its backbone.json, else sd15].")
 @click.option("--subfolder", default=None, help="Folder inside SRC (hub repo or folder).")
 @click.option("--weight-name", default=None, help="File inside SRC (hub repo or folder).")
 @click.option("--shortcut/--no-shortcut", default=None, help="FaceID-Plus v1 sources: --no-shortcut (kept in ours' config).")
@@ -465,12 +445,18 @@ def convert(src, dst, target, model, subfolder, weight_name, shortcut):
     """Convert the checkpoint SRC (any layout facemakeup reads) to DST in the --to layout.
 
     SRC: an IP-Adapter-FaceID / -Plus / -PlusV2 / -Portrait file, a Face-MakeUp V1/V2 model.bin,
-    our folder (e.g. a training run's final/), or a hub repo id with --weight-name.
+    our folder (e.g. a training run's final/, whose backbone.json says which UNet it is for), or a hub
+    repo id with --weight-name.
     """
+    from .model.backbone import layout_unet, read_backbone
     from .model.loaders import load_checkpoint, write_checkpoint
 
+    if model is None:  # a training run's folder knows its backbone (model.backbone); anything else: SD 1.5
+        model = src if read_backbone(src) is not None else "sd15"
+    else:
+        _model_for_weights(model, {"SRC": src}, flag="--model")
     try:
-        unet, vae_scale = _layout_unet(model)
+        unet, vae_scale = layout_unet(model)
         ckpt = load_checkpoint(src, unet, subfolder=subfolder, weight_name=weight_name, shortcut=shortcut, vae_scale_factor=vae_scale)
         written = write_checkpoint(dst, ckpt.adapter, ckpt.controlnet, target)
     except (FaceMakeUpError, ValueError, OSError) as err:
@@ -586,6 +572,51 @@ def _check_generate_options(references, weights, prompt, negative_prompt, model,
 
 #: ``--model`` values that build a tiny random pipeline (noise images).
 TINY_MODELS = ("tiny", "tiny-xl")
+
+
+def _model_for_weights(model: str | None, weights: dict, flag: str = "--model") -> str | None:
+    """``--model`` for weights from a training run (``model.backbone.read_backbone``): the run's backbone when
+    ``--model`` is not given; a ``--model`` of another family than the run's (or another model than a tiny
+    run's) is refused, naming the run's backbone and the flag.
+
+    Args:
+        model: ``--model`` as given (``None``: not given). weights: ``{flag: path}`` of the weights options
+            (``--adapter``, ``--shadingnet``, convert's ``SRC``); ``None`` and ``"init"`` are skipped.
+        flag: the option that names the backbone (or layout).
+
+    Returns:
+        ``model``, or the run's backbone when ``model`` is ``None`` and some weights are a run's.
+
+    Raises:
+        CheckpointLayoutError: a mismatch (exit status 5, as weights trained for another UNet).
+        ModelNotFoundError: ``model`` is not given and the run's backbone is an absolute path absent here.
+    """
+    from .errors import CheckpointLayoutError, ModelNotFoundError
+    from .model.backbone import describe, read_backbone
+
+    runs = [(option, path, read_backbone(path)) for option, path in weights.items() if path not in (None, "init")]
+    runs = [(option, path, run) for option, path, run in runs if run is not None]
+    for option, path, run in runs:
+        backbone = run["backbone"]
+        if model is None:
+            if Path(backbone).is_absolute() and not Path(backbone).exists():
+                raise ModelNotFoundError(f"{option} {path} was trained on {backbone} ({run['source']}), which is not on this machine: "
+                                         f"pass a copy of that backbone with {flag} DIR")
+            model = backbone
+            continue
+        if model == backbone:
+            continue
+        family = {"sd15": "sd15", "sdxl": "sdxl", "tiny": "sd15", "tiny-xl": "sdxl"}.get(model)
+        if family is None:
+            from .pipeline import backbone_family
+
+            family = backbone_family(model)
+        if model in TINY_MODELS or backbone in TINY_MODELS or family != run["family"]:
+            label = {"sd15": "SD 1.5", "sdxl": "SDXL"}[family]
+            given = f"the tiny {label} model" if model in TINY_MODELS else f"an {label} UNet"
+            raise CheckpointLayoutError(f"{option} {path} was trained on {describe(run)}, recorded in {run['source']}; {flag} {model} is "
+                                        f"{given}: drop {flag} to use the run's backbone, or pass {flag} {backbone}")
+    return model
 
 
 def _saved_pipeline(model: str | None) -> str | None:
@@ -766,7 +797,7 @@ def _benchmark_worker(args) -> list[str]:
 
 
 @main.command()
-@click.option("--model", required=True, help="'tiny' / 'tiny-xl' (random, noise images), a saved FaceMakeUp(XL)Pipeline folder, or an SD 1.5 or SDXL backbone id/folder.")
+@click.option("--model", default=None, help="'tiny' / 'tiny-xl' (random, noise images), a saved FaceMakeUp(XL)Pipeline folder, or an SD 1.5 or SDXL backbone id/folder [required unless --adapter is a training run's folder: its backbone].")
 @click.option("--adapter", default=None, type=click.Path(path_type=Path), help="ID-adapter weights (file or FaceIDAdapter folder).")
 @click.option("--image-encoder", default=None, help="CLIP image encoder id/folder [default: laion/CLIP-ViT-H-14-laion2B-s32B-b79K].")
 @click.option("--shadingnet", default=None, help="ShadingNet weights (Face-MakeUpV2 model.bin, a ControlNet folder).")
@@ -792,6 +823,9 @@ def benchmark(model, adapter, image_encoder, shadingnet, identities, out_dir, pr
     from .eval.benchmark import GenerationConfig, is_done, list_identities, load_prompts, pairs_from_folders
 
     shard_i, shard_n = shard
+    model = _model_for_weights(model, {"--adapter": adapter, "--shadingnet": shadingnet})
+    if model is None:
+        raise click.UsageError("--model is required (unless --adapter is a training run's folder, whose backbone is then used)")
     names, models = _eval_models(metrics, clip, dino, inception, lpips, vlm, face_models)
     try:
         people = list_identities(identities)
@@ -831,8 +865,8 @@ def benchmark(model, adapter, image_encoder, shadingnet, identities, out_dir, pr
 
 # ------------------------------------------------------------------------------------------ train
 @main.command()
-@click.option("--preset", "preset_name", required=True, type=click.Choice(["tiny", "sd15"]),
-              help="tiny: the --model tiny backbone on a CPU in minutes; sd15: the paper's recipe (REFERENCE.md).")
+@click.option("--preset", "preset_name", required=True, type=click.Choice(["tiny", "sd15", "sdxl", "tiny-xl"]),
+              help="tiny / tiny-xl: the --model tiny / tiny-xl backbone on a CPU in minutes; sd15: the paper's recipe (REFERENCE.md); sdxl: it on SDXL-base at 1024 px.")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="YAML file of config keys over the preset (unknown keys are an error).")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, path_type=Path), help="A build-dataset folder.")
@@ -845,8 +879,8 @@ def train(preset_name, config_file, data_dir, run_dir, max_steps, checkpoint_eve
     """Train Face-MakeUpV2's ID adapter (projection, IP k/v, LoRA) and ShadingNet on FaceCaptionMask records.
 
     Writes RUN_DIR/config.yaml, metrics.jsonl, loss.png, tensorboard/, samples/, checkpoint-STEP/ and
-    final/ (face_adapter/ + shadingnet/: load with `facemakeup generate --adapter RUN_DIR/final
-    --shadingnet RUN_DIR/final`). Runs under `accelerate launch -m facemakeup.train` for several processes.
+    final/ (face_adapter/ + shadingnet/ + backbone.json: load with `facemakeup generate --adapter
+    RUN_DIR/final --shadingnet RUN_DIR/final`, no --model needed). Runs under `accelerate launch -m facemakeup.train` for several processes.
     """
     from .train import ConfigError, NonFiniteLossError, apply_overrides, load_config, preset
     from .train import train as run_training

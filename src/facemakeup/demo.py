@@ -388,6 +388,17 @@ class DemoBackend:
         return rows
 
 
+def backbone_text(pipeline, model_info: dict | None) -> str:
+    """What the page says the demo runs on: ``"on SDXL"`` / ``"on Stable Diffusion 1.5"`` (the pipeline's
+    family), or for a tiny random model (``model_info["pipeline"]`` ``"tiny"`` / ``"tiny-xl"``) that it is one
+    and that its images are noise."""
+    family = "SDXL" if getattr(pipeline, "text_encoder_2", None) is not None else "Stable Diffusion 1.5"
+    if (model_info or {}).get("pipeline") in ("tiny", "tiny-xl"):
+        return (f"on a tiny, randomly initialised {family}-shaped test model ({model_info['pipeline']}): **its images are noise, "
+                "not faces**; start the demo with real weights for faces")
+    return f"on {family}"
+
+
 def build_demo(pipeline, output_dir="facemakeup-demo", analyzer=None, max_pixels: int = DEFAULT_MAX_PIXELS,
                max_file_size: int = DEFAULT_MAX_FILE_SIZE, model_info: dict | None = None, title: str = "Face-MakeUp"):
     """The gradio app around ``pipeline``; mount it or ``launch_demo`` it.
@@ -412,7 +423,8 @@ def build_demo(pipeline, output_dir="facemakeup-demo", analyzer=None, max_pixels
         gr.Markdown(
             f"# {title}: identity-consistent face generation\n"
             "Upload one or more photos of a person, check the preview, write a prompt and press **Generate**. "
-            "Face-MakeUp ([V1](https://arxiv.org/abs/2501.02523), [V2](https://arxiv.org/abs/2510.21775)) on Stable Diffusion 1.5."
+            "Face-MakeUp ([V1](https://arxiv.org/abs/2501.02523), [V2](https://arxiv.org/abs/2510.21775)) "
+            f"{backbone_text(pipeline, backend.model_info)}."
         )
         with gr.Row():
             with gr.Column(scale=1):
