@@ -220,6 +220,31 @@ def test_convert_and_generate_read_the_run_backbone(xl_run, tmp_path):
     assert not (tmp_path / "g").exists()
 
 
+def test_training_on_a_saved_sdxl_backbone_folder(records, tmp_path):
+    """The path `train --preset sdxl --set backbone=DIR` takes (FaceMakeUpXLPipeline.from_backbone, both text
+    encoders, the folder's Euler scheduler for the samples), on tiny SDXL-shaped weights saved as diffusers saves SDXL."""
+    from diffusers import StableDiffusionXLPipeline
+
+    from facemakeup.train import loop
+
+    parts = tiny_xl_components(seed=0)
+    StableDiffusionXLPipeline(**{k: v for k, v in parts.items() if k not in ("image_encoder", "feature_extractor")}).save_pretrained(
+        tmp_path / "sdxl")
+    parts["image_encoder"].save_pretrained(tmp_path / "clip")
+    parts["feature_extractor"].save_pretrained(tmp_path / "clip")
+    cfg = xl_config(f"backbone={tmp_path / 'sdxl'}", f"image_encoder={tmp_path / 'clip'}")
+    frozen = loop.load_frozen(cfg)
+    assert {"text_encoder_2", "tokenizer_2"} <= set(frozen) and type(frozen["sample_scheduler"]).__name__ == "EulerDiscreteScheduler"
+    train(cfg, records, tmp_path / "run", max_steps=1)
+    record = read_backbone(tmp_path / "run" / "final")
+    assert (record["backbone"], record["family"]) == (str(tmp_path / "sdxl"), "sdxl")
+    res = CliRunner().invoke(main, ["convert", str(tmp_path / "run" / "final"), str(tmp_path / "ip.safetensors"), "--to", "ip-adapter"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, ["convert", str(tmp_path / "run" / "final"), str(tmp_path / "x.bin"), "--to", "ip-adapter",
+                                    "--model", "sd15"])
+    assert res.exit_code == 5 and f"pass --model {tmp_path / 'sdxl'}" in res.output, res.output
+
+
 def test_convert_reads_a_tiny_run_written_before_backbone_json(records, tmp_path):
     """The issue's report: `convert RUN_DIR/final model.bin --to face-makeup-v2` (the README's command) on a
     --preset tiny run exited 5; a run's final/ without backbone.json still has config.yaml's backbone."""

@@ -107,7 +107,7 @@ def _light_dir(ctx, param, value):
 @click.option("--prompt", required=True, help='Text prompt, e.g. "a smiling woman with blonde hair".')
 @click.option("--negative-prompt", default=None, help="Negative prompt.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
-@click.option("--model", default=None, help="'tiny' / 'tiny-xl' (random SD 1.5- / SDXL-shaped, noise images), a saved FaceMakeUp(XL)Pipeline folder, or an SD 1.5 or SDXL backbone id/folder (told apart by its model_index.json / UNet config) [default: stable-diffusion-v1-5/stable-diffusion-v1-5].")
+@click.option("--model", default=None, help="'tiny' / 'tiny-xl' (random SD 1.5- / SDXL-shaped, noise images), a saved FaceMakeUp(XL)Pipeline folder, or an SD 1.5 or SDXL backbone id/folder (told apart by its model_index.json / UNet config) [default: the backbone a training run given as --adapter / --shadingnet records, else stable-diffusion-v1-5/stable-diffusion-v1-5].")
 @click.option("--image-encoder", default=None, help="CLIP image encoder id/folder [default: laion/CLIP-ViT-H-14-laion2B-s32B-b79K].")
 @click.option("--adapter", default=None, type=click.Path(path_type=Path), help="ID-adapter weights: an IP-Adapter-FaceID / -Plus / -PlusV2 / -Portrait file, a Face-MakeUp V1/V2 model.bin, or our folder (face_adapter/).")
 @click.option("--shadingnet", default=None, help="ControlNet weights: Face-MakeUp V1/V2 model.bin, our folder (shadingnet/), a ControlNet folder, or 'init' (untrained).")
@@ -394,7 +394,7 @@ def build_dataset(input, out, workers, distributor, scheduler, shard_size, limit
 
 
 @main.command()
-@click.option("--model", default=None, help="'tiny' / 'tiny-xl' (random SD 1.5- / SDXL-shaped, noise images), a saved FaceMakeUp(XL)Pipeline folder, or an SD 1.5 or SDXL backbone id/folder (told apart by its model_index.json / UNet config) [default: stable-diffusion-v1-5/stable-diffusion-v1-5].")
+@click.option("--model", default=None, help="'tiny' / 'tiny-xl' (random SD 1.5- / SDXL-shaped, noise images), a saved FaceMakeUp(XL)Pipeline folder, or an SD 1.5 or SDXL backbone id/folder (told apart by its model_index.json / UNet config) [default: the backbone a training run given as --adapter / --shadingnet records, else stable-diffusion-v1-5/stable-diffusion-v1-5].")
 @click.option("--image-encoder", default=None, help="CLIP image encoder id/folder [default: laion/CLIP-ViT-H-14-laion2B-s32B-b79K].")
 @click.option("--adapter", default=None, type=click.Path(path_type=Path), help="ID-adapter weights: IP-Adapter-FaceID-PlusV2 / Face-MakeUp checkpoint file, or a FaceIDAdapter folder.")
 @click.option("--shadingnet", default=None, help="ShadingNet (ControlNet) weights: Face-MakeUpV2 model.bin, a ControlNet folder, or 'init' (untrained).")
