@@ -607,13 +607,14 @@ def _model_for_weights(model: str | None, weights: dict, flag: str = "--model") 
         if model == backbone:
             continue
         family = {"sd15": "sd15", "sdxl": "sdxl", "tiny": "sd15", "tiny-xl": "sdxl"}.get(model)
-        if family is None:
+        if family is None and backbone not in TINY_MODELS:  # tiny weights fit their tiny model only: no lookup needed
             from .pipeline import backbone_family
 
             family = backbone_family(model)
         if model in TINY_MODELS or backbone in TINY_MODELS or family != run["family"]:
-            label = {"sd15": "SD 1.5", "sdxl": "SDXL"}[family]
-            given = f"the tiny {label} model" if model in TINY_MODELS else f"an {label} UNet"
+            label = {"sd15": "SD 1.5", "sdxl": "SDXL", None: ""}[family]
+            given = (f"the tiny {label} model" if model in TINY_MODELS else f"an {label} UNet" if family else
+                     "another backbone (weights trained on a tiny model fit only that model)")
             raise CheckpointLayoutError(f"{option} {path} was trained on {describe(run)}, recorded in {run['source']}; {flag} {model} is "
                                         f"{given}: drop {flag} to use the run's backbone, or pass {flag} {backbone}")
     return model
