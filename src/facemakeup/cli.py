@@ -64,6 +64,15 @@ def _fail(err: Exception) -> None:
     raise FaceMakeUpInputError(str(err)) from err
 
 
+
+def _folder_out(path: Path, flag: str) -> None:
+    """``path`` may become an output folder: not an existing file (status 4, as every output-folder problem)."""
+    from .errors import OutputError
+
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {path} is a file, not a folder; pass a folder path")
+
+
 def _face_choice(ctx, param, value):
     """``--face-index``: "all" or a face number (0 = the main face)."""
     if value is None or str(value).lower() == "all":
@@ -106,7 +115,7 @@ def _light_dir(ctx, param, value):
 @click.option("--weight", "weights", multiple=True, type=float, help="Mixing weight per --reference (default equal).")
 @click.option("--prompt", required=True, help='Text prompt, e.g. "a smiling woman with blonde hair".')
 @click.option("--negative-prompt", default=None, help="Negative prompt.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--model", default=None, help="'tiny' / 'tiny-xl' (random SD 1.5- / SDXL-shaped, noise images), a saved FaceMakeUp(XL)Pipeline folder, or an SD 1.5 or SDXL backbone id/folder (told apart by its model_index.json / UNet config) [default: stable-diffusion-v1-5/stable-diffusion-v1-5].")
 @click.option("--image-encoder", default=None, help="CLIP image encoder id/folder [default: laion/CLIP-ViT-H-14-laion2B-s32B-b79K].")
 @click.option("--adapter", default=None, type=click.Path(path_type=Path), help="ID-adapter weights: an IP-Adapter-FaceID / -Plus / -PlusV2 / -Portrait file, a Face-MakeUp V1/V2 model.bin, or our folder (face_adapter/).")
@@ -249,7 +258,7 @@ def _output_stems(paths: list[Path]) -> dict[Path, str]:
 
 @main.command()
 @click.argument("photos", nargs=-1, required=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--face-models", default=None, type=click.Path(path_type=Path), help="Folder with buffalo_l's det_10g.onnx and w600k_r50.onnx.")
 @click.option("--face-index", "--face", "face_index", default="all", show_default=True, callback=_face_choice,
               help="Faces to analyse in full: 'all', or N (0 = the main face: visible size, centrality, detector score). Every detected face is listed either way.")
@@ -351,7 +360,7 @@ def analyze(photos, out_dir, face_models, face_index, shading_crop_factor, shadi
 
 @main.command("build-dataset")
 @click.argument("input", type=str)
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Worker processes (local) or LocalCluster workers (dask).")
 @click.option("--distributor", default="local", show_default=True, type=click.Choice(["local", "dask"]),
               help="local: processes on this machine; dask: dask.distributed (a LocalCluster, or --scheduler).")
@@ -377,6 +386,7 @@ def build_dataset(input, out, workers, distributor, scheduler, shard_size, limit
     from .data.build import BuildConfig, build, format_summary
     from .data.curation import CurationConfig
 
+    _folder_out(out, "OUT")
     config = BuildConfig(curation=CurationConfig(min_side=min_side, max_text_fraction=max_text), captioner=captioner,
                          tokenizer=tokenizer, face_models=str(face_models) if face_models else None, threads=threads)
     try:
@@ -397,7 +407,7 @@ def build_dataset(input, out, workers, distributor, scheduler, shard_size, limit
 @click.option("--image-encoder", default=None, help="CLIP image encoder id/folder [default: laion/CLIP-ViT-H-14-laion2B-s32B-b79K].")
 @click.option("--adapter", default=None, type=click.Path(path_type=Path), help="ID-adapter weights: IP-Adapter-FaceID-PlusV2 / Face-MakeUp checkpoint file, or a FaceIDAdapter folder.")
 @click.option("--shadingnet", default=None, help="ShadingNet (ControlNet) weights: Face-MakeUpV2 model.bin, a ControlNet folder, or 'init' (untrained).")
-@click.option("--out", "out_dir", default="facemakeup-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", default="facemakeup-demo", show_default=True, type=click.Path(path_type=Path),
               help="The only folder the demo writes to: results, zips, examples, gradio's upload cache.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes the demo to the network.")
 @click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
@@ -407,6 +417,7 @@ def demo(model, image_encoder, adapter, shadingnet, out_dir, host, port, max_pix
     """Start the web demo (gradio) on http://HOST:PORT."""
     import os
 
+    _folder_out(out_dir, "--out")
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     os.environ["GRADIO_TEMP_DIR"] = str(out_dir / "gradio")  # uploads and served copies stay inside --out
@@ -702,7 +713,7 @@ def _run_evaluation(pairs, out_dir, names, models, batch_size, model_label, note
 @click.option("--pairs", "pairs_csv", default=None, type=click.Path(dir_okay=False, path_type=Path), help="CSV with columns generated,reference[,prompt].")
 @click.option("--generated", default=None, type=click.Path(file_okay=False, path_type=Path), help="Folder of IDENTITY/*.png (what benchmark writes).")
 @click.option("--references", default=None, type=click.Path(file_okay=False, path_type=Path), help="Folder of IDENTITY.jpg/.png reference photos.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--model-label", default=None, help="Name of the evaluated model in the report [default: read from the PNGs, else 'unknown'].")
 @_eval_options
 def evaluate(pairs_csv, generated, references, out_dir, model_label, metrics, clip, dino, inception, lpips, vlm, face_models, batch_size):
@@ -714,6 +725,7 @@ def evaluate(pairs_csv, generated, references, out_dir, model_label, metrics, cl
     """
     from .eval.benchmark import pairs_from_csv, pairs_from_folders
 
+    _folder_out(out_dir, "--out")
     if (pairs_csv is None) == (generated is None and references is None):
         raise click.UsageError("pass either --pairs FILE.csv or --generated DIR --references DIR")
     if pairs_csv is None and (generated is None or references is None):
@@ -771,7 +783,7 @@ def _benchmark_worker(args) -> list[str]:
 @click.option("--image-encoder", default=None, help="CLIP image encoder id/folder [default: laion/CLIP-ViT-H-14-laion2B-s32B-b79K].")
 @click.option("--shadingnet", default=None, help="ShadingNet weights (Face-MakeUpV2 model.bin, a ControlNet folder).")
 @click.option("--identities", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path), help="Folder of reference photos, one per identity (IDENTITY.jpg/.png).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder (images, references/, metrics, report).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder (images, references/, metrics, report).")
 @click.option("--prompts", "prompts_file", default=None, type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Prompt file, one per line [default: the 20 shipped prompts]; 'best quality, ' is prepended.")
 @click.option("--seeds", default=1, show_default=True, type=click.IntRange(1), help="Images per prompt (seeds 42, 43, ...).")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 1000))
@@ -791,6 +803,7 @@ def benchmark(model, adapter, image_encoder, shadingnet, identities, out_dir, pr
     """
     from .eval.benchmark import GenerationConfig, is_done, list_identities, load_prompts, pairs_from_folders
 
+    _folder_out(out_dir, "--out")
     shard_i, shard_n = shard
     names, models = _eval_models(metrics, clip, dino, inception, lpips, vlm, face_models)
     try:
@@ -836,7 +849,7 @@ def benchmark(model, adapter, image_encoder, shadingnet, identities, out_dir, pr
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="YAML file of config keys over the preset (unknown keys are an error).")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, path_type=Path), help="A build-dataset folder.")
-@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder.")
+@click.option("--out", "run_dir", required=True, type=click.Path(path_type=Path), help="Run folder.")
 @click.option("--max-steps", default=None, type=click.IntRange(1), help="Stop this invocation at this step [default: num_train_steps].")
 @click.option("--checkpoint-every", default=None, type=click.IntRange(1), help="Steps between checkpoints [default: the config's].")
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
@@ -852,6 +865,7 @@ def train(preset_name, config_file, data_dir, run_dir, max_steps, checkpoint_eve
     from .train import train as run_training
 
     try:
+        _folder_out(run_dir, "--out")
         cfg = preset(preset_name)
         if config_file is not None:
             cfg = load_config(config_file, base=cfg)

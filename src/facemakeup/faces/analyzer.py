@@ -349,8 +349,10 @@ class FaceAnalyzer:
         and stops there when its best face settles the choice: a face that size can miss is smaller
         than ``MISSABLE_SIDE`` pixels of its input, and no face that small can score above the best
         one found (``face_choice_scores`` <= the box's longer side). Otherwise it runs at
-        every size, as without ``max_faces``. ``benchmarks/face_choice.py`` counts how often the two
-        ways choose differently.
+        every size, as without ``max_faces``. Either way a face found at the smallest size keeps that
+        detection (``SCRFD.detect_multiscale``), so the main face of ``get`` and of ``get_face`` is the
+        same box and keypoints: ``analyze`` and the Python API give the same analysis.
+        ``benchmarks/face_choice.py`` counts how often the two ways choose differently.
 
         Args:
             image: path, PIL image or ``(H, W, 3)`` uint8 RGB array (see ``load_image``).
@@ -368,15 +370,15 @@ class FaceAnalyzer:
         rgb = load_image(image)
         h, w = rgb.shape[:2]
         det_sizes = self.detection_sizes(h, w)
-        found = None
+        found = smallest = None
         if max_faces == 1 and len(det_sizes) > 1:  # the main face only: try the cheapest size alone first
-            found = self.detector.detect_multiscale(rgb, det_sizes[-1:])
+            found = smallest = self.detector.detect_multiscale(rgb, det_sizes[-1:])
             sides, choice = _rank(*found[:2], h, w)
             big = sides >= self.min_face_size
             if not (big.any() and choice[big].max() > MISSABLE_SIDE * max(h, w) / det_sizes[-1]):
                 found = None  # a face this size could miss might score higher: detect at every size
-        if found is None:
-            found = self.detector.detect_multiscale(rgb, det_sizes)
+        if found is None:  # every size; a face the smallest size found keeps that detection, as on the fast path
+            found = self.detector.detect_multiscale(rgb, det_sizes, smallest=smallest)
             sides, choice = _rank(*found[:2], h, w)
             big = sides >= self.min_face_size
         boxes, scores, kps = found
