@@ -402,7 +402,11 @@ def detect_layout(state: dict, unet, *, separate_lora: bool = False) -> str:
                 name = _resampler_name(proj)
             _check_shapes(state, name, unet, lora_in_file=not separate_lora)
             return name
-    nearest = min(templates, key=lambda n: (len(templates[n] ^ have), n))
+    def proj_part(keys):
+        return {k for k in keys if k.startswith("image_proj.")}
+
+    # nearest: the same projection first (its keys tell the family apart), then the fewest differing keys
+    nearest = min(templates, key=lambda n: (len(proj_part(templates[n]) ^ proj_part(have)), len(templates[n] ^ have), n))
     missing, unexpected = sorted(templates[nearest] - have), sorted(have - templates[nearest])
     hint = ""
     if not separate_lora and missing and all("_lora." in k for k in missing):
