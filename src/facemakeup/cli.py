@@ -447,14 +447,23 @@ def _layout_unet(model: str):
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
-    if model == "tiny":
-        from .model.tiny import tiny_components
+    if model in ("tiny", "tiny-xl"):
+        from .model.tiny import tiny_components, tiny_xl_components
 
-        parts = tiny_components()
+        parts = tiny_components() if model == "tiny" else tiny_xl_components()
         return parts["unet"], 2 ** (len(parts["vae"].config.block_out_channels) - 1)
     if model == "sd15":  # SD 1.5's UNet config (diffusers' defaults with these three)
         with init_empty_weights():
             return UNet2DConditionModel(cross_attention_dim=768, attention_head_dim=8, sample_size=64), 8
+    if model == "sdxl":  # stabilityai/stable-diffusion-xl-base-1.0's unet/config.json (its layout keys)
+        with init_empty_weights():
+            return UNet2DConditionModel(
+                sample_size=128, cross_attention_dim=2048, block_out_channels=(320, 640, 1280), layers_per_block=2,
+                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2, 10),
+                attention_head_dim=(5, 10, 20), use_linear_projection=True, addition_embed_type="text_time",
+                addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+            ), 8
     config = UNet2DConditionModel.load_config(model, subfolder="unet")
     with init_empty_weights():
         unet = UNet2DConditionModel.from_config(config)
@@ -467,16 +476,19 @@ def _layout_unet(model: str):
 @click.argument("src")
 @click.argument("dst", type=click.Path(path_type=Path))
 @click.option("--to", "target", required=True, type=click.Choice(["ours", "face-makeup-v2", "ip-adapter"]),
-              help="ours: folder with face_adapter/ + shadingnet/; face-makeup-v2: V2's model.bin; ip-adapter: h94 FaceID-PlusV2 .bin/.safetensors.")
-@click.option("--model", default="sd15", show_default=True, help="UNet the checkpoint is for: 'sd15', 'tiny', or an SD 1.5-family backbone id/folder.")
+              help="ours: folder with face_adapter/ + shadingnet/; face-makeup-v2: V2's model.bin; ip-adapter: the IP-Adapter "
+                   ".bin/.safetensors of the adapter's family (h94 FaceID / FaceID-PlusV2 / Portrait, InstantID ip-adapter.bin).")
+@click.option("--model", default="sd15", show_default=True,
+              help="UNet the checkpoint is for: 'sd15', 'sdxl', 'tiny', 'tiny-xl', or a backbone id/folder.")
 @click.option("--subfolder", default=None, help="Folder inside SRC (hub repo or folder).")
 @click.option("--weight-name", default=None, help="File inside SRC (hub repo or folder).")
 @click.option("--shortcut/--no-shortcut", default=None, help="FaceID-Plus v1 sources: --no-shortcut (kept in ours' config).")
 def convert(src, dst, target, model, subfolder, weight_name, shortcut):
     """Convert the checkpoint SRC (any layout facemakeup reads) to DST in the --to layout.
 
-    SRC: an IP-Adapter-FaceID / -Plus / -PlusV2 / -Portrait file, a Face-MakeUp V1/V2 model.bin,
-    our folder (e.g. a training run's final/), or a hub repo id with --weight-name.
+    SRC: an IP-Adapter-FaceID / -Plus / -PlusV2 / -Portrait file (SD 1.5 or SDXL), InstantID's
+    ip-adapter.bin, a Face-MakeUp V1/V2 model.bin, our folder (e.g. a training run's final/), or a hub
+    repo id with --weight-name.
     """
     from .model.loaders import load_checkpoint, write_checkpoint
 
