@@ -118,7 +118,8 @@ def _light_dir(ctx, param, value):
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--model", default=None, help="'tiny' / 'tiny-xl' (random SD 1.5- / SDXL-shaped, noise images), a saved FaceMakeUp(XL)Pipeline folder, or an SD 1.5 or SDXL backbone id/folder (told apart by its model_index.json / UNet config) [default: stable-diffusion-v1-5/stable-diffusion-v1-5].")
 @click.option("--image-encoder", default=None, help="CLIP image encoder id/folder [default: laion/CLIP-ViT-H-14-laion2B-s32B-b79K].")
-@click.option("--adapter", default=None, type=click.Path(path_type=Path), help="ID-adapter weights: an IP-Adapter-FaceID / -Plus / -PlusV2 / -Portrait file, a Face-MakeUp V1/V2 model.bin, or our folder (face_adapter/).")
+@click.option("--adapter", default=None, type=click.Path(path_type=Path), help="ID-adapter weights: an IP-Adapter-FaceID / -Plus / -PlusV2 / -Portrait file (SD 1.5 or SDXL), InstantID's ip-adapter.bin, a Face-MakeUp V1/V2 model.bin, or our folder (face_adapter/).")
+@click.option("--adapter-lora", default=None, type=click.Path(dir_okay=False, path_type=Path), help="The adapter's LoRA as a file of its own (h94's *_lora.safetensors), for an --adapter file that holds the IP k/v alone.")
 @click.option("--shadingnet", default=None, help="ControlNet weights: Face-MakeUp V1/V2 model.bin, our folder (shadingnet/), a ControlNet folder, or 'init' (untrained).")
 @click.option("--condition", default="shading", show_default=True, type=click.Choice(["shading", "keypoints", "none"]),
               help="What the ControlNet reads: the shading map (Face-MakeUpV2), the 5-keypoint map (Face-MakeUp V1), or nothing.")
@@ -143,7 +144,7 @@ def _light_dir(ctx, param, value):
 @click.option("--shading-crop-factor", default=5.0, show_default=True, type=float, help="Crop of the shading / keypoint map: keypoint box x this.")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty --out, replacing the files of the earlier run its provenance.json lists.")
 @click.option("--truncate-prompt", is_flag=True, help="Cut a prompt over 75 CLIP tokens (with a warning of how many were dropped) instead of refusing it.")
-def generate(references, weights, prompt, negative_prompt, out_dir, model, image_encoder, adapter, shadingnet, condition, shortcut, face_models, seed,
+def generate(references, weights, prompt, negative_prompt, out_dir, model, image_encoder, adapter, adapter_lora, shadingnet, condition, shortcut, face_models, seed,
              num_images, steps, guidance_scale, ip_scale, s_scale, controlnet_scale, shading_from, light_from, light_dir, light_strength, height,
              width, face_index, crop_factor, shading_crop_factor, overwrite, truncate_prompt):
     """Generate images of the person in --reference, as --prompt describes.
@@ -175,6 +176,12 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
             probe_image(path)
     model = model or DEFAULT_BACKBONE
     _preflight_models(model, image_encoder, adapter, shadingnet, face_models)
+    if adapter_lora is not None and adapter is None:
+        _fail(ValueError("--adapter-lora is the LoRA of an --adapter file: pass --adapter too, or drop it"))
+    if adapter_lora is not None and not adapter_lora.is_file():
+        from .errors import ModelNotFoundError
+
+        raise ModelNotFoundError(f"--adapter-lora {adapter_lora}: no such file; check the path")
     try:
         # 1. Faces first: a photo without a usable face fails before any large model loads.
         t0 = time.perf_counter()
@@ -191,7 +198,7 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         # 2. The pipeline
         t0 = time.perf_counter()
         pipe = load_pipeline(model, image_encoder=image_encoder or DEFAULT_IMAGE_ENCODER, adapter=str(adapter) if adapter else None,
-                             shadingnet=shadingnet, shortcut=shortcut)
+                             shadingnet=shadingnet, shortcut=shortcut, adapter_lora=str(adapter_lora) if adapter_lora else None)
         load_s = time.perf_counter() - t0
         pipe.face_adapter.fuse_lora()  # inference only: merge the LoRA, no per-step LoRA cost
         shading_options = shading_from or light_from or light_dir or _explicit("controlnet_scale") or _explicit("shading_crop_factor")
@@ -218,6 +225,7 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
     encoder = None if pipe.image_encoder is None else ("tiny (random)" if tiny else image_encoder or DEFAULT_IMAGE_ENCODER)
     models = {"pipeline": model, "family": type(pipe).__name__, "image_encoder": encoder,
               "adapter": str(adapter) if adapter else ("untrained (fresh init)" if not tiny else "tiny (random)"),
+              "adapter_lora": str(adapter_lora) if adapter_lora else None,
               "shadingnet": shadingnet or (f"{model} (fresh from_unet)" if tiny else None), "face": analyzer.model_files}
     extra = {"note": "tiny randomly initialised pipeline: the images are noise, not faces"} if tiny else None
     names = write_outputs(stage, request, result, task="generate", models=models, extra=extra)
@@ -857,7 +865,7 @@ def benchmark(model, adapter, image_encoder, shadingnet, identities, out_dir, pr
 # ------------------------------------------------------------------------------------------ train
 @main.command()
 @click.option("--preset", "preset_name", required=True, type=click.Choice(["tiny", "sd15"]),
-              help="tiny: the --model tiny backbone on a CPU in minutes; sd15: the paper's recipe (REFERENCE.md).")
+              help="tiny: the --model tiny backbone on a CPU in minutes; sd15: the paper's recipe (docs/sources.md).")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="YAML file of config keys over the preset (unknown keys are an error).")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, path_type=Path), help="A build-dataset folder.")

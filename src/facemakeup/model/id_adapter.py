@@ -1,6 +1,6 @@
 """The ID channel of Face-MakeUp and the IP-Adapter-FaceID family: decoupled cross-attention and LoRA.
 
-Face-MakeUp V1/V2 (REFERENCE.md, "V1 architecture") condition SD 1.5 on a reference face through
+Face-MakeUp V1/V2 (docs/sources.md, "V1 architecture") condition SD 1.5 on a reference face through
 the IP-Adapter-FaceID-PlusV2 structure (Ye et al. 2023, arXiv 2308.06721; h94/IP-Adapter-FaceID):
 
 1. ID tokens from the 512-D ArcFace ``normed_embedding``: MLP (512 -> 1024 -> GELU -> T*768) ->
@@ -98,6 +98,9 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
         multi_face: ``"mix"`` (references averaged before the projection, Face-MakeUp's ``mix``) or
             ``"concat"`` (each reference its own ``num_tokens`` tokens, concatenated: Portrait).
         mlp_ratio: hidden width of the ID MLP over ``id_embed_dim`` (2: 512 -> 1024).
+        id_embedding: which ArcFace vector the projection was trained on: ``"normed"`` (InsightFace's
+            ``normed_embedding``, unit L2 norm: IP-Adapter-FaceID, Face-MakeUp) or ``"raw"`` (its
+            ``embedding`` before normalisation: InstantID, IP-Adapter-FaceID-Portrait-unnorm).
 
     The LoRA scaling is ``lora_alpha / rank`` with ``lora_alpha = rank``, i.e. 1, as in IP-Adapter's
     ``LoRAAttnProcessor``.
@@ -119,8 +122,11 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
         multi_face: str = "mix",
         mlp_ratio: int = 2,
         resampler_dim: int | None = None,
+        id_embedding: str = "normed",
     ):
         super().__init__()
+        if id_embedding not in ("normed", "raw"):
+            raise ValueError(f"id_embedding must be 'normed' or 'raw', got {id_embedding!r}")
         if projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
         if multi_face not in MULTI_FACE:

@@ -611,7 +611,8 @@ def adapter_from_state_dict(state: dict, unet, shortcut: bool | None = None, lor
     if downs:
         lora_rank = ip[downs[0]].shape[0]
     config = dict(attn_layers=layers, cross_attention_dim=_proj_width(proj, kind), lora_rank=lora_rank, projection=kind,
-                  multi_face="concat" if layout in ("ip-adapter-faceid-portrait", "ip-adapter-faceid-portrait-unnorm") else "mix")
+                  multi_face="concat" if layout in ("ip-adapter-faceid-portrait", "ip-adapter-faceid-portrait-unnorm") else "mix",
+                  id_embedding="raw" if layout in ("instantid", "ip-adapter-faceid-portrait-unnorm") else "normed")
     if kind == "resampler":
         config.update(
             id_embed_dim=proj["proj_in.weight"].shape[1],
