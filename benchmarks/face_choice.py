@@ -40,7 +40,7 @@ def fast_path_check(analyzer: FaceAnalyzer, photos, pairs: list) -> dict:
     tuples; appends (identity, full embedding, fast embedding) to ``pairs`` for photos with an identity."""
     calls = []
     full = analyzer.detector.detect_multiscale
-    analyzer.detector.detect_multiscale = lambda rgb, sizes: calls.append(len(sizes)) or full(rgb, sizes)
+    analyzer.detector.detect_multiscale = lambda rgb, sizes, **kw: calls.append(len(sizes)) or full(rgb, sizes, **kw)
     n = taken = other = 0
     kp_dev, cos = [], []
     try:

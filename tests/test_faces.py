@@ -156,9 +156,9 @@ def test_main_face_fast_path_detects_once_when_it_settles_the_choice(analyzer, a
     sizes = []
     full = analyzer.detector.detect_multiscale
 
-    def counted(rgb, det_sizes):
+    def counted(rgb, det_sizes, **kw):
         sizes.append(tuple(det_sizes))
-        return full(rgb, det_sizes)
+        return full(rgb, det_sizes, **kw)
 
     analyzer.detector.detect_multiscale = counted
     try:
@@ -170,7 +170,9 @@ def test_main_face_fast_path_detects_once_when_it_settles_the_choice(analyzer, a
         sizes.clear()
         every = analyzer.get(portrait)[0]
         assert sizes == [(416, 320)]
-        assert np.abs(fast.bbox - every.bbox).max() < 0.05 * every.size
+        # one rule for both: the main face keeps the 320 px detection, so `analyze` and `get_face` agree exactly
+        np.testing.assert_array_equal(fast.bbox, every.bbox)
+        np.testing.assert_array_equal(fast.kps, every.kps)
         # the same face small in a large photo (below what 320 alone may miss): detection runs at every size
         small = np.full((1280, 1280, 3), 90, np.uint8)
         small[500:900, 500:900] = portrait
@@ -183,6 +185,16 @@ def test_main_face_fast_path_detects_once_when_it_settles_the_choice(analyzer, a
 
 
 # ---------------------------------------------------------------------------- stages and JSON
+def test_full_detection_and_get_face_give_the_same_main_face(shared_data, analyzer):
+    """One rule for both: `analyze` (every face) and `get_face` (the fast path) give the main face the same
+    box and keypoints, so their analyses (parsing maps, embeddings) are the same."""
+    photos = sorted((shared_data / "celebamask-hq" / "images").glob("*.jpg"))[:12] + sorted((shared_data / "wild" / "images").iterdir())[:12]
+    for path in photos:
+        every, main = analyzer.get(path), analyzer.get_face(path)
+        np.testing.assert_array_equal(every[0].bbox, main.bbox, err_msg=str(path))
+        np.testing.assert_array_equal(every[0].kps, main.kps, err_msg=str(path))
+
+
 def test_each_stage_runs_once_and_only_on_demand(astronaut, monkeypatch):
     from facemakeup.faces.parsing import FaceParser
 

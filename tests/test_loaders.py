@@ -308,7 +308,12 @@ def test_convert_writes_face_makeup_v2_with_the_controlnet(tmp_path, parts):
     assert load_checkpoint(tmp_path / "ours" / "face_adapter", parts["unet"]).controlnet is None
     portrait = load_checkpoint(save(faceid_state_dict(parts["unet"], tokens=16, lora=False), tmp_path / "p.bin"), parts["unet"])
     with pytest.raises(ValueError, match="FaceID-PlusV2 layout"):
-        write_checkpoint(tmp_path / "x.bin", portrait.adapter, None, "ip-adapter")
+        write_checkpoint(tmp_path / "x.bin", portrait.adapter, None, "face-makeup-v2")
+    # Portrait writes its own IP-Adapter layout: the published keys and tensors again
+    write_checkpoint(tmp_path / "p_back.bin", portrait.adapter, None, "ip-adapter")
+    raw_a, raw_b = torch.load(tmp_path / "p.bin", weights_only=True), torch.load(tmp_path / "p_back.bin", weights_only=True)
+    for group in ("image_proj", "ip_adapter"):
+        assert raw_a[group].keys() == raw_b[group].keys() and all(torch.equal(raw_a[group][k], raw_b[group][k]) for k in raw_a[group])
 
 
 # ---------------------------------------------------------------------------- unload, scales
@@ -458,7 +463,7 @@ def test_cli_convert_and_generate_with_keypoints(tmp_path, astronaut):
         assert raw_a[group].keys() == raw_b[group].keys()
         assert all(torch.equal(raw_a[group][k], raw_b[group][k]) for k in raw_a[group])
     res = runner.invoke(main, ["convert", str(tmp_path / "plusv2.bin"), str(tmp_path / "x"), "--to", "ours"])  # SD 1.5 layout
-    assert res.exit_code == 5 and "nearest known" in res.output
+    assert res.exit_code == 5 and "this is a tiny SD 1.5 checkpoint" in res.output and "load it with a tiny SD 1.5 backbone" in res.output
 
     Image.fromarray(astronaut).save(tmp_path / "astronaut.png")
     res = runner.invoke(main, ["generate", "--reference", str(tmp_path / "astronaut.png"), "--prompt", "a face", "--out", str(tmp_path / "gen"),

@@ -186,3 +186,101 @@ def test_tiny_xl_runs_from_a_photo(astronaut):
     out = pipe("a smiling woman", reference_image=astronaut, num_inference_steps=2, seed=0, output_type="np")
     assert out.images.shape == (1, 64, 64, 3) and out.shading_image.shape == (64, 64, 3)
     assert out.id_embeds.shape == (1, 512) and out.faces[0].fit is not None
+
+
+# ---------------------------------------------------------------------------- published SDXL layouts through the pipeline
+def _saved_layout(tmp_path, parts, layout, seed):
+    from facemakeup.model.tiny import random_ip_adapter_state_dict
+
+    state = random_ip_adapter_state_dict(parts["unet"], layout, seed=seed)
+    path = tmp_path / {"ip-adapter-faceid": "ip-adapter-faceid_sdxl.bin", "instantid": "ip-adapter.bin"}[layout]
+    torch.save(state, path)
+    return state, path
+
+
+@pytest.mark.parametrize("layout", ["ip-adapter-faceid", "instantid"])
+def test_arcface_only_layouts_match_diffusers_sdxl(tmp_path, parts, layout):
+    """FaceID and InstantID read the ArcFace embedding only (no image encoder): `load_face_adapter` on a
+    pipeline built without one, against diffusers' SDXL pipeline + load_ip_adapter of the same file."""
+    state, path = _saved_layout(tmp_path, parts, layout, seed=8)
+    mine = {k: copy.deepcopy(v) for k, v in parts.items() if k not in ("image_encoder", "feature_extractor")}
+    ours = FaceMakeUpXLPipeline(face_adapter=None, **mine)
+    ours.set_progress_bar_config(disable=True)
+    assert ours.load_face_adapter(path) == layout and not ours.reads_clip
+    ref = StableDiffusionXLPipeline(**{k: copy.deepcopy(v) for k, v in mine.items()}, image_encoder=None, feature_extractor=None)
+    ref.set_progress_bar_config(disable=True)
+    ref.load_ip_adapter(str(tmp_path), subfolder="", weight_name=path.name, image_encoder_folder=None)
+    g = torch.Generator().manual_seed(9)
+    ids = torch.randn(1, 512, generator=g) * (20.0 if layout == "instantid" else 1.0)  # InstantID: the raw embedding
+    latents = torch.randn(1, 4, 32, 32, generator=g)
+    kw = dict(num_inference_steps=2, output_type="latent", latents=latents, negative_prompt="blurry")
+    mine_out = ours("a face", id_embeds=ids, ip_scale=0.8, **kw).images
+    ref.set_ip_adapter_scale(0.8)
+    neg_and_pos = torch.cat([torch.zeros_like(ids), ids])[:, None]  # (2, 1, 512)
+    if layout == "instantid":
+        neg_and_pos = neg_and_pos[:, :, None]  # (2, 1 image, 1 token, 512): InstantID's reshape([1, -1, 512])
+    theirs = ref("a face", ip_adapter_image_embeds=[neg_and_pos], **kw).images
+    assert (mine_out - theirs).abs().max().item() < 1e-4
+    assert (ours("a face", id_embeds=ids, ip_scale=0.0, **kw).images - mine_out).abs().max().item() > 1e-4
+
+
+def test_instantid_identitynet_is_the_written_out_formula(tmp_path, parts):
+    """InstantID's pipeline, written out for one Euler step without CFG: the IdentityNet (an SDXL ControlNet)
+    reads the keypoint map and attends to the 16 ID tokens (not the text), with SDXL's added conditions;
+    the UNet reads text + ID tokens (IP attention scaled by ip_scale) plus the residuals."""
+    from facemakeup.faces.conditions import keypoint_map
+
+    _, path = _saved_layout(tmp_path, parts, "instantid", seed=10)
+    net = shadingnet_from_unet(parts["unet"], 2)
+    g = torch.Generator().manual_seed(11)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    net.save_pretrained(tmp_path / "ControlNetModel")
+    mine = {k: copy.deepcopy(v) for k, v in parts.items() if k not in ("image_encoder", "feature_extractor")}
+    ours = FaceMakeUpXLPipeline(face_adapter=None, **mine)
+    ours.set_progress_bar_config(disable=True)
+    ours.load_face_adapter(path)
+    ours.load_face_adapter(path)  # reloading replaces, never stacks
+    from facemakeup.model.loaders import load_checkpoint
+
+    ours.register_modules(controlnet=load_checkpoint(tmp_path / "ControlNetModel", ours.unet).controlnet)
+    ids = torch.randn(1, 512, generator=g) * 20.0
+    latents = torch.randn(1, 4, 32, 32, generator=g)
+    kps = np.array([[24, 26], [40, 26], [32, 34], [26, 44], [38, 44]], np.float32)
+    kmap = keypoint_map(kps, 5.0, 64, 64)
+    out = ours("a face", id_embeds=ids, shading_image=kmap, condition="keypoints", guidance_scale=1.0, ip_scale=0.8,
+               controlnet_conditioning_scale=0.8, latents=latents, num_inference_steps=1, output_type="latent").images
+
+    ref = StableDiffusionXLPipeline(**{k: copy.deepcopy(v) for k, v in mine.items()}, image_encoder=None, feature_extractor=None)
+    ref.load_ip_adapter(str(tmp_path), subfolder="", weight_name=path.name, image_encoder_folder=None)
+    ref.set_ip_adapter_scale(0.8)
+    tokens = ref.unet.encoder_hid_proj.image_projection_layers[0](ids.reshape(1, -1, 512))  # (1, 16, D): prompt_image_emb
+    pos, _, pooled, _ = ours.encode_prompt(["a face"], None, None, None, "cpu", do_cfg=False)
+    added = {"text_embeds": pooled, "time_ids": torch.tensor([[64.0, 64, 0, 0, 64, 64]])}
+    scheduler = EulerDiscreteScheduler.from_config(parts["scheduler"].config)
+    scheduler.set_timesteps(1)
+    t = scheduler.timesteps[0]
+    x0 = latents * scheduler.init_noise_sigma
+    x = scheduler.scale_model_input(x0, t)
+    cond = torch.from_numpy(kmap).permute(2, 0, 1)[None].float() / 255
+    down, mid = net(x, t, encoder_hidden_states=tokens, controlnet_cond=cond, conditioning_scale=0.8, added_cond_kwargs=added,
+                    return_dict=False)
+    noise = ref.unet(x, t, encoder_hidden_states=pos, added_cond_kwargs={**added, "image_embeds": [ids[:, None, None]]},
+                     down_block_additional_residuals=down, mid_block_additional_residual=mid).sample
+    theirs = scheduler.step(noise, t, x0).prev_sample
+    assert (out - theirs).abs().max().item() < 1e-4
+
+
+def test_raw_embedding_for_instantid_and_normed_for_faceid(tmp_path, parts, astronaut):
+    """InstantID reads insightface's raw `embedding`, FaceID its `normed_embedding`: what a photo's Face gives each."""
+    from facemakeup.faces import FaceAnalyzer
+
+    face = FaceAnalyzer(threads=1).get_face(astronaut)
+    assert abs(float(np.linalg.norm(face.embedding)) - 1) < 1e-5 and face.embedding_norm > 1.5
+    mine = {k: copy.deepcopy(v) for k, v in parts.items() if k not in ("image_encoder", "feature_extractor")}
+    ours = FaceMakeUpXLPipeline(face_adapter=None, **mine)
+    for layout, scale in (("instantid", face.embedding_norm), ("ip-adapter-faceid", 1.0)):
+        _, path = _saved_layout(tmp_path, parts, layout, seed=12)
+        ours.load_face_adapter(path)
+        torch.testing.assert_close(ours.face_id_embeds([face]), torch.from_numpy(face.embedding[None] * scale))

@@ -25,7 +25,7 @@ from facemakeup.train.losses import diffusion_loss, diffusion_target, id_loss, m
 
 
 def map_loss_by_the_formula(layers, masks, tokens, valid):
-    """Face-MakeUpV2's loss written out pair by pair (REFERENCE.md), independent of the vectorised one."""
+    """Face-MakeUpV2's loss written out pair by pair (docs/sources.md), independent of the vectorised one."""
     b = masks.shape[0]
     total = 0.0
     for probs in layers:

@@ -28,7 +28,7 @@ SDXL_MAP_LAYERS = [f"down_blocks.1.attentions.{a}.transformer_blocks.{t}.attn2" 
 #: The same place in the tiny-xl UNet at 32 px: down_blocks.1 (1 x 1) and up_blocks.1 (2 x 1), the 8x8 grid.
 TINY_XL_MAP_LAYERS = ["down_blocks.1.attentions.0.transformer_blocks.0.attn2", "up_blocks.1.attentions.0.transformer_blocks.0.attn2",
                       "up_blocks.1.attentions.1.transformer_blocks.0.attn2"]
-#: SD 1.5 at 512 px (REFERENCE.md): down_blocks.1 (2) and up_blocks.2 (3), the 32x32 grid.
+#: SD 1.5 at 512 px (docs/sources.md): down_blocks.1 (2) and up_blocks.2 (3), the 32x32 grid.
 SD15_MAP_LAYERS = [f"down_blocks.1.attentions.{a}.transformer_blocks.0.attn2" for a in range(2)] + \
                   [f"up_blocks.2.attentions.{a}.transformer_blocks.0.attn2" for a in range(3)]
 

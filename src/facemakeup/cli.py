@@ -64,6 +64,15 @@ def _fail(err: Exception) -> None:
     raise FaceMakeUpInputError(str(err)) from err
 
 
+
+def _folder_out(path: Path, flag: str) -> None:
+    """``path`` may become an output folder: not an existing file (status 4, as every output-folder problem)."""
+    from .errors import OutputError
+
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{flag} {path} is a file, not a folder; pass a folder path")
+
+
 def _face_choice(ctx, param, value):
     """``--face-index``: "all" or a face number (0 = the main face)."""
     if value is None or str(value).lower() == "all":
@@ -106,10 +115,11 @@ def _light_dir(ctx, param, value):
 @click.option("--weight", "weights", multiple=True, type=float, help="Mixing weight per --reference (default equal).")
 @click.option("--prompt", required=True, help='Text prompt, e.g. "a smiling woman with blonde hair".')
 @click.option("--negative-prompt", default=None, help="Negative prompt.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--model", default=None, help="'tiny' / 'tiny-xl' (random SD 1.5- / SDXL-shaped, noise images), a saved FaceMakeUp(XL)Pipeline folder, or an SD 1.5 or SDXL backbone id/folder (told apart by its model_index.json / UNet config) [default: the backbone a training run given as --adapter / --shadingnet records, else stable-diffusion-v1-5/stable-diffusion-v1-5].")
 @click.option("--image-encoder", default=None, help="CLIP image encoder id/folder [default: laion/CLIP-ViT-H-14-laion2B-s32B-b79K].")
-@click.option("--adapter", default=None, type=click.Path(path_type=Path), help="ID-adapter weights: an IP-Adapter-FaceID / -Plus / -PlusV2 / -Portrait file, a Face-MakeUp V1/V2 model.bin, or our folder (face_adapter/).")
+@click.option("--adapter", default=None, type=click.Path(path_type=Path), help="ID-adapter weights: an IP-Adapter-FaceID / -Plus / -PlusV2 / -Portrait file (SD 1.5 or SDXL), InstantID's ip-adapter.bin, a Face-MakeUp V1/V2 model.bin, or our folder (face_adapter/).")
+@click.option("--adapter-lora", default=None, type=click.Path(dir_okay=False, path_type=Path), help="The adapter's LoRA as a file of its own (h94's *_lora.safetensors), for an --adapter file that holds the IP k/v alone.")
 @click.option("--shadingnet", default=None, help="ControlNet weights: Face-MakeUp V1/V2 model.bin, our folder (shadingnet/), a ControlNet folder, or 'init' (untrained).")
 @click.option("--condition", default="shading", show_default=True, type=click.Choice(["shading", "keypoints", "none"]),
               help="What the ControlNet reads: the shading map (Face-MakeUpV2), the 5-keypoint map (Face-MakeUp V1), or nothing.")
@@ -134,7 +144,7 @@ def _light_dir(ctx, param, value):
 @click.option("--shading-crop-factor", default=5.0, show_default=True, type=float, help="Crop of the shading / keypoint map: keypoint box x this.")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty --out, replacing the files of the earlier run its provenance.json lists.")
 @click.option("--truncate-prompt", is_flag=True, help="Cut a prompt over 75 CLIP tokens (with a warning of how many were dropped) instead of refusing it.")
-def generate(references, weights, prompt, negative_prompt, out_dir, model, image_encoder, adapter, shadingnet, condition, shortcut, face_models, seed,
+def generate(references, weights, prompt, negative_prompt, out_dir, model, image_encoder, adapter, adapter_lora, shadingnet, condition, shortcut, face_models, seed,
              num_images, steps, guidance_scale, ip_scale, s_scale, controlnet_scale, shading_from, light_from, light_dir, light_strength, height,
              width, face_index, crop_factor, shading_crop_factor, overwrite, truncate_prompt):
     """Generate images of the person in --reference, as --prompt describes.
@@ -167,6 +177,12 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
             probe_image(path)
     model = model or DEFAULT_BACKBONE
     _preflight_models(model, image_encoder, adapter, shadingnet, face_models)
+    if adapter_lora is not None and adapter is None:
+        _fail(ValueError("--adapter-lora is the LoRA of an --adapter file: pass --adapter too, or drop it"))
+    if adapter_lora is not None and not adapter_lora.is_file():
+        from .errors import ModelNotFoundError
+
+        raise ModelNotFoundError(f"--adapter-lora {adapter_lora}: no such file; check the path")
     try:
         # 1. Faces first: a photo without a usable face fails before any large model loads.
         t0 = time.perf_counter()
@@ -183,7 +199,7 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         # 2. The pipeline
         t0 = time.perf_counter()
         pipe = load_pipeline(model, image_encoder=image_encoder or DEFAULT_IMAGE_ENCODER, adapter=str(adapter) if adapter else None,
-                             shadingnet=shadingnet, shortcut=shortcut)
+                             shadingnet=shadingnet, shortcut=shortcut, adapter_lora=str(adapter_lora) if adapter_lora else None)
         load_s = time.perf_counter() - t0
         pipe.face_adapter.fuse_lora()  # inference only: merge the LoRA, no per-step LoRA cost
         shading_options = shading_from or light_from or light_dir or _explicit("controlnet_scale") or _explicit("shading_crop_factor")
@@ -210,6 +226,7 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
     encoder = None if pipe.image_encoder is None else ("tiny (random)" if tiny else image_encoder or DEFAULT_IMAGE_ENCODER)
     models = {"pipeline": model, "family": type(pipe).__name__, "image_encoder": encoder,
               "adapter": str(adapter) if adapter else ("untrained (fresh init)" if not tiny else "tiny (random)"),
+              "adapter_lora": str(adapter_lora) if adapter_lora else None,
               "shadingnet": shadingnet or (f"{model} (fresh from_unet)" if tiny else None), "face": analyzer.model_files}
     extra = {"note": "tiny randomly initialised pipeline: the images are noise, not faces"} if tiny else None
     names = write_outputs(stage, request, result, task="generate", models=models, extra=extra)
@@ -250,7 +267,7 @@ def _output_stems(paths: list[Path]) -> dict[Path, str]:
 
 @main.command()
 @click.argument("photos", nargs=-1, required=True)
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--face-models", default=None, type=click.Path(path_type=Path), help="Folder with buffalo_l's det_10g.onnx and w600k_r50.onnx.")
 @click.option("--face-index", "--face", "face_index", default="all", show_default=True, callback=_face_choice,
               help="Faces to analyse in full: 'all', or N (0 = the main face: visible size, centrality, detector score). Every detected face is listed either way.")
@@ -352,7 +369,7 @@ def analyze(photos, out_dir, face_models, face_index, shading_crop_factor, shadi
 
 @main.command("build-dataset")
 @click.argument("input", type=str)
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Worker processes (local) or LocalCluster workers (dask).")
 @click.option("--distributor", default="local", show_default=True, type=click.Choice(["local", "dask"]),
               help="local: processes on this machine; dask: dask.distributed (a LocalCluster, or --scheduler).")
@@ -378,6 +395,7 @@ def build_dataset(input, out, workers, distributor, scheduler, shard_size, limit
     from .data.build import BuildConfig, build, format_summary
     from .data.curation import CurationConfig
 
+    _folder_out(out, "OUT")
     config = BuildConfig(curation=CurationConfig(min_side=min_side, max_text_fraction=max_text), captioner=captioner,
                          tokenizer=tokenizer, face_models=str(face_models) if face_models else None, threads=threads)
     try:
@@ -398,7 +416,7 @@ def build_dataset(input, out, workers, distributor, scheduler, shard_size, limit
 @click.option("--image-encoder", default=None, help="CLIP image encoder id/folder [default: laion/CLIP-ViT-H-14-laion2B-s32B-b79K].")
 @click.option("--adapter", default=None, type=click.Path(path_type=Path), help="ID-adapter weights: IP-Adapter-FaceID-PlusV2 / Face-MakeUp checkpoint file, or a FaceIDAdapter folder.")
 @click.option("--shadingnet", default=None, help="ShadingNet (ControlNet) weights: Face-MakeUpV2 model.bin, a ControlNet folder, or 'init' (untrained).")
-@click.option("--out", "out_dir", default="facemakeup-demo", show_default=True, type=click.Path(file_okay=False, path_type=Path),
+@click.option("--out", "out_dir", default="facemakeup-demo", show_default=True, type=click.Path(path_type=Path),
               help="The only folder the demo writes to: results, zips, examples, gradio's upload cache.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind; 0.0.0.0 exposes the demo to the network.")
 @click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
@@ -408,6 +426,7 @@ def demo(model, image_encoder, adapter, shadingnet, out_dir, host, port, max_pix
     """Start the web demo (gradio) on http://HOST:PORT."""
     import os
 
+    _folder_out(out_dir, "--out")
     out_dir = out_dir.resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     os.environ["GRADIO_TEMP_DIR"] = str(out_dir / "gradio")  # uploads and served copies stay inside --out
@@ -436,7 +455,8 @@ def demo(model, image_encoder, adapter, shadingnet, out_dir, host, port, max_pix
 @click.argument("src")
 @click.argument("dst", type=click.Path(path_type=Path))
 @click.option("--to", "target", required=True, type=click.Choice(["ours", "face-makeup-v2", "ip-adapter"]),
-              help="ours: folder with face_adapter/ + shadingnet/; face-makeup-v2: V2's model.bin; ip-adapter: h94 FaceID-PlusV2 .bin/.safetensors.")
+              help="ours: folder with face_adapter/ + shadingnet/; face-makeup-v2: V2's model.bin; ip-adapter: the IP-Adapter "
+                   ".bin/.safetensors of the adapter's family (h94 FaceID / FaceID-PlusV2 / Portrait, InstantID ip-adapter.bin).")
 @click.option("--model", default=None, help="UNet the checkpoint is for: 'sd15', 'sdxl', 'tiny', 'tiny-xl', or a backbone id/folder [default: the backbone a training run's SRC records in its backbone.json, else sd15].")
 @click.option("--subfolder", default=None, help="Folder inside SRC (hub repo or folder).")
 @click.option("--weight-name", default=None, help="File inside SRC (hub repo or folder).")
@@ -444,8 +464,9 @@ def demo(model, image_encoder, adapter, shadingnet, out_dir, host, port, max_pix
 def convert(src, dst, target, model, subfolder, weight_name, shortcut):
     """Convert the checkpoint SRC (any layout facemakeup reads) to DST in the --to layout.
 
-    SRC: an IP-Adapter-FaceID / -Plus / -PlusV2 / -Portrait file, a Face-MakeUp V1/V2 model.bin,
-    our folder (e.g. a training run's final/, whose backbone.json says which UNet it is for), or a hub
+    SRC: an IP-Adapter-FaceID / -Plus / -PlusV2 / -Portrait file (SD 1.5 or SDXL), InstantID's
+    ip-adapter.bin, a Face-MakeUp V1/V2 model.bin, our folder (e.g. a training run's final/, whose
+    backbone.json says which UNet it is for), or a hub
     repo id with --weight-name.
     """
     from .model.backbone import layout_unet, read_backbone
@@ -734,7 +755,7 @@ def _run_evaluation(pairs, out_dir, names, models, batch_size, model_label, note
 @click.option("--pairs", "pairs_csv", default=None, type=click.Path(dir_okay=False, path_type=Path), help="CSV with columns generated,reference[,prompt].")
 @click.option("--generated", default=None, type=click.Path(file_okay=False, path_type=Path), help="Folder of IDENTITY/*.png (what benchmark writes).")
 @click.option("--references", default=None, type=click.Path(file_okay=False, path_type=Path), help="Folder of IDENTITY.jpg/.png reference photos.")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--model-label", default=None, help="Name of the evaluated model in the report [default: read from the PNGs, else 'unknown'].")
 @_eval_options
 def evaluate(pairs_csv, generated, references, out_dir, model_label, metrics, clip, dino, inception, lpips, vlm, face_models, batch_size):
@@ -746,6 +767,7 @@ def evaluate(pairs_csv, generated, references, out_dir, model_label, metrics, cl
     """
     from .eval.benchmark import pairs_from_csv, pairs_from_folders
 
+    _folder_out(out_dir, "--out")
     if (pairs_csv is None) == (generated is None and references is None):
         raise click.UsageError("pass either --pairs FILE.csv or --generated DIR --references DIR")
     if pairs_csv is None and (generated is None or references is None):
@@ -803,7 +825,7 @@ def _benchmark_worker(args) -> list[str]:
 @click.option("--image-encoder", default=None, help="CLIP image encoder id/folder [default: laion/CLIP-ViT-H-14-laion2B-s32B-b79K].")
 @click.option("--shadingnet", default=None, help="ShadingNet weights (Face-MakeUpV2 model.bin, a ControlNet folder).")
 @click.option("--identities", required=True, type=click.Path(file_okay=False, exists=True, path_type=Path), help="Folder of reference photos, one per identity (IDENTITY.jpg/.png).")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder (images, references/, metrics, report).")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder (images, references/, metrics, report).")
 @click.option("--prompts", "prompts_file", default=None, type=click.Path(dir_okay=False, exists=True, path_type=Path), help="Prompt file, one per line [default: the 20 shipped prompts]; 'best quality, ' is prepended.")
 @click.option("--seeds", default=1, show_default=True, type=click.IntRange(1), help="Images per prompt (seeds 42, 43, ...).")
 @click.option("--steps", default=50, show_default=True, type=click.IntRange(1, 1000))
@@ -823,6 +845,7 @@ def benchmark(model, adapter, image_encoder, shadingnet, identities, out_dir, pr
     """
     from .eval.benchmark import GenerationConfig, is_done, list_identities, load_prompts, pairs_from_folders
 
+    _folder_out(out_dir, "--out")
     shard_i, shard_n = shard
     model = _model_for_weights(model, {"--adapter": adapter, "--shadingnet": shadingnet})
     if model is None:
@@ -867,11 +890,11 @@ def benchmark(model, adapter, image_encoder, shadingnet, identities, out_dir, pr
 # ------------------------------------------------------------------------------------------ train
 @main.command()
 @click.option("--preset", "preset_name", required=True, type=click.Choice(["tiny", "sd15", "sdxl", "tiny-xl"]),
-              help="tiny / tiny-xl: the --model tiny / tiny-xl backbone on a CPU in minutes; sd15: the paper's recipe (REFERENCE.md); sdxl: it on SDXL-base at 1024 px.")
+              help="tiny / tiny-xl: the --model tiny / tiny-xl backbone on a CPU in minutes; sd15: the paper's recipe (docs/sources.md); sdxl: it on SDXL-base at 1024 px.")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="YAML file of config keys over the preset (unknown keys are an error).")
 @click.option("--data", "data_dir", required=True, type=click.Path(exists=True, path_type=Path), help="A build-dataset folder.")
-@click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder.")
+@click.option("--out", "run_dir", required=True, type=click.Path(path_type=Path), help="Run folder.")
 @click.option("--max-steps", default=None, type=click.IntRange(1), help="Stop this invocation at this step [default: num_train_steps].")
 @click.option("--checkpoint-every", default=None, type=click.IntRange(1), help="Steps between checkpoints [default: the config's].")
 @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in --out.")
@@ -887,6 +910,7 @@ def train(preset_name, config_file, data_dir, run_dir, max_steps, checkpoint_eve
     from .train import train as run_training
 
     try:
+        _folder_out(run_dir, "--out")
         cfg = preset(preset_name)
         if config_file is not None:
             cfg = load_config(config_file, base=cfg)

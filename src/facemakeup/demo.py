@@ -2,7 +2,7 @@
 
 Everything the Face-MakeUpV2 demo takes (reference image, optional target image for the shading,
 prompt, negative prompt, IP scale, s_scale, ShadingNet scale, steps, number of images, seed with a
-random button, face crop factor, shading crop factor, width/height; REFERENCE.md), plus:
+random button, face crop factor, shading crop factor, width/height; docs/sources.md), plus:
 
 * up to ``MAX_REFERENCES`` reference photos, each with a mixing weight (``reference_weights``);
 * pose/shape of the shading map from the reference or the target photo, and its lighting from the

@@ -147,7 +147,7 @@ class FaceConditioningMixin:
     # ------------------------------------------------------------------ load / set scale / unload
     def load_face_adapter(self, path_or_hub_id: str | os.PathLike, subfolder: str | None = None, weight_name: str | None = None,
                           *, shortcut: bool | None = None, load_controlnet: bool = False,
-                          local_files_only: bool | None = None) -> str:
+                          local_files_only: bool | None = None, lora: str | os.PathLike | None = None) -> str:
         """Load ID-adapter weights of any known layout, replacing the current adapter (diffusers'
         ``load_ip_adapter``).
 
@@ -159,6 +159,9 @@ class FaceConditioningMixin:
             load_controlnet (`bool`, defaults to False): also make the file's ControlNet (Face-MakeUp
                 ``model.bin``, our folder's ``shadingnet/``) the pipeline's ``controlnet``; the file is read once.
             local_files_only (`bool`, *optional*): never download (default: ``HF_HUB_OFFLINE``).
+            lora (path, *optional*): the adapter's LoRA in a file of its own, for an adapter file that holds
+                the IP k/v alone (h94's ``ip-adapter-faceid_sdxl_lora.safetensors`` and the like;
+                ``model.loaders.load_checkpoint``).
 
         Returns:
             The layout that was read (``model.loaders.LAYOUTS``).
@@ -169,7 +172,7 @@ class FaceConditioningMixin:
         """
         self.unload_face_adapter()  # the plain UNet: checkpoints are read against it
         ckpt = load_checkpoint(path_or_hub_id, self.unet, subfolder, weight_name, shortcut=shortcut,
-                               vae_scale_factor=self.vae_scale_factor, local_files_only=local_files_only)
+                               vae_scale_factor=self.vae_scale_factor, local_files_only=local_files_only, lora=lora)
         if ckpt.adapter is None:
             raise CheckpointLayoutError(f"{ckpt.source} ({ckpt.layout}) holds no ID adapter")
         adapter = _like(ckpt.adapter, self.unet)
@@ -210,6 +213,16 @@ class FaceConditioningMixin:
         """Whether the loaded adapter reads CLIP image features (IP-Adapter-FaceID-Plus/PlusV2,
         Face-MakeUp V1/V2); the others read the ArcFace embedding only."""
         return self.face_adapter is not None and self.face_adapter.config.projection == "plus"
+
+    def face_id_embeds(self, faces: list) -> torch.Tensor:
+        """``(N, 512)`` float32: the ArcFace vector of each ``Face`` that the loaded adapter reads: the
+        unit-norm ``normed_embedding`` (IP-Adapter-FaceID, Face-MakeUp), or the raw ``embedding``
+        (``embedding * embedding_norm``) for ``id_embedding="raw"`` adapters (InstantID's pipeline feeds
+        insightface's ``face_info["embedding"]``)."""
+        embeds = np.stack([f.embedding for f in faces])  # (N, 512), unit norm
+        if self.face_adapter is not None and getattr(self.face_adapter.config, "id_embedding", "normed") == "raw":
+            embeds = embeds * np.array([[f.embedding_norm] for f in faces], np.float32)
+        return torch.from_numpy(np.ascontiguousarray(embeds, np.float32))
 
     # ------------------------------------------------------------------ references and image features
     def _analyzer(self):
@@ -395,7 +408,7 @@ class FaceConditioningMixin:
         faces = None
         if reference_image is not None:
             faces = self.prepare_references(reference_image, face_index)
-            id_embeds = torch.from_numpy(np.stack([f.embedding for f in faces]))
+            id_embeds = self.face_id_embeds(faces)
             face_images = [f.clip_image for f in faces]
         adapter = self.face_adapter
         id_embeds = id_embeds.to(device=device, dtype=adapter.dtype)  # (N, 512)
@@ -584,7 +597,7 @@ def load_image_encoder(image_encoder, torch_dtype, local_files_only):
 
 
 def face_components(unet, vae_scale_factor: int, image_encoder, adapter, shadingnet, lora_rank: int, torch_dtype,
-                    local_files_only, shortcut) -> dict:
+                    local_files_only, shortcut, adapter_lora=None) -> dict:
     """The face parts of ``from_backbone``: ``face_adapter``, ``controlnet``, ``image_encoder``,
     ``feature_extractor``.
 
@@ -595,12 +608,12 @@ def face_components(unet, vae_scale_factor: int, image_encoder, adapter, shading
     Args:
         unet: the plain backbone UNet. vae_scale_factor: image pixels per latent pixel.
         image_encoder: hub id or folder of a CLIP vision model, or ``None``.
-        adapter, shadingnet, lora_rank, shortcut: as ``from_backbone``.
+        adapter, shadingnet, lora_rank, shortcut, adapter_lora: as ``from_backbone``.
 
     Raises:
         ModelNotFoundError, CheckpointError, CheckpointLayoutError.
     """
-    face_adapter, controlnet = load_face_weights(unet, adapter, shadingnet, vae_scale_factor, local_files_only, shortcut)
+    face_adapter, controlnet = load_face_weights(unet, adapter, shadingnet, vae_scale_factor, local_files_only, shortcut, adapter_lora)
     reads_clip = face_adapter is None or face_adapter.config.projection == "plus"
     if not reads_clip and image_encoder is not None:
         logger.info("the adapter reads ArcFace embeddings only: no CLIP image encoder is loaded")
@@ -612,7 +625,7 @@ def face_components(unet, vae_scale_factor: int, image_encoder, adapter, shading
     return {"face_adapter": face_adapter, "controlnet": controlnet, "image_encoder": encoder, "feature_extractor": processor}
 
 
-def load_face_weights(unet, adapter, shadingnet, vae_scale_factor: int, local_files_only=None, shortcut=None):
+def load_face_weights(unet, adapter, shadingnet, vae_scale_factor: int, local_files_only=None, shortcut=None, adapter_lora=None):
     """``(FaceIDAdapter or None, ControlNetModel or None)`` from the ``adapter``/``shadingnet``
     arguments of ``from_backbone``; a path given for both is read once.
 
@@ -620,7 +633,8 @@ def load_face_weights(unet, adapter, shadingnet, vae_scale_factor: int, local_fi
         unet: the plain UNet the weights are for. vae_scale_factor: image pixels per latent pixel.
         adapter: a checkpoint path (any ``model.loaders`` layout) or ``None``.
         shadingnet: a checkpoint path, ``"init"`` (a fresh ``from_unet`` copy) or ``None``.
-        local_files_only, shortcut: as ``model.loaders.load_checkpoint``.
+        local_files_only, shortcut: as ``model.loaders.load_checkpoint``; adapter_lora: its ``lora``
+            (the adapter's LoRA in a separate file).
 
     Raises:
         ModelNotFoundError, CheckpointError, CheckpointLayoutError (also: the file holds no adapter /
@@ -629,7 +643,8 @@ def load_face_weights(unet, adapter, shadingnet, vae_scale_factor: int, local_fi
     face_adapter = controlnet = None
     ckpt = None
     if adapter is not None:
-        ckpt = load_checkpoint(adapter, unet, shortcut=shortcut, vae_scale_factor=vae_scale_factor, local_files_only=local_files_only)
+        ckpt = load_checkpoint(adapter, unet, shortcut=shortcut, vae_scale_factor=vae_scale_factor, local_files_only=local_files_only,
+                               lora=adapter_lora)
         if ckpt.adapter is None:
             raise CheckpointLayoutError(f"{adapter} ({ckpt.layout}) holds no ID adapter: pass it as the ShadingNet")
         face_adapter = ckpt.adapter

@@ -221,7 +221,6 @@ def generate(pipe, request: GenerationRequest, conditions: Conditions | None = N
         as ``prepare_conditions`` and the pipeline's ``__call__`` (``ValueError`` / ``FaceMakeUpInputError``
         for invalid values).
     """
-    import torch
 
     timings = {}
     t0 = time.perf_counter()
@@ -235,7 +234,7 @@ def generate(pipe, request: GenerationRequest, conditions: Conditions | None = N
 
     height, width = cond.size
     t0 = time.perf_counter()
-    out = pipe(request.prompt, id_embeds=torch.from_numpy(np.stack([f.embedding for f in cond.faces])),
+    out = pipe(request.prompt, id_embeds=pipe.face_id_embeds(cond.faces),
                face_images=[f.clip_image for f in cond.faces] if pipe.reads_clip else None,
                negative_prompt=request.negative_prompt, num_images_per_prompt=request.num_images, height=height, width=width,
                num_inference_steps=request.steps, guidance_scale=request.guidance_scale, ip_scale=request.ip_scale,

@@ -6,7 +6,7 @@ cross-attention layer beside the text (decoupled cross-attention, scale ``ip_sca
 all attention layers. Sampling is classifier-free guidance over (text, ID) pairs; the unconditional
 branch uses the negative prompt, a zero ID embedding and the CLIP features of a zero image
 (IP-Adapter-FaceID-PlusV2, Face-MakeUp V1 ``generate``). Defaults follow Face-MakeUp V1's inference
-(REFERENCE.md): DDIM, 50 steps, CFG 7.5, ``ip_scale`` 0.6, ``s_scale`` 1.0, 512x512.
+(docs/sources.md): DDIM, 50 steps, CFG 7.5, ``ip_scale`` 0.6, ``s_scale`` 1.0, 512x512.
 
 With a ShadingNet (``controlnet``, Face-MakeUpV2), the reference's (or a target's) 3D face rendered
 under its SH lighting (``faces.render.shading_map``, crop factor 5) steers pose and lighting; the
@@ -121,6 +121,7 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
         torch_dtype: torch.dtype = torch.float32,
         local_files_only: bool | None = None,
         shortcut: bool | None = None,
+        adapter_lora: str | os.PathLike | None = None,
     ) -> "FaceMakeUpPipeline":
         """Assemble the pipeline from an SD 1.5 backbone, a CLIP image encoder and ID-adapter weights.
 
@@ -142,6 +143,8 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
             torch_dtype: dtype of all components (float32 on CPU).
             local_files_only: never touch the network (default: ``HF_HUB_OFFLINE``).
             shortcut: FaceID-Plus v1 checkpoints: ``False`` (see ``model.loaders``).
+            adapter_lora: the adapter's LoRA in a file of its own (h94's ``*_lora.safetensors``), for an
+                adapter file holding the IP k/v alone.
 
         Raises:
             ModelNotFoundError: a component is neither on disk nor downloadable; the message says
@@ -158,7 +161,8 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
         scheduler = load_component("SD 1.5 backbone (scheduler)", DDIMScheduler.from_pretrained, backbone, subfolder="scheduler",
                                    local_files_only=local_files_only)
         scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        face = face_components(unet, scale, image_encoder, adapter, shadingnet, lora_rank, torch_dtype, local_files_only, shortcut)
+        face = face_components(unet, scale, image_encoder, adapter, shadingnet, lora_rank, torch_dtype, local_files_only, shortcut,
+                               adapter_lora)
         return cls(vae, text_encoder, tokenizer, unet, scheduler, **face)
 
     # ------------------------------------------------------------------ text
@@ -417,13 +421,15 @@ def backbone_family(model: str | os.PathLike) -> str:
 
 
 def load_pipeline(model: str, image_encoder: str | None = DEFAULT_IMAGE_ENCODER, adapter: str | None = None,
-                  shadingnet: str | None = None, local_files_only: bool | None = None, shortcut: bool | None = None):
+                  shadingnet: str | None = None, local_files_only: bool | None = None, shortcut: bool | None = None,
+                  adapter_lora: str | None = None):
     """The pipeline behind ``--model``: ``FaceMakeUpPipeline`` for SD 1.5, ``FaceMakeUpXLPipeline`` for SDXL
     (``backbone_family`` tells which).
 
     ``model`` is ``"tiny"`` / ``"tiny-xl"`` (random, tiny, with a ShadingNet: noise images; ``adapter`` and
     ``shadingnet`` load weights trained on that backbone, e.g. a tiny training run's ``final/``), a folder
-    saved by ``save_pretrained``, or a backbone (hub id or diffusers folder).
+    saved by ``save_pretrained``, or a backbone (hub id or diffusers folder). ``adapter_lora``: the adapter's
+    LoRA in a separate file (``FaceMakeUpPipeline.from_backbone``).
 
     Raises:
         ModelNotFoundError: with what to download and how to point to it.
@@ -441,7 +447,7 @@ def load_pipeline(model: str, image_encoder: str | None = DEFAULT_IMAGE_ENCODER,
         parts = tiny_xl_components() if model == "tiny-xl" else tiny_components()
         unet, scale = parts["unet"], 2 ** (len(parts["vae"].config.block_out_channels) - 1)
         # a tiny-backbone adapter/ShadingNet (e.g. `facemakeup train --preset tiny`'s final/) loads; others are refused
-        face_adapter, controlnet = load_face_weights(unet, adapter, shadingnet, scale, local_files_only, shortcut)
+        face_adapter, controlnet = load_face_weights(unet, adapter, shadingnet, scale, local_files_only, shortcut, adapter_lora)
         if face_adapter is None:
             face_adapter = FaceIDAdapter.for_unet(unet, parts["image_encoder"].config.hidden_size, lora_rank=4)
         if controlnet is None:
@@ -453,4 +459,4 @@ def load_pipeline(model: str, image_encoder: str | None = DEFAULT_IMAGE_ENCODER,
     if index.is_file() and json.loads(index.read_text()).get("_class_name") == cls.__name__:
         return cls.from_pretrained(model)
     return cls.from_backbone(model, image_encoder=image_encoder, adapter=adapter, shadingnet=shadingnet,
-                             local_files_only=local_files_only, shortcut=shortcut)
+                             local_files_only=local_files_only, shortcut=shortcut, adapter_lora=adapter_lora)

@@ -119,6 +119,7 @@ class FaceMakeUpXLPipeline(FaceConditioningMixin, DiffusionPipeline):
         torch_dtype: torch.dtype = torch.float32,
         local_files_only: bool | None = None,
         shortcut: bool | None = None,
+        adapter_lora: str | os.PathLike | None = None,
     ) -> "FaceMakeUpXLPipeline":
         """Assemble the pipeline from an SDXL backbone, a CLIP image encoder and ID-adapter weights.
 
@@ -136,6 +137,7 @@ class FaceMakeUpXLPipeline(FaceConditioningMixin, DiffusionPipeline):
             lora_rank: LoRA rank of a fresh adapter. torch_dtype: of every component.
             local_files_only: never touch the network (default: ``HF_HUB_OFFLINE``).
             shortcut: FaceID-Plus v1 checkpoints: ``False``.
+            adapter_lora: the adapter's LoRA in a file of its own (h94's ``*_lora.safetensors``).
 
         Raises:
             ModelNotFoundError: a component is neither on disk nor downloadable (the message says what
@@ -161,7 +163,8 @@ class FaceMakeUpXLPipeline(FaceConditioningMixin, DiffusionPipeline):
         index = Path(backbone) / "model_index.json"
         zeros = json.loads(index.read_text()).get("force_zeros_for_empty_prompt", True) if index.is_file() else True
         scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        face = face_components(unet, scale, image_encoder, adapter, shadingnet, lora_rank, torch_dtype, local_files_only, shortcut)
+        face = face_components(unet, scale, image_encoder, adapter, shadingnet, lora_rank, torch_dtype, local_files_only, shortcut,
+                               adapter_lora)
         return cls(vae=vae, unet=unet, scheduler=scheduler, force_zeros_for_empty_prompt=zeros, **text, **face)
 
     # ------------------------------------------------------------------ text

@@ -190,9 +190,11 @@ def check_prompt_length(tokenizer, text: str, name: str, *, truncate: bool = Fal
         return 0
     dropped = n - limit
     kept = tokenizer.decode(tokenizer(text, add_special_tokens=False).input_ids[:limit])
+    # the tiny models' tokenizer has no BPE merges: a token per letter, where CLIP's has about one per word
+    unit = f" (this model's tokenizer makes one token per letter, so about {limit} letters)" if n >= len("".join(text.split())) else ""
     if not truncate:
         raise FaceMakeUpInputError(
-            f"{name} is {n} tokens, over the text encoder's limit of {limit}: the last {dropped} would be dropped "
+            f"{name} is {n} tokens, over the text encoder's limit of {limit}{unit}: the last {dropped} would be dropped "
             f"(it would end at \"...{kept[-40:]}\"); shorten it, or {fix or 'allow truncation'}"
         )
     logger.warning("%s is %d tokens, over the limit of %d: dropping the last %d (it now ends at \"...%s\")",

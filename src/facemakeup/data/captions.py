@@ -1,6 +1,6 @@
 """Attribute and emotion captions, their phrases' regions, and the phrases' CLIP token indices.
 
-Face-MakeUpV2 (REFERENCE.md, "Text channel") gives each photo two short captions, an attribute
+Face-MakeUpV2 (docs/sources.md, "Text channel") gives each photo two short captions, an attribute
 caption and an emotion caption; every phrase of a caption has a target mask and the indices of its
 tokens under SD 1.5's CLIP tokenizer, so that the cross-attention of those tokens can be
 supervised by the mask. The authors did not publish their captioner; ours writes captions from

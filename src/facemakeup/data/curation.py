@@ -1,4 +1,4 @@
-"""FaceCaptionHQ curation filters (Face-MakeUp, Sec. 3.1; REFERENCE.md "Data").
+"""FaceCaptionHQ curation filters (Face-MakeUp, Sec. 3.1; docs/sources.md "Data").
 
 Face-MakeUp built FaceCaptionHQ-4M from LAION-Face by keeping high-resolution photos and dropping
 grayscale photos (mean per-pixel channel standard deviation under a threshold), text-heavy

@@ -1,6 +1,6 @@
 """``FaceCaptionMaskDataset``: the records of ``data.build`` as training samples.
 
-Face-MakeUpV2's ``MaskDataset`` (REFERENCE.md "Dataset record") picks, for every sample, one of the
+Face-MakeUpV2's ``MaskDataset`` (docs/sources.md "Dataset record") picks, for every sample, one of the
 two captions at random (attribute or emotion) together with that caption's phrase masks and token
 indices. Ours does the same and also yields what the ID and shading channels need.
 """

@@ -1,6 +1,6 @@
 """The FaceCaptionMask record: one accepted photo, as a versioned, validated type, read and written only here.
 
-Face-MakeUpV2's fields keep their names and spelling (REFERENCE.md "Dataset record"): ``image``,
+Face-MakeUpV2's fields keep their names and spelling (docs/sources.md "Dataset record"): ``image``,
 ``face``, ``face_attribute_caption``, ``face_emotion_caption``, ``atrribute_parsing_masks`` and
 ``emotion_parsing_masks`` (each entry ``{"mask": PATH, "token_indices": [int, ...]}``). Ours:
 ``key`` (collision-free, see ``data.build.source_key``), ``id_embedding`` (``.npy``), ``kps``

@@ -1,4 +1,4 @@
-"""Evaluation: Face-MakeUpV2's ten metrics (REFERENCE.md, "Metric recipes") and its benchmark protocol.
+"""Evaluation: Face-MakeUpV2's ten metrics (docs/sources.md, "Metric recipes") and its benchmark protocol.
 
 One module per family, each metric an accumulator (``update`` / ``compute``, torchmetrics) that
 takes its model as an argument: ``identity`` (FaceSim), ``physical`` (Pose-/Light-RMSE),

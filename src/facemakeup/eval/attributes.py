@@ -1,6 +1,6 @@
 """Attr: how many CelebA attributes a generated face shows clearly (Face-MakeUpV2's table).
 
-The recipe (REFERENCE.md): the count of the 40 CelebA attributes whose sigmoid exceeds 0.85, from
+The recipe (docs/sources.md): the count of the 40 CelebA attributes whose sigmoid exceeds 0.85, from
 a ResNet-50 40-attribute classifier. That classifier is not public; ours is
 ``faces.attributes.AttributePredictor`` (linear heads on ImageNet MobileNetV2 features of the
 CelebA-HQ-framed face crop, temperature-calibrated), so the numbers are comparable between runs of

@@ -1,6 +1,6 @@
 """CLIP-I, CLIP-T and DINO: image-image and image-text similarity in a pretrained embedding space.
 
-Recipes (REFERENCE.md, the usual public ones):
+Recipes (docs/sources.md, the usual public ones):
 - CLIP-I: cosine of CLIP ViT-B/16 image embeddings of the generated image and the reference.
 - CLIP-T: 100 x cosine of the generated image's and the prompt's CLIP embeddings (as torchmetrics'
   ``CLIPScore`` without its clamp at 0).

@@ -1,6 +1,6 @@
 """FaceSim: identity similarity of generated images to their reference (Face-MakeUp V1 ``evaluate/``).
 
-The recipe (REFERENCE.md): cosine of ArcFace ``normed_embedding`` of the generated face and of the
+The recipe (docs/sources.md): cosine of ArcFace ``normed_embedding`` of the generated face and of the
 reference face, ``buffalo_l`` (ArcFace r50). V1 silently skips images where no face is found; here
 such images count in ``no_face_rate`` and are left out of the mean. The face of each image is the
 one ``FaceAnalyzer.get_face`` chooses (its main face).

@@ -1,4 +1,4 @@
-"""Pose-RMSE and Light-RMSE, as Face-MakeUpV2 reports them (REFERENCE.md, "Metric recipes").
+"""Pose-RMSE and Light-RMSE, as Face-MakeUpV2 reports them (docs/sources.md, "Metric recipes").
 
 Both compare 3D-fit estimates of a generated image and of its reference: the head pose (global
 rotation, radians) and the 9x3 SH lighting. Face-MakeUpV2 fits DECA; these take the estimates of

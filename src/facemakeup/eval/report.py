@@ -1,6 +1,6 @@
 """The evaluation's outputs: ``metrics.json``, ``per_image.csv``, ``report.md`` and ``grid.png``.
 
-``report.md`` puts this run's row under the published rows of Face-MakeUpV2's table (REFERENCE.md,
+``report.md`` puts this run's row under the published rows of Face-MakeUpV2's table (docs/sources.md,
 FaceCaption test set), in the paper's column order; substitutes are marked and explained, metrics
 that were not computed say why.
 """
@@ -16,7 +16,7 @@ from typing import Sequence
 
 from .results import PAPER_METRICS, MetricResult
 
-#: Face-MakeUpV2's table (REFERENCE.md, "Reported results"), columns in ``PAPER_METRICS`` order.
+#: Face-MakeUpV2's table (docs/sources.md, "Reported results"), columns in ``PAPER_METRICS`` order.
 PUBLISHED = {
     "IP-Adapter-FaceID": (25.19, 86.43, 3.91, 0.644, 0.565, 0.604, 122.9, 0.679, 0.197, 0.218),
     "InstantID": (25.61, 47.00, 3.54, 0.511, 0.419, 0.450, 126.4, 0.665, 0.121, 0.295),

@@ -16,7 +16,7 @@ import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-#: The paper's ten metrics, in the column order of Face-MakeUpV2's table (REFERENCE.md).
+#: The paper's ten metrics, in the column order of Face-MakeUpV2's table (docs/sources.md).
 PAPER_METRICS = ("CLIP-T", "VLMScore", "Attr", "CLIP-I", "DINO", "FaceSim", "FID", "LPIPS", "Pose-RMSE", "Light-RMSE")
 
 

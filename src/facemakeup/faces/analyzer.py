@@ -48,7 +48,7 @@ from .recognize import ArcFace
 
 #: Stage names in pipeline order, and the ``Face`` fields each one fills.
 STAGES = {
-    "embed": ("aligned", "embedding"),
+    "embed": ("aligned", "embedding", "embedding_norm"),
     "clip": ("clip_image", "clip_box"),
     "fit": ("fit", "fit_error"),
     "attributes": ("attributes",),
@@ -124,6 +124,8 @@ class Face:
         det_score: detector confidence in [0, 1].
         embedding: ``(512,)`` float32 ArcFace ``normed_embedding`` (unit L2 norm). Stage ``embed``.
         aligned: ``(112, 112, 3)`` uint8 RGB ``norm_crop`` the embedding was computed from. Stage ``embed``.
+        embedding_norm: L2 norm of ArcFace's output before normalisation (``embedding * embedding_norm`` is
+            InsightFace's raw ``embedding``, InstantID's input). Stage ``embed``.
         clip_image: ``(S, S, 3)`` uint8 RGB CLIP crop (keypoint box x ``crop_factor``), S = the
             analyser's ``clip_size`` when the stage ran. Stage ``clip``.
         clip_box: ``(4,)`` float ``[x0, y0, x1, y1]`` pixels of that crop in the photo. Stage ``clip``.
@@ -143,6 +145,7 @@ class Face:
     det_score: float
     embedding: np.ndarray = _StageField("embed")
     aligned: np.ndarray = _StageField("embed")
+    embedding_norm: float = _StageField("embed")
     clip_image: np.ndarray = _StageField("clip")
     clip_box: np.ndarray = _StageField("clip")
     fit: FaceFit | None = _StageField("fit")
@@ -174,7 +177,7 @@ class Face:
         """The face as a JSON-ready dict: the only JSON form of a ``Face``.
 
         Writes what is known without running anything: ``bbox``, ``kps``, ``det_score``; after
-        ``embed`` ``embedding``; after ``clip`` ``clip_box``; after ``fit`` ``fit_error`` and, when it
+        ``embed`` ``embedding`` and ``embedding_norm``; after ``clip`` ``clip_box``; after ``fit`` ``fit_error`` and, when it
         succeeded, ``fitter``, ``pose`` (radians), ``rotation``, ``sh`` (9x3), ``sh_basis`` (and the
         ``mesh`` with ``mesh=True``); after ``attributes`` ``attributes`` (CelebA name ->
         probability), ``gender``, ``age``, ``emotion``. Images (``aligned``, ``clip_image``,
@@ -183,6 +186,7 @@ class Face:
         out = {"bbox": self.bbox.tolist(), "kps": self.kps.tolist(), "det_score": float(self.det_score)}
         if self.computed("embed") and self.embedding is not None:
             out["embedding"] = self.embedding.tolist()
+            out["embedding_norm"] = self.embedding_norm
         if self.computed("clip") and self.clip_box is not None:
             out["clip_box"] = np.asarray(self.clip_box).tolist()
         if self.computed("fit"):
@@ -207,6 +211,7 @@ class Face:
             det_score=float(data["det_score"]),
             embedding=np.asarray(data["embedding"], np.float32) if "embedding" in data else None,
             aligned=None,
+            embedding_norm=data.get("embedding_norm"),
             clip_image=None,
             clip_box=np.asarray(data["clip_box"], np.float64) if "clip_box" in data else None,
             fit=FaceFit.from_json(data) if fitted else None,
@@ -349,8 +354,10 @@ class FaceAnalyzer:
         and stops there when its best face settles the choice: a face that size can miss is smaller
         than ``MISSABLE_SIDE`` pixels of its input, and no face that small can score above the best
         one found (``face_choice_scores`` <= the box's longer side). Otherwise it runs at
-        every size, as without ``max_faces``. ``benchmarks/face_choice.py`` counts how often the two
-        ways choose differently.
+        every size, as without ``max_faces``. Either way a face found at the smallest size keeps that
+        detection (``SCRFD.detect_multiscale``), so the main face of ``get`` and of ``get_face`` is the
+        same box and keypoints: ``analyze`` and the Python API give the same analysis.
+        ``benchmarks/face_choice.py`` counts how often the two ways choose differently.
 
         Args:
             image: path, PIL image or ``(H, W, 3)`` uint8 RGB array (see ``load_image``).
@@ -368,15 +375,15 @@ class FaceAnalyzer:
         rgb = load_image(image)
         h, w = rgb.shape[:2]
         det_sizes = self.detection_sizes(h, w)
-        found = None
+        found = smallest = None
         if max_faces == 1 and len(det_sizes) > 1:  # the main face only: try the cheapest size alone first
-            found = self.detector.detect_multiscale(rgb, det_sizes[-1:])
+            found = smallest = self.detector.detect_multiscale(rgb, det_sizes[-1:])
             sides, choice = _rank(*found[:2], h, w)
             big = sides >= self.min_face_size
             if not (big.any() and choice[big].max() > MISSABLE_SIDE * max(h, w) / det_sizes[-1]):
                 found = None  # a face this size could miss might score higher: detect at every size
-        if found is None:
-            found = self.detector.detect_multiscale(rgb, det_sizes)
+        if found is None:  # every size; a face the smallest size found keeps that detection, as on the fast path
+            found = self.detector.detect_multiscale(rgb, det_sizes, smallest=smallest)
             sides, choice = _rank(*found[:2], h, w)
             big = sides >= self.min_face_size
         boxes, scores, kps = found
@@ -445,8 +452,9 @@ class FaceAnalyzer:
     # ------------------------------------------------------------------ stages: faces -> one tuple of field values each
     def _stage_embed(self, faces: list[Face]) -> list[tuple]:
         aligned = np.stack([norm_crop(f._source.image, f.kps, 112) for f in faces])  # (N, 112, 112, 3)
-        embeddings = self.recognizer.embed(aligned).astype(np.float32)  # (N, 512)
-        return list(zip(aligned, embeddings))
+        raw = self.recognizer.embed(aligned, normed=False).astype(np.float32)  # (N, 512)
+        norms = np.linalg.norm(raw, axis=1, keepdims=True)  # (N, 1)
+        return [(a, e, float(n[0])) for a, e, n in zip(aligned, raw / norms, norms)]
 
     def _stage_clip(self, faces: list[Face]) -> list[tuple]:
         boxes = [landmark_box(f.kps, self.crop_factor) for f in faces]

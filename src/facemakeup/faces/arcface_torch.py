@@ -1,6 +1,6 @@
 """ArcFace in torch, differentiable, with the weights of the offline ONNX model; differentiable ``norm_crop``.
 
-For the identity loss of Face-MakeUpV2 (REFERENCE.md; ``1 - cos`` of ArcFace embeddings of the
+For the identity loss of Face-MakeUpV2 (docs/sources.md; ``1 - cos`` of ArcFace embeddings of the
 generated and the reference face), the recogniser must pass gradients to its input pixels, and its
 embeddings must be those of the ONNX model the rest of facemakeup uses (``recognize.ArcFace``).
 

@@ -92,15 +92,28 @@ class SCRFD:
             scores.append(score[keep])
         return self._nms(np.concatenate(boxes) / scale, np.concatenate(scores), np.concatenate(kps) / scale)
 
-    def detect_multiscale(self, image: np.ndarray, det_sizes=(640, 320)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``detect`` at several sizes, detections pooled and NMS'd again.
+    def detect_multiscale(self, image: np.ndarray, det_sizes=(640, 320), smallest=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``detect`` at several sizes, pooled; the smallest size's detection of a face wins.
 
         One size misses faces of some scale: at 640 SCRFD-500M can miss a face that fills a 512 px
-        photo, at 320 it misses small ones. The photo is shrunk once per size, largest first, each
-        from the previous (area interpolation). Same outputs as ``detect``.
+        photo, at 320 it misses small ones. The smallest size runs on the photo itself (as the
+        analyser's main-face fast path does, so a face's box and keypoints are the same whichever
+        path found it: ``FaceAnalyzer.get`` and ``get_face`` agree); the larger sizes, largest first,
+        each shrink the previous image (area interpolation) and add the faces the smallest size did
+        not find (IoU with every kept box at most ``nms_thresh``, NMS'd among themselves).
+
+        Args:
+            image: ``(H, W, 3)`` uint8 RGB. det_sizes: square sides (multiples of 32).
+            smallest: the result of ``detect_multiscale(image, [min(det_sizes)])`` if already computed.
+
+        Returns:
+            As ``detect``: ``boxes`` ``(N, 4)``, ``scores`` ``(N,)``, ``kps`` ``(N, 5, 2)``, by score.
         """
+        sizes = sorted(set(det_sizes), reverse=True)
+        if smallest is None:
+            smallest = self.detect(image, sizes[-1])
         runs, src, factor = [], image, 1.0
-        for size in sorted(det_sizes, reverse=True):  # each size shrinks the previous, smaller, image: cheaper
+        for size in sizes[:-1]:  # each size shrinks the previous, smaller, image: cheaper
             if max(src.shape[:2]) > size:
                 r = size / max(src.shape[:2])
                 src = cv2.resize(src, (max(int(round(src.shape[1] * r)), 1), max(int(round(src.shape[0] * r)), 1)),
@@ -108,7 +121,15 @@ class SCRFD:
                 factor = max(image.shape[:2]) / max(src.shape[:2])  # photo pixels per pixel of src
             boxes, scores, kps = self.detect(src, size)
             runs.append((boxes * factor, scores, kps * factor))
-        return self._nms(*(np.concatenate([r[i] for r in runs]) for i in range(3)))
+        if not runs:
+            return smallest
+        boxes, scores, kps = self._nms(*(np.concatenate([r[i] for r in runs]) for i in range(3)))
+        if len(boxes) and len(smallest[0]):
+            new = _iou(boxes, smallest[0]).max(axis=1) <= self.nms_thresh  # faces the smallest size did not find
+            boxes, scores, kps = boxes[new], scores[new], kps[new]
+        merged = [np.concatenate([a, b]) for a, b in zip(smallest, (boxes, scores, kps))]
+        order = np.argsort(-merged[1], kind="stable")
+        return tuple(m[order].astype(np.float32) for m in merged)
 
     def _nms(self, boxes: np.ndarray, scores: np.ndarray, kps: np.ndarray):
         if len(scores) == 0:
@@ -118,3 +139,11 @@ class SCRFD:
         keep = np.asarray(keep, dtype=np.int64).reshape(-1)
         keep = keep[np.argsort(-scores[keep])]
         return boxes[keep].astype(np.float32), scores[keep].astype(np.float32), kps[keep].astype(np.float32)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(len(a), len(b))`` intersection over union of ``[x0, y0, x1, y1]`` boxes."""
+    lo, hi = np.maximum(a[:, None, :2], b[None, :, :2]), np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.prod(np.clip(hi - lo, 0, None), axis=2)
+    area = lambda x: np.prod(np.clip(x[:, 2:] - x[:, :2], 0, None), axis=1)  # noqa: E731
+    return inter / np.maximum(area(a)[:, None] + area(b)[None, :] - inter, 1e-9)

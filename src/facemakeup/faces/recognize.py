@@ -34,14 +34,16 @@ class ArcFace:
         # graphs with a symbolic batch dimension take all faces in one run; a fixed batch of 1 runs per face
         self.batched = self.session.get_inputs()[0].shape[0] != 1
 
-    def embed(self, aligned: np.ndarray) -> np.ndarray:
+    def embed(self, aligned: np.ndarray, normed: bool = True) -> np.ndarray:
         """Embed aligned faces.
 
         Args:
             aligned: ``(N, 112, 112, 3)`` or ``(112, 112, 3)`` uint8 RGB crops from ``norm_crop``.
+            normed: unit L2 norm rows (InsightFace's ``normed_embedding``); ``False``: the network's
+                output as it is (``embedding``, which InstantID's projection reads).
 
         Returns:
-            ``(N, 512)`` (or ``(512,)``) float32, each row of unit L2 norm.
+            ``(N, 512)`` (or ``(512,)``) float32.
         """
         single = aligned.ndim == 3
         batch = aligned[None] if single else aligned
@@ -50,5 +52,6 @@ class ArcFace:
             emb = self.session.run(None, {self.input_name: blob})[0]
         else:
             emb = np.concatenate([self.session.run(None, {self.input_name: blob[i : i + 1]})[0] for i in range(len(blob))])
-        emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+        if normed:
+            emb = emb / np.linalg.norm(emb, axis=1, keepdims=True)
         return emb[0] if single else emb

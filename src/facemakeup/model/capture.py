@@ -1,6 +1,6 @@
 """Text cross-attention probabilities of chosen UNet layers, for Face-MakeUpV2's mask-alignment loss.
 
-Face-MakeUpV2 (REFERENCE.md, "V2 differences") supervises the softmax attention of the caption
+Face-MakeUpV2 (docs/sources.md, "V2 differences") supervises the softmax attention of the caption
 tokens in the cross-attention layers whose query grid is (resolution/16)^2 (32x32 at 512 px:
 ``down_blocks.1`` and ``up_blocks.2`` of SD 1.5, 5 layers). ``supervised_layers`` names the layers
 of any UNet at a given grid from its config (``attention_grids``: the grid each cross-attention layer

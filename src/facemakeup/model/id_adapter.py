@@ -1,6 +1,6 @@
 """The ID channel of Face-MakeUp and the IP-Adapter-FaceID family: decoupled cross-attention and LoRA.
 
-Face-MakeUp V1/V2 (REFERENCE.md, "V1 architecture") condition SD 1.5 on a reference face through
+Face-MakeUp V1/V2 (docs/sources.md, "V1 architecture") condition SD 1.5 on a reference face through
 the IP-Adapter-FaceID-PlusV2 structure (Ye et al. 2023, arXiv 2308.06721; h94/IP-Adapter-FaceID):
 
 1. ID tokens from the 512-D ArcFace ``normed_embedding``: MLP (512 -> 1024 -> GELU -> T*768) ->
@@ -14,11 +14,19 @@ the IP-Adapter-FaceID-PlusV2 structure (Ye et al. 2023, arXiv 2308.06721; h94/IP
 3. LoRA (rank 128) on ``to_q``/``to_k``/``to_v``/``to_out.0`` of every attention layer (none in
    IP-Adapter-FaceID-Portrait: ``lora_rank=0``).
 
+A third projection, ``projection="resampler"``, is InstantID's (Wang et al. 2024, arXiv 2401.07519;
+InstantX/InstantID ``ip-adapter.bin``): IP-Adapter's ``Resampler``, 16 learned queries attending to the
+ArcFace embedding read as a 1-token sequence (dim 1280, depth 4, 20 heads of 64 for SDXL), decoupled
+cross-attention, no LoRA; IP-Adapter-FaceID-Portrait-SDXL-unnorm has the same structure at width 2048
+with 12 heads. The same classes serve SD 1.5 and SDXL UNets: every width comes from the UNet or the
+checkpoint.
+
 Several references: Face-MakeUp mixes them before the projection (``multi_face="mix"``); Portrait
 gives each face its own tokens and concatenates them (``multi_face="concat"``, 16 tokens per face).
 
 The blocks are diffusers' and peft's: ``IPAdapterFaceIDPlusImageProjection`` /
-``IPAdapterFaceIDImageProjection`` (1), ``IPAdapterAttnProcessor2_0`` (2) and peft LoRA layers (3).
+``IPAdapterFaceIDImageProjection`` / ``IPAdapterPlusImageProjection`` (1), ``IPAdapterAttnProcessor2_0``
+(2) and peft LoRA layers (3).
 ``FaceIDAdapter`` owns all their trainable weights in one ``ModelMixin`` (one config, one
 safetensors file) and *shares* them into a UNet with ``attach``: the processors and the peft layers
 hold the adapter's own ``nn.Linear`` objects, so training, ``.to()`` and saving see one set of
@@ -40,7 +48,8 @@ import torch
 from diffusers import ModelMixin
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
-from diffusers.models.embeddings import IPAdapterFaceIDImageProjection, IPAdapterFaceIDPlusImageProjection
+from diffusers.models.embeddings import (IPAdapterFaceIDImageProjection, IPAdapterFaceIDPlusImageProjection,
+                                         IPAdapterPlusImageProjection)
 from peft import LoraConfig
 from torch import nn
 
@@ -48,8 +57,9 @@ from torch import nn
 LORA_ADAPTER_NAME = "facemakeup_id"
 #: Attention projections that get LoRA (IP-Adapter-FaceID: q, k, v and out of every attention).
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
-#: ID projections: "plus" (ArcFace + CLIP, Perceiver resampler) or "mlp" (ArcFace only).
-PROJECTIONS = ("plus", "mlp")
+#: ID projections: "plus" (ArcFace + CLIP, Perceiver resampler), "mlp" (ArcFace only) or "resampler"
+#: (learned queries over the ArcFace embedding: InstantID).
+PROJECTIONS = ("plus", "mlp", "resampler")
 #: How several reference faces enter: averaged before the projection, or one token set each.
 MULTI_FACE = ("mix", "concat")
 
@@ -70,17 +80,27 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
         clip_embed_dim: width of the CLIP image encoder's hidden states (1280 for ViT-H-14); unused
             by the ``"mlp"`` projection.
         id_embed_dim: width of the ArcFace embedding (512).
-        num_tokens: ID tokens per face (4; IP-Adapter-FaceID-Portrait: 16).
+        num_tokens: ID tokens per face (4; IP-Adapter-FaceID-Portrait and InstantID: 16, the
+            resampler's learned queries).
         resampler_depth: Perceiver resampler blocks (4).
-        resampler_heads: Perceiver heads of 64 channels each (12 for SD 1.5: 768 / 64).
+        resampler_heads: Perceiver heads of 64 channels each (12 for SD 1.5: 768 / 64; SDXL PlusV2:
+            32; InstantID: 20).
+        resampler_dim: ``"resampler"`` only: the resampler's hidden width (InstantID: 1280;
+            Portrait-SDXL-unnorm: 2048); ``None`` = ``cross_attention_dim``. The ``"plus"``
+            resampler always works at ``cross_attention_dim``.
         lora_rank: LoRA rank (128 in Face-MakeUp; 0 = no LoRA, as IP-Adapter-FaceID-Portrait).
         projection: ``"plus"`` (ArcFace + CLIP through the Perceiver resampler: FaceID-Plus/PlusV2,
-            Face-MakeUp) or ``"mlp"`` (ArcFace only: FaceID, FaceID-Portrait).
+            Face-MakeUp), ``"mlp"`` (ArcFace only: FaceID, FaceID-Portrait) or ``"resampler"``
+            (``num_tokens`` learned queries attending to the ArcFace embedding: InstantID, diffusers'
+            ``IPAdapterPlusImageProjection``).
         shortcut: with ``"plus"``, the tokens are ``mlp + s_scale * resampler`` (PlusV2, Face-MakeUp)
             instead of the resampler's output alone (FaceID-Plus).
         multi_face: ``"mix"`` (references averaged before the projection, Face-MakeUp's ``mix``) or
             ``"concat"`` (each reference its own ``num_tokens`` tokens, concatenated: Portrait).
         mlp_ratio: hidden width of the ID MLP over ``id_embed_dim`` (2: 512 -> 1024).
+        id_embedding: which ArcFace vector the projection was trained on: ``"normed"`` (InsightFace's
+            ``normed_embedding``, unit L2 norm: IP-Adapter-FaceID, Face-MakeUp) or ``"raw"`` (its
+            ``embedding`` before normalisation: InstantID, IP-Adapter-FaceID-Portrait-unnorm).
 
     The LoRA scaling is ``lora_alpha / rank`` with ``lora_alpha = rank``, i.e. 1, as in IP-Adapter's
     ``LoRAAttnProcessor``.
@@ -101,8 +121,12 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
         shortcut: bool = True,
         multi_face: str = "mix",
         mlp_ratio: int = 2,
+        resampler_dim: int | None = None,
+        id_embedding: str = "normed",
     ):
         super().__init__()
+        if id_embedding not in ("normed", "raw"):
+            raise ValueError(f"id_embedding must be 'normed' or 'raw', got {id_embedding!r}")
         if projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
         if multi_face not in MULTI_FACE:
@@ -118,6 +142,17 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
                 heads=resampler_heads,
                 num_tokens=num_tokens,
                 ffproj_ratio=mlp_ratio,  # 512 -> 1024 -> 4*768, as in IP-Adapter-FaceID-PlusV2
+            )
+        elif projection == "resampler":
+            self.image_proj = IPAdapterPlusImageProjection(
+                embed_dims=id_embed_dim,  # proj_in reads the ArcFace embedding
+                output_dims=cross_attention_dim,
+                hidden_dims=resampler_dim or cross_attention_dim,
+                depth=resampler_depth,
+                dim_head=64,
+                heads=resampler_heads,
+                num_queries=num_tokens,
+                ffn_ratio=4,  # IP-Adapter's Resampler ff_mult, as InstantID builds it
             )
         else:
             self.image_proj = IPAdapterFaceIDImageProjection(
@@ -156,25 +191,30 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
 
         ``to_k_ip``/``to_v_ip`` are copies of each layer's ``to_k``/``to_v``; LoRA ``up`` weights are
         zero, so the UNet's text path is unchanged at start; the projection has PyTorch's default init.
+        Works for SD 1.5 and SDXL UNets alike (widths come from the UNet).
 
         Args:
             unet: a ``UNet2DConditionModel`` (without adapters attached).
             clip_embed_dim: hidden size of the CLIP image encoder (1280 for ViT-H-14).
             lora_rank: LoRA rank (Face-MakeUp: 128).
             num_tokens: number of ID tokens (Face-MakeUp: 4).
-            **config: other ``FaceIDAdapter`` arguments (``projection``, ``shortcut``, ``multi_face``).
+            **config: other ``FaceIDAdapter`` arguments (``projection``, ``shortcut``, ``multi_face``,
+                ``resampler_dim``, ``resampler_heads``). ``resampler_heads`` defaults to the resampler
+                width / 64 (InstantID-style: ``projection="resampler", num_tokens=16, lora_rank=0,
+                resampler_dim=1280`` gives 20 heads).
 
         Returns:
             A ``FaceIDAdapter`` on the UNet's device and dtype.
         """
         cross_dim = unet.config.cross_attention_dim
         layers = attention_layers(unet)
+        width = config.get("resampler_dim") if config.get("projection") == "resampler" else None
+        config.setdefault("resampler_heads", max((width or cross_dim) // 64, 1))
         adapter = cls(
             attn_layers=layers,
             cross_attention_dim=cross_dim,
             clip_embed_dim=clip_embed_dim,
             num_tokens=num_tokens,
-            resampler_heads=max(cross_dim // 64, 1),
             lora_rank=lora_rank,
             **config,
         )
@@ -353,13 +393,20 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
     def project(self, id_embeds: torch.Tensor, clip_embeds: torch.Tensor | None = None, s_scale: float = 1.0) -> torch.Tensor:
         """ID tokens from ArcFace (and, for ``projection="plus"``, CLIP) features.
 
-        IP-Adapter-FaceID's ``MLPProjModel`` (``"mlp"``) or ``ProjPlusModel`` (``"plus"``).
+        IP-Adapter-FaceID's ``MLPProjModel`` (``"mlp"``) or ``ProjPlusModel`` (``"plus"``), or
+        IP-Adapter's ``Resampler`` as InstantID feeds it (``"resampler"``: its pipeline reshapes the
+        embedding to ``(1, -1, 512)``, i.e. one face is a 1-token sequence; several embeddings of one
+        image form a longer sequence the same 16 queries attend to).
 
         Args:
-            id_embeds: ``(N, 512)`` float ArcFace ``normed_embedding`` (zeros for the unconditional branch).
+            id_embeds: ``(N, 512)`` float ArcFace embedding (zeros for the unconditional branch):
+                insightface's ``normed_embedding`` (unit length) for IP-Adapter-FaceID(-Plus, -Portrait)
+                and Face-MakeUp; its unnormalised ``embedding`` (norm about 20-30) for InstantID (its
+                pipeline and demos pass ``face_info['embedding']``) and FaceID-Portrait-SDXL-unnorm.
+                ``"resampler"`` also takes ``(N, L, 512)``: L embeddings read as one sequence.
             clip_embeds: ``(N, 257, C)`` float CLIP ``hidden_states[-2]`` of the face crops
                 (C = ``clip_embed_dim``; the features of a zero image for the unconditional branch).
-                Needed by ``"plus"``, ignored by ``"mlp"``.
+                Needed by ``"plus"``, ignored by ``"mlp"`` and ``"resampler"``.
             s_scale: weight of the resampler's output added to the MLP tokens ("shortcut"; Face-MakeUp
                 demo 1.0, V2 web demo 0.7). Used only by ``"plus"`` with ``shortcut=True``.
 
@@ -369,16 +416,20 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
         Raises:
             ValueError: wrong shapes, or no ``clip_embeds`` for a ``"plus"`` projection.
         """
-        plus = self.config.projection == "plus"
-        if id_embeds.ndim != 2 or id_embeds.shape[1] != self.config.id_embed_dim or (
-            plus and (clip_embeds is None or clip_embeds.ndim != 3 or len(id_embeds) != len(clip_embeds))
-        ):
+        projection = self.config.projection
+        plus = projection == "plus"
+        dim = self.config.id_embed_dim
+        ok_id = (id_embeds.ndim == 2 or (projection == "resampler" and id_embeds.ndim == 3)) and id_embeds.shape[-1] == dim
+        if not ok_id or (plus and (clip_embeds is None or clip_embeds.ndim != 3 or len(id_embeds) != len(clip_embeds))):
             raise ValueError(
-                f"expected id_embeds (N, {self.config.id_embed_dim})"
+                f"expected id_embeds (N, {dim})" + (f" or (N, L, {dim})" if projection == "resampler" else "")
                 + (f" and clip_embeds (N, L, {self.config.clip_embed_dim})" if plus else "")
                 + f", got {tuple(id_embeds.shape)} and {None if clip_embeds is None else tuple(clip_embeds.shape)}"
             )
         proj = self.image_proj
+        if projection == "resampler":
+            seq = id_embeds if id_embeds.ndim == 3 else id_embeds[:, None]  # (N, L, 512): InstantID's (1, -1, 512)
+            return proj(seq.to(self.dtype))  # (N, T, D)
         if not plus:
             return proj(id_embeds.to(self.dtype))  # (N, T, D)
         proj.clip_embeds = clip_embeds[:, None].to(self.dtype)  # (N, 1, L, C): diffusers' layout

@@ -209,3 +209,136 @@ def random_faceid_plusv2_state_dict(unet: UNet2DConditionModel, clip_dim: int, s
             ip[f"{i}.to_k_ip.weight"] = w(hidden, d)
             ip[f"{i}.to_v_ip.weight"] = w(hidden, d)
     return {"image_proj": proj, "ip_adapter": ip}
+
+
+#: Layouts ``random_ip_adapter_state_dict`` builds (the names ``model.loaders.detect_layout`` returns).
+RANDOM_LAYOUTS = ("ip-adapter-faceid", "ip-adapter-faceid-plus", "ip-adapter-faceid-portrait",
+                  "ip-adapter-faceid-portrait-unnorm", "instantid")
+
+
+def random_ip_adapter_state_dict(unet: UNet2DConditionModel, layout: str, clip_dim: int = 32, seed: int = 0, rank: int = 4,
+                                 std: float = 0.05, lora: bool = True, resampler_dim: int | None = None,
+                                 resampler_heads: int | None = None) -> dict:
+    """Random weights in one published IP-Adapter-family layout, sized for ``unet`` (SD 1.5 or SDXL).
+
+    The key names and shapes of (d = the UNet's cross-attention width; processors ``i`` in
+    ``unet.attn_processors`` order, ``{i}.to_{k,v}_ip`` on the cross-attention ones):
+
+    - ``"ip-adapter-faceid"``: h94 ``ip-adapter-faceid_sd15.bin`` / ``_sdxl.bin``: ``MLPProjModel``
+      (512 -> 1024 -> 4 x d, LayerNorm d) + ``{i}.to_{q,k,v,out}_lora.{down,up}`` of ``rank`` on every
+      processor (``lora=False``: IP k/v only, the file a separate ``*_lora.safetensors`` goes with);
+    - ``"ip-adapter-faceid-plus"``: ``-plusv2_sd15.bin`` / ``-plusv2_sdxl.bin``:
+      ``random_faceid_plusv2_state_dict`` (``lora=False`` drops its LoRA);
+    - ``"ip-adapter-faceid-portrait"``: ``-portrait_sd15.bin`` / ``-portrait_sdxl.bin``: ``MLPProjModel``
+      with 16 tokens, no LoRA;
+    - ``"ip-adapter-faceid-portrait-unnorm"``: ``-portrait_sdxl_unnorm.bin``: IP-Adapter's ``Resampler``
+      at width d (16 queries, ``resampler_heads`` default d * 12 / 2048, at least 1), no LoRA;
+    - ``"instantid"``: InstantID ``ip-adapter.bin``: ``Resampler`` (16 queries over the 512-D embedding,
+      width ``resampler_dim`` default d * 1280 / 2048, heads default width / 64, at least 1), no LoRA.
+
+    For tests and speed benchmarks of the loaders: the values mean nothing.
+
+    Args:
+        unet: the UNet the weights are for. layout: one of ``RANDOM_LAYOUTS``.
+        clip_dim: the CLIP image encoder's hidden size (Plus only). seed: ``torch.Generator`` seed.
+        rank: LoRA rank. std: standard deviation of the weights (LayerNorm weights are 1 + that noise).
+        lora: FaceID / Plus: include the LoRA (as h94's ``.bin`` files do).
+        resampler_dim, resampler_heads: the Resampler's width and heads (see above).
+
+    Returns:
+        ``{"image_proj": {...}, "ip_adapter": {...}}`` of float32 tensors.
+
+    Raises:
+        ValueError: unknown ``layout``.
+    """
+    if layout not in RANDOM_LAYOUTS:
+        raise ValueError(f"layout must be one of {RANDOM_LAYOUTS}, got {layout!r}")
+    if layout == "ip-adapter-faceid-plus":
+        state = random_faceid_plusv2_state_dict(unet, clip_dim, seed, rank, std)
+        if not lora:
+            state["ip_adapter"] = {k: v for k, v in state["ip_adapter"].items() if "_lora." not in k}
+        return state
+    g = torch.Generator().manual_seed(seed)
+
+    def w(*shape):
+        return torch.randn(*shape, generator=g) * std
+
+    d = unet.config.cross_attention_dim
+    if layout in ("ip-adapter-faceid", "ip-adapter-faceid-portrait"):
+        tokens = 4 if layout == "ip-adapter-faceid" else 16
+        proj = {"proj.0.weight": w(1024, 512), "proj.0.bias": w(1024), "proj.2.weight": w(tokens * d, 1024),
+                "proj.2.bias": w(tokens * d), "norm.weight": 1 + w(d), "norm.bias": w(d)}
+    else:
+        width = d if layout == "ip-adapter-faceid-portrait-unnorm" else (resampler_dim or max(d * 1280 // 2048, 1))
+        heads = resampler_heads or max((d * 12 // 2048) if layout == "ip-adapter-faceid-portrait-unnorm" else width // 64, 1)
+        inner = 64 * heads
+        proj = {"latents": w(1, 16, width) * 20, "proj_in.weight": w(width, 512), "proj_in.bias": w(width),
+                "proj_out.weight": w(d, width), "proj_out.bias": w(d), "norm_out.weight": 1 + w(d), "norm_out.bias": w(d)}
+        for i in range(4):
+            p = f"layers.{i}."
+            proj.update({p + "0.norm1.weight": 1 + w(width), p + "0.norm1.bias": w(width), p + "0.norm2.weight": 1 + w(width),
+                         p + "0.norm2.bias": w(width), p + "0.to_q.weight": w(inner, width), p + "0.to_kv.weight": w(2 * inner, width),
+                         p + "0.to_out.weight": w(width, inner), p + "1.0.weight": 1 + w(width), p + "1.0.bias": w(width),
+                         p + "1.1.weight": w(4 * width, width), p + "1.3.weight": w(width, 4 * width)})
+    with_lora = lora and layout == "ip-adapter-faceid"
+    ip = {}
+    for i, name in enumerate(unet.attn_processors):
+        attn = unet.get_submodule(name[: -len(".processor")])
+        hidden, ctx = attn.to_k.out_features, attn.to_k.in_features
+        if with_lora:
+            for t, fan_in in (("to_q", hidden), ("to_k", ctx), ("to_v", ctx), ("to_out", hidden)):
+                ip[f"{i}.{t}_lora.down.weight"] = w(rank, fan_in)
+                ip[f"{i}.{t}_lora.up.weight"] = w(hidden, rank)
+        if attn.is_cross_attention:
+            ip[f"{i}.to_k_ip.weight"] = w(hidden, d)
+            ip[f"{i}.to_v_ip.weight"] = w(hidden, d)
+    return {"image_proj": proj, "ip_adapter": ip}
+
+
+def separate_lora_state_dict(state: dict, unet: UNet2DConditionModel, naming: str = "h94-sdxl",
+                             alpha: float | None = None) -> tuple[dict, dict]:
+    """Split an IP-Adapter-FaceID(-Plus) state dict into an IP-k/v-only file and its separate LoRA file.
+
+    The LoRA file has the keys of h94's ``ip-adapter-faceid*_lora.safetensors``: one kohya module per
+    attention projection of the UNet, ``<module>.lora_down.weight`` (rank, in), ``.lora_up.weight``
+    (out, rank), and with ``naming="h94-sdxl"`` ``.alpha`` (float32 scalar). Module names:
+
+    - ``"kohya"``: ``lora_unet_<layer with _>_<to_q|to_k|to_v|to_out_0>`` (h94's SD 1.5 LoRA files; no alpha);
+    - ``"h94-sdxl"``: ``lora_unet_<layer with _>_<q_proj|k_proj|v_proj|out_proj>`` (h94's SDXL LoRA files, as
+      ComfyUI reports their keys in cubiq/ComfyUI_IPAdapter_plus#210; the file size fits 560 modules of rank
+      128 in float16 with float32 alphas);
+    - ``"h94-sdxl-bare"``: the same without the ``lora_unet_`` prefix (as that ComfyUI log prints them).
+
+    Args:
+        state: ``{"image_proj", "ip_adapter"}`` with ``{i}.to_{q,k,v,out}_lora`` keys (e.g.
+            ``random_ip_adapter_state_dict(unet, "ip-adapter-faceid")``).
+        unet: the UNet it is for (processor numbering). naming: see above.
+        alpha: the ``.alpha`` written (default: the rank, i.e. LoRA scale 1); with ``"kohya"`` only if given.
+
+    Returns:
+        ``(state without LoRA keys, LoRA file dict)``; tensors are shared, not copied.
+
+    Raises:
+        ValueError: unknown ``naming`` or no LoRA in ``state``.
+    """
+    names = {"kohya": ("lora_unet_", {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out_0"}),
+             "h94-sdxl": ("lora_unet_", {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}),
+             "h94-sdxl-bare": ("", {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"})}
+    if naming not in names:
+        raise ValueError(f"naming must be one of {sorted(names)}, got {naming!r}")
+    ip = state["ip_adapter"]
+    if not any("_lora." in k for k in ip):
+        raise ValueError("the state dict holds no LoRA (ip_adapter.*_lora.*)")
+    prefix, projections = names[naming]
+    lora = {}
+    for i, proc in enumerate(unet.attn_processors):
+        layer = proc[: -len(".processor")].replace(".", "_")
+        for ours, theirs in projections.items():
+            module = f"{prefix}{layer}_{theirs}"
+            down = ip[f"{i}.{ours}_lora.down.weight"]
+            lora[f"{module}.lora_down.weight"] = down
+            lora[f"{module}.lora_up.weight"] = ip[f"{i}.{ours}_lora.up.weight"]
+            if naming != "kohya" or alpha is not None:
+                lora[f"{module}.alpha"] = torch.tensor(float(down.shape[0] if alpha is None else alpha))
+    rest = {**state, "ip_adapter": {k: v for k, v in ip.items() if "_lora." not in k}}
+    return rest, lora

@@ -1,6 +1,6 @@
 """Training configuration: one typed dataclass, four presets, YAML in and out.
 
-``sd15`` is Face-MakeUpV2's recipe (REFERENCE.md "V2 differences", "Training"): 512 px, AdamW
+``sd15`` is Face-MakeUpV2's recipe (docs/sources.md "V2 differences", "Training"): 512 px, AdamW
 lr 1e-4, weight decay 0.01, LoRA rank 128, 4 ID tokens, text dropout 0.05, CLIP-image dropout 0.5,
 mask-alignment weight 1e-3 on the 32x32 layers, mixed precision with the trainable weights in fp32.
 ``tiny`` trains the ``--model tiny`` backbone on a CPU in minutes (32 px, 16x16 latents and attention maps).

@@ -2,7 +2,7 @@
 
 - ``diffusion_loss``: MSE to the scheduler's target (epsilon or v; Ho et al. 2020, Salimans & Ho 2022).
 - ``mask_alignment_loss``: V2's supervision of caption-token cross-attention by semantic masks,
-  exactly as REFERENCE.md ("V2 differences") and Face-MakeUpV2's ``train/loss.py`` state it.
+  exactly as docs/sources.md ("V2 differences") and Face-MakeUpV2's ``train/loss.py`` state it.
 - ``id_loss``: the paper's ID-consistency term that no public code has: x0 predicted from the
   UNet output, decoded by the frozen VAE *with* gradient, face aligned by its 5 keypoints and
   compared with the reference through a differentiable ArcFace (``1 - cos``), as PuLID's ID loss.
