@@ -455,13 +455,18 @@ def analyze(photos, out_dir, face_models, face_index, shading_crop_factor, shadi
 @click.option("--min-side", default=256, show_default=True, type=int, help="Curation: minimum shorter side (px).")
 @click.option("--max-text", default=0.10, show_default=True, type=float, help="Curation: maximum text-covered fraction.")
 @click.option("--captioner", default="template", show_default=True,
-              help="'template', or module:function returning (attribute_caption, emotion_caption) for (image, info).")
+              help="'template', 'source' (the downloaded sample's own face caption, e.g. FaceCaption-15M's, as the attribute "
+                   "caption), or module:function returning (attribute_caption, emotion_caption) for (image, info).")
 @click.option("--tokenizer", default=None, help="SD 1.5 folder or hub id for the CLIP tokenizer (default: OpenAI's BPE vocabulary).")
 @click.option("--face-models", default=None, type=click.Path(path_type=Path), help="Folder with buffalo_l's det_10g.onnx and w600k_r50.onnx.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="Intra-op threads per model per worker.")
+@click.option("--format", "fmt", default="records", show_default=True, type=click.Choice(["records", "webdataset", "face-makeup-v2"]),
+              help="records: records-*.jsonl + loose files; webdataset: OUT/SSSSS.tar shards; face-makeup-v2: OUT/train.json + "
+                   "images/ faces/ face_id/ shading/ Mask/ (Face-MakeUpV2's train.py reads them).")
 def build_dataset(input, out, workers, distributor, scheduler, shard_size, limit, min_side, max_text, captioner, tokenizer,
-                  face_models, threads):
-    """Build FaceCaptionMask records from INPUT (folder, file list, or WebDataset .tar shards) into OUT.
+                  face_models, threads, fmt):
+    """Build FaceCaptionMask records from INPUT (folder, file list, WebDataset .tar shards, e.g. what
+    `facemakeup download` wrote, or an fsspec URL of shards) into OUT.
 
     Curates (resolution, grayscale, text, group photos, cartoons), analyses the face, writes captions,
     phrase masks with CLIP token indices, shading maps and ID embeddings, shard by shard. Re-running
@@ -475,9 +480,10 @@ def build_dataset(input, out, workers, distributor, scheduler, shard_size, limit
                          tokenizer=tokenizer, face_models=str(face_models) if face_models else None, threads=threads)
     try:
         summary = build(input, out, workers=workers, limit=limit, config=config, shard_size=shard_size,
-                        distributor="dask" if scheduler else distributor, scheduler=scheduler)
+                        distributor="dask" if scheduler else distributor, scheduler=scheduler, format=fmt)
     except (FileNotFoundError, ValueError, FaceMakeUpError) as err:
-        _fail(err)
+        msg = str(err).replace("captioner '", "--captioner '").replace("tokenizer '", "--tokenizer '")
+        _fail(type(err)(msg) if isinstance(err, FaceMakeUpError) and msg != str(err) else err)
     click.echo(format_summary(summary))
     click.echo(f"wrote {out / 'summary.json'}")
     if not summary["ok"]:
