@@ -187,8 +187,9 @@ class V2Entry:
     """One Face-MakeUpV2 item as the dataset reads it: absolute paths, its captions' masks.
 
     ``captions`` maps ``"attribute"`` / ``"emotion"`` (only the usable ones: V2's keep rule) to
-    ``(text, [(mask path, token indices), ...])``; ``phrases`` (facemakeup exports only) the phrase
-    texts per kind; ``kps`` ``(5, 2)`` pixels or ``None`` (V2's own data has none).
+    ``(text, [(mask path, token indices), ...])``; ``phrases`` (facemakeup exports only) per kind the
+    ``{"phrase", "region"}`` of each mask, as a record's; ``kps`` ``(5, 2)`` pixels or ``None`` (V2's own
+    data has none).
     """
 
     key: str
@@ -248,8 +249,11 @@ def read_v2_json(json_path: str | os.PathLike, **roots) -> tuple[list[V2Entry], 
             skipped["missing_files"] = skipped.get("missing_files", 0) + 1
             continue
         ours = item.get("facemakeup") or {}
-        phrases = {kind: [m.get("phrase") for m in item.get(_V2_FIELD[kind], [])] for kind in captions}
+        listed = {kind: item.get(_V2_FIELD[kind], []) for kind in captions}
+        phrases = None  # phrase texts (facemakeup exports): token indices can be recomputed for another tokenizer
+        if all(isinstance(m, dict) and m.get("phrase") for ms in listed.values() for m in ms):
+            phrases = {kind: [{"phrase": m["phrase"], "region": m.get("region", "")} for m in ms] for kind, ms in listed.items()}
         entries.append(V2Entry(key=str(ours.get("key", f"{n:08d}-{Path(image).stem}")), image=r["data_root"] / image,
                                face=r["face_root"] / face, id_embedding=emb, shading=shading, captions=captions,
-                               kps=ours.get("kps"), phrases=phrases if all(all(v) for v in phrases.values()) else None))
+                               kps=ours.get("kps"), phrases=phrases))
     return entries, skipped
