@@ -926,7 +926,9 @@ def benchmark(model, adapter, image_encoder, shadingnet, identities, out_dir, pr
               help="tiny: the --model tiny backbone on a CPU in minutes; sd15: the paper's recipe (REFERENCE.md).")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="YAML file of config keys over the preset (unknown keys are an error).")
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, path_type=Path), help="A build-dataset folder.")
+@click.option("--data", "data_dir", required=True, type=str,
+              help="A build-dataset records folder, a Face-MakeUpV2 JSON (images/ faces/ face_id/ shading/ Mask/ beside it), or "
+                   "WebDataset shards: a folder, glob, {00000..00009} pattern or fsspec URL (s3://, gs://, hf://), streamed.")
 @click.option("--out", "run_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Run folder.")
 @click.option("--max-steps", default=None, type=click.IntRange(1), help="Stop this invocation at this step [default: num_train_steps].")
 @click.option("--checkpoint-every", default=None, type=click.IntRange(1), help="Steps between checkpoints [default: the config's].")
@@ -947,13 +949,17 @@ def train(preset_name, config_file, data_dir, run_dir, max_steps, checkpoint_eve
         if config_file is not None:
             cfg = load_config(config_file, base=cfg)
         cfg = apply_overrides(cfg, list(overrides) + ([f"checkpoint_every={checkpoint_every}"] if checkpoint_every else []))
-        summary = run_training(cfg, data_dir, run_dir, max_steps=max_steps, resume=resume)
+        from .data.dataset import is_shards
+
+        if not is_shards(data_dir) and not Path(data_dir).exists():
+            raise FileNotFoundError(f"--data {data_dir}: no such records folder, Face-MakeUpV2 JSON or shards")
+        summary = run_training(cfg, data_dir if is_shards(data_dir) else Path(data_dir), run_dir, max_steps=max_steps, resume=resume)
     except ConfigError as err:
         _fail(ValueError(f"{err} (set keys with --set KEY=VALUE or --config FILE.yaml)"))
     except (NonFiniteLossError, FaceMakeUpError, FileNotFoundError, ValueError) as err:
         _fail(err)
-    click.echo(f"trained steps {summary['start_step']}..{summary['stop_step']} on {summary['records_train']} records "
-               f"({summary['records_skipped']} skipped); wrote {run_dir}")
+    what = "streamed shards" if summary.get("streamed") else f"{summary['records_train']} records ({summary['records_skipped']} skipped)"
+    click.echo(f"trained steps {summary['start_step']}..{summary['stop_step']} on {what}; wrote {run_dir}")
 
 
 if __name__ == "__main__":

@@ -250,6 +250,7 @@ class FaceCaptionMaskShards(_ItemMaker, IterableDataset):
         seed: the stream's seed. shuffle_buffer: samples in the shuffle buffer (0 = file order, shards in order).
         epochs: passes over the shards (``None`` = endless, as training reads).
         exclude: sample keys (``formats.sample_stem``) to leave out (the training run's held-out samples).
+        split: split the shards by node and DataLoader worker (``False``: every reader sees all of them).
 
     Iterating yields the items of ``FaceCaptionMaskDataset``. A sample whose record or files are
     unusable is skipped and counted in ``skipped`` (of the process that read it), with a warning.
@@ -259,7 +260,7 @@ class FaceCaptionMaskShards(_ItemMaker, IterableDataset):
     """
 
     def __init__(self, shards, resolution: int = 512, mask_resolution: int = 64, caption: str = "random", tokenizer=None,
-                 max_masks: int = 6, seed: int = 0, shuffle_buffer: int = 0, epochs: int | None = 1, exclude=()):
+                 max_masks: int = 6, seed: int = 0, shuffle_buffer: int = 0, epochs: int | None = 1, exclude=(), split: bool = True):
         from .build import expand_shards
 
         self._setup(resolution, mask_resolution, caption, tokenizer, max_masks)
@@ -267,6 +268,7 @@ class FaceCaptionMaskShards(_ItemMaker, IterableDataset):
         self.urls = sorted({u for spec in specs for u in expand_shards(str(spec))})
         self.seed, self.shuffle_buffer, self.epochs, self.exclude = seed, shuffle_buffer, epochs, frozenset(exclude)
         self.skipped: Counter = Counter()
+        self.split = split
 
     def _raw(self, epoch: int, rank: int, world: int, worker: int, workers: int):
         """Raw samples (webdataset dicts) of one epoch for (rank, worker), shuffled; ``(node, worker)`` split by webdataset."""
@@ -277,7 +279,7 @@ class FaceCaptionMaskShards(_ItemMaker, IterableDataset):
         urls = list(self.urls)
         if self.shuffle_buffer > 0:
             random.Random(_shard_seed(self.seed, "shards", epoch)).shuffle(urls)
-        mine = list(wds.split_by_worker(wds.split_by_node(urls)))
+        mine = list(wds.split_by_worker(wds.split_by_node(urls))) if self.split else urls
         if not mine:
             raise ValueError(f"{len(urls)} shards for {world} processes x {workers} DataLoader workers: each needs at least one "
                              "shard; write smaller shards (build-dataset --shard-size) or use fewer workers")
@@ -298,10 +300,11 @@ class FaceCaptionMaskShards(_ItemMaker, IterableDataset):
         """
         import webdataset as wds
 
-        rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        rank, world, worker, workers = wds.utils.pytorch_worker_info() if self.split else (0, 1, 0, 1)
         done = worker_batches_done(start_batches, worker, workers)
         skip, count, epoch = done * batch_size, 0, 0
         while self.epochs is None or epoch < self.epochs:
+            before = count
             for sample in self._raw(epoch, rank, world, worker, workers):
                 if skip:
                     skip -= 1
@@ -311,12 +314,19 @@ class FaceCaptionMaskShards(_ItemMaker, IterableDataset):
                 count += 1
                 try:
                     entry = (record_from_sample(sample), sample)
+                    missing = [f for f in entry[0].files() if member_ext(f) not in sample]
+                    if missing:
+                        raise KeyError(f"members {missing} missing")
                 except Exception as err:  # noqa: BLE001 - a bad sample must not stop an epoch
                     self.skipped["invalid"] += 1
                     logger.warning("%s: sample %s skipped: %s", sample.get("__url__"), sample.get("__key__"), err)
                     count -= 1
                     continue
                 yield ((m * workers + worker) * world + rank) * batch_size + j, entry
+            if count == before and self.epochs is None:  # an endless stream with nothing in it would spin forever
+                raise ValueError(f"process {rank} / DataLoader worker {worker}: no usable sample in its shards "
+                                 f"{list(wds.split_by_worker(wds.split_by_node(self.urls))) if self.split else self.urls} "
+                                 "(all held out or unreadable)")
             epoch += 1
 
     def __iter__(self):
