@@ -2,6 +2,8 @@
 
     facemakeup generate --reference PHOTO --prompt TEXT --out DIR [--model ID|PATH|tiny] [--seed N] ...
     facemakeup analyze PHOTO_OR_DIR_OR_GLOB... --out DIR
+    facemakeup download PARQUET_OR_URL_LIST OUT
+    facemakeup build-dataset INPUT OUT [--format records|webdataset|face-makeup-v2]
     facemakeup convert SRC DST --to ours|face-makeup-v2|ip-adapter
     facemakeup evaluate (--pairs FILE.csv | --generated DIR --references DIR) --out DIR [--metrics ...]
     facemakeup benchmark --model ID|PATH|tiny --identities DIR --out DIR [--prompts FILE] [--seeds N]
@@ -441,6 +443,39 @@ def analyze(photos, out_dir, face_models, face_index, shading_crop_factor, shadi
     click.echo(f"{done} of {len(paths)} photos analysed, {n_faces} faces, {len(failures)} failures; wrote {out_dir}")
     if n_faces == 0:
         sys.exit(3)
+
+
+@main.command("download")
+@click.argument("input", type=str)
+@click.argument("out", type=str)
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(1), help="img2dataset processes.")
+@click.option("--threads", default=64, show_default=True, type=click.IntRange(1), help="Download threads per process.")
+@click.option("--samples-per-shard", default=10000, show_default=True, type=click.IntRange(1), help="URLs per tar shard.")
+@click.option("--timeout", default=10, show_default=True, type=click.IntRange(1), help="Seconds per URL.")
+@click.option("--retries", default=2, show_default=True, type=click.IntRange(0), help="Tries per URL after the first.")
+@click.option("--url-column", default=None, help="The parquet's URL column [default: url or URL].")
+@click.option("--keep-column", "keep_columns", multiple=True, help="A column to keep in each sample's JSON (repeatable) [default: all but the URL].")
+@click.option("--laion-face-ids", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="LAION-Face's id list (laion_face_ids.pth or one id a line): INPUT is then LAION-400M's metadata parquet(s), comma-separated or a glob.")
+def download_cmd(input, out, processes, threads, samples_per_shard, timeout, retries, url_column, keep_columns, laion_face_ids):
+    """Download the photos of INPUT (FaceCaption-15M's parquet, LAION-400M parquets with --laion-face-ids, or a .txt
+    URL list) into WebDataset tar shards in OUT (a folder or fsspec URL), through img2dataset.
+
+    Each sample is KEY.jpg + KEY.json (url and the parquet's other columns: FaceCaption's _id, caption,
+    laion_caption, box). Failed URLs are counted in OUT/*_stats.json and download_summary.json, never fatal;
+    re-running finishes missing shards. Then: facemakeup build-dataset OUT DATASET.
+    """
+    from .data.download import download
+
+    try:
+        summary = download(input, out, processes=processes, threads=threads, samples_per_shard=samples_per_shard, timeout=timeout,
+                           retries=retries, url_column=url_column, keep_columns=list(keep_columns) or None,
+                           laion_face_ids=laion_face_ids)
+    except (FileNotFoundError, ValueError, FaceMakeUpError) as err:
+        _fail(err)
+    failed = ", ".join(f"{k} {v}" for k, v in list(summary["failed_by_status"].items())[:5]) or "none"
+    click.echo(f"downloaded {summary['downloaded']} of {summary['urls']} URLs into {summary['shards']} shards "
+               f"({summary['failed']} failed: {failed}); wrote {out}/download_summary.json")
 
 
 @main.command("build-dataset")
