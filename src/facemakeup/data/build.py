@@ -118,7 +118,7 @@ class Source:
         obj = json.loads(archive.read(name))
         if not isinstance(obj, dict):
             raise ValueError(f"{self.tar}: {name} is not a JSON object")
-        return obj
+        return None if "schema_version" in obj else obj  # a facemakeup record (a --format webdataset build): not source data
 
 
 class _Archive:
@@ -243,15 +243,26 @@ def _check_unique(input, sources: list[Source]) -> list[Source]:
     return sources
 
 
+def _is_photo_member(name: str, index: dict) -> bool:
+    """Whether an image member of a tar is a photo: in a WebDataset sample (a ``KEY.json`` beside it: what
+    img2dataset and ``--format webdataset`` write) only ``KEY.EXT`` is (not ``KEY.face.png``, masks ...);
+    in a tar of plain files every image is."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    if f"{folder}/{stem}.json".lstrip("/") not in index:
+        return True
+    return "." not in ext
+
+
 def _tar_sources(tars: list[str]) -> list[Source]:
-    """The image members of tar shards (paths or URLs), in member order."""
+    """The photos of tar shards (paths or URLs), in member order (``_is_photo_member``)."""
     out = []
     for t in tars:
         archive = _Archive(t)
         try:
             base = t.rstrip("/").rsplit("/", 1)[-1]
             for m in archive.tf.getmembers():
-                if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES:
+                if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES and _is_photo_member(m.name, archive.index):
                     out.append(Source(f"{base}/{m.name}", tar=t, member=m.name))
         finally:
             archive.close()
