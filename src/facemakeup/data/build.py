@@ -344,7 +344,7 @@ class RecordMaker:
         torch.set_num_threads(max(1, config.threads))
         self.config = config
         self.analyzer = FaceAnalyzer(detector=config.face_models, recognizer=config.face_models, clip_size=config.clip_size,
-                                     fitter="mediapipe", parser=FaceParser(), attributes=AttributePredictor(threads=config.threads),
+                                     fitter="mediapipe", parser=FaceParser(threads=config.threads), attributes=AttributePredictor(threads=config.threads),
                                      threads=config.threads)
         _ = self.analyzer.fitter  # made now (lazy otherwise): the models are named the same in every marker
         self.text = TextDetector(threads=config.threads)
@@ -1060,3 +1060,6 @@ def preflight(config: BuildConfig) -> None:
     for name in ("face_parser.safetensors", "attribute_heads.safetensors"):
         if not asset(name).is_file():
             raise ModelNotFoundError(f"{asset(name)} is missing: reinstall facemakeup (its wheel ships it)")
+    from ..faces.parsing import export_onnx
+
+    export_onnx()  # once, here, before the workers open it
