@@ -318,3 +318,20 @@ def test_box_choice_helpers():
     assert box_match(dets, [198, 2, 238, 44], CurationConfig())[0] == 1
     index, verdict = box_match(dets, [500, 500, 600, 600], CurationConfig())
     assert index is None and verdict.reason.startswith("box_no_match")
+
+
+def test_exporting_a_records_folder_gives_the_bytes_of_a_direct_build(builds, tmp_path):
+    import hashlib
+
+    from facemakeup.data.formats import export_records
+
+    def digests(folder, pattern):
+        return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in folder.rglob(pattern) if p.is_file() and not p.name.startswith(".")}
+
+    assert export_records(builds["records"], tmp_path / "wds", "webdataset", progress=False) == {"records": 3, "shards": 3, "skipped": 0}
+    assert digests(tmp_path / "wds", "*.tar") == digests(builds["webdataset"], "*.tar")
+    export_records(builds["records"], tmp_path / "v2", "face-makeup-v2", progress=False)
+    for folder in ("images", "faces", "face_id", "shading", "Mask"):
+        assert digests(tmp_path / "v2" / folder, "*") == digests(builds["face-makeup-v2"] / folder, "*"), folder
+    assert json.loads((tmp_path / "v2" / "train.json").read_text()) == json.loads((builds["face-makeup-v2"] / "train.json").read_text())

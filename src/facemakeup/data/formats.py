@@ -257,3 +257,65 @@ def read_v2_json(json_path: str | os.PathLike, **roots) -> tuple[list[V2Entry], 
                                face=r["face_root"] / face, id_embedding=emb, shading=shading, captions=captions,
                                kps=ours.get("kps"), phrases=phrases))
     return entries, skipped
+
+
+# ------------------------------------------------------------------------------------------------ conversion
+
+def export_records(records: str | os.PathLike, out: str | os.PathLike, format: str, progress: bool = True) -> dict:
+    """Write a records folder again in another layout, without analysing any photo again.
+
+    Each ``records-SSSSS.jsonl`` becomes ``OUT/SSSSS.tar`` (``webdataset``) or ``OUT/parts/SSSSS.json`` plus its
+    files (``face-makeup-v2``, then ``OUT/train.json``), written as ``build-dataset --format`` writes them:
+    the same bytes as a build straight into that format (tested).
+
+    Args:
+        records: a ``build-dataset`` records folder. out: the output folder (created).
+        format: ``"webdataset"`` or ``"face-makeup-v2"``.
+
+    Returns:
+        ``{"records", "shards", "skipped"}``: records written, shards, records skipped (missing files ...).
+
+    Raises:
+        ValueError: unknown format. FileNotFoundError: no records.
+    """
+    from tqdm import tqdm
+
+    from .record import read_jsonl, records_files, write_atomic
+
+    if format not in ("webdataset", "face-makeup-v2"):
+        raise ValueError(f"format must be 'webdataset' or 'face-makeup-v2', got {format!r}")
+    files_ = records_files(records)
+    if not files_:
+        raise FileNotFoundError(f"{records}: no records-*.jsonl")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written, skipped, all_items = 0, 0, []
+    for f in tqdm(files_, desc=f"export {format}", disable=not progress):
+        tag = f.stem.split("-", 1)[1]
+        samples, items = [], []
+        for obj in read_jsonl(f):
+            r = Record.from_json(obj, root=f.parent)
+            if r.missing_files():
+                skipped += 1
+                continue
+            blobs = {p: r.path(p).read_bytes() for p in r.files() if p != r.image}
+            photo = r.path(r.image).read_bytes()
+            if format == "webdataset":
+                samples.append(webdataset_sample(r, blobs, photo))
+            else:
+                item, extra = v2_item(r, blobs, photo)
+                for rel, blob in extra.items():
+                    (out / rel).parent.mkdir(parents=True, exist_ok=True)
+                    (out / rel).write_bytes(blob)
+                items.append(item)
+            written += 1
+        if format == "webdataset":
+            tmp = out / f".{tag}.tar.part{os.getpid()}"
+            write_tar(tmp, samples)
+            os.replace(tmp, out / f"{tag}.tar")
+        else:
+            write_atomic(out / V2_PARTS / f"{tag}.json", json.dumps(items, ensure_ascii=False).encode("utf-8"))
+            all_items += items
+    if format == "face-makeup-v2":
+        write_atomic(out / V2_JSON, json.dumps(all_items, ensure_ascii=False).encode("utf-8"))
+    return {"records": written, "shards": len(files_), "skipped": skipped}
