@@ -662,6 +662,7 @@ def process_shard(out: str | os.PathLike, index: int, sources: list, config: Bui
                 "records_sha256": _sha256_file(out / f"records-{tag}.jsonl") if format == "records" else None,
                 "rejects_sha256": _sha256_file(out / f"rejects-{tag}.jsonl"),
                 "files": committed, "worker": f"{socket.gethostname()}:{os.getpid()}",
+                "worker_malloc_trim_threshold": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
             }
             write_atomic(out / "done" / f"{tag}.json", json.dumps(marker, indent=1).encode())
         return marker
@@ -850,13 +851,30 @@ def _finished(done, futures: dict, plan: dict, bar):
             yield i, err
 
 
+#: dask settings for the builder's workers (``_run_dask``): no ``MALLOC_TRIM_THRESHOLD_`` in their environment,
+#: no sampling profiler. For a cluster started by hand, the same through the environment of ``dask worker``:
+#: ``DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_=None DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False``.
+DASK_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None, "distributed.worker.profile.enabled": False}
+
+
 def _run_dask(out, plan, todo, config, workers, scheduler, bar):
     """Yields ``(shard, marker or exception)`` as shards finish on a dask.distributed cluster
-    (``scheduler`` address, or a ``LocalCluster`` of ``workers`` single-threaded processes)."""
+    (``scheduler`` address, or a ``LocalCluster`` of ``workers`` single-threaded processes).
+
+    The ``LocalCluster`` is started with ``DASK_WORKER_CONFIG``: dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536``
+    in every worker's environment by default, which fixes glibc's mmap threshold at 128 KiB, so every large
+    numpy temporary is mmapped and faulted in afresh: each photo took 1.4-1.8x the CPU time of a local worker
+    (``benchmarks/build_dataset.py``); dask's sampling profiler (every 10 ms) added a few per cent more.
+    """
+    import dask
     from dask.distributed import Client, LocalCluster, as_completed
 
-    cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                  dashboard_address=None)
+    cluster = None
+    if not scheduler:
+        if os.environ.get("MALLOC_TRIM_THRESHOLD_") == "65536":  # left by an earlier nanny in this process: not ours to pass on
+            os.environ.pop("MALLOC_TRIM_THRESHOLD_")
+        with dask.config.set(DASK_WORKER_CONFIG):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
     client = Client(scheduler or cluster)
     run = uuid.uuid4().hex[:8]
     try:
@@ -1000,6 +1018,7 @@ def _summarize(out: Path, plan: dict, done_before: int, processed: list[int], re
         except OSError as err:
             failures.append({"shard": None, "reason": f"contact sheet: {type(err).__name__}: {err}"})
     accepted = sum(m["accepted"] for m in markers.values())
+    trimmed = sum(1 for i, m in markers.items() if i in processed and m.get("worker_malloc_trim_threshold"))
     return {
         "ok": bool(accepted) and not failures, "inputs": plan["inputs"], "records": accepted,
         "rejects": sum(m["rejected"] for m in markers.values()), "records_with_missing_photo": missing_photo,
@@ -1011,7 +1030,7 @@ def _summarize(out: Path, plan: dict, done_before: int, processed: list[int], re
         "stage_seconds_this_run": {k: round(stages[k], 2) for k in STAGES if k in stages},
         "photos_this_run": photos, "seconds": round(seconds, 2),
         "images_per_second": round(photos / seconds, 3) if photos and seconds > 0 else None,
-        "models": models, "contact_sheet": sheet,
+        "models": models, "contact_sheet": sheet, "shards_in_workers_with_malloc_trim_threshold": trimmed,
     }
 
 
@@ -1037,6 +1056,10 @@ def format_summary(summary: dict, max_shards: int = 12) -> str:
         lines.append(f"repaired shard {r['shard']}: {r['reason']}")
     for f in s["failures"]:
         lines.append(f"FAILED shard {f['shard']}: {f['reason']}")
+    if s.get("shards_in_workers_with_malloc_trim_threshold"):
+        lines.append(f"{s['shards_in_workers_with_malloc_trim_threshold']} shards ran in workers with MALLOC_TRIM_THRESHOLD_ set "
+                     "(dask's nanny default; each photo takes ~1.5x the CPU): start dask workers with "
+                     "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_=None")
     if s.get("took_over_stale_lock"):
         lines.append(f"took over the stale lock of a build that died: {s['took_over_stale_lock']}")
     return "\n".join(lines)
