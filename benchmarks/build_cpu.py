@@ -69,9 +69,9 @@ def child(variant: str, images: list[str]) -> dict:
 
     settings = {}
     if variant == "dask-builder":
-        from facemakeup.data import build
+        import importlib
 
-        settings = getattr(build, "DASK_WORKER_CONFIG", None)
+        settings = getattr(importlib.import_module("facemakeup.data.build"), "DASK_WORKER_CONFIG", None)  # the module, not build()
         if settings is None:
             return {"skipped": "this source has no DASK_WORKER_CONFIG"}
     with dask.config.set(settings):
