@@ -86,6 +86,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--before-src", type=Path, default=None)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--name", default="build_cpu", help="results/NAME.json")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     images = [str(p) for p in sorted(args.input.glob("*.jpg"))[: args.photos + 1]]
@@ -122,7 +123,7 @@ def main():
                                                  "idle_estimate_img_per_s_2_workers": round(2 / c, 1), "runs": len(cpu)}
     for k, v in table.items():
         print(f"{k:24s} {v}")
-    print("wrote", write_result("build_cpu", {"benchmark": "build_cpu", "photos": args.photos, "before_src": str(args.before_src),
+    print("wrote", write_result(args.name, {"benchmark": "build_cpu", "photos": args.photos, "before_src": str(args.before_src),
                                               "table": table, "runs": runs,
                                               "note": "CPU seconds per photo in one worker after warm-up; idle estimate = 2 / cpu (two single-threaded workers)"}))
 
