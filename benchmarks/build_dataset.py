@@ -1,13 +1,19 @@
 """Build FaceCaptionMask from ../shared/data/celeba-hq-256: images/s with 1 and 2 workers, local vs dask, time per stage.
 
     python benchmarks/build_dataset.py --limit 200
+    git archive OLD src | tar -x -C /tmp/before && python benchmarks/build_dataset.py --limit 200 --before-src /tmp/before/src
+
+With ``--before-src`` every run is made twice, alternately, by that source tree (through ``PYTHONPATH``)
+and by this one, so "before" and "after" share the machine's load.
 
 Runs ``facemakeup build-dataset`` (a fresh process and a fresh OUT each, so every run pays its
 model loading) on the first ``--limit`` photos with ``--distributor local`` and ``dask`` (a
 ``LocalCluster``), 1 and 2 workers, side by side in one run (timings on a shared machine are
 noisy: compare the ratios; the load average is recorded). Per run: images/s of the build (from
 taking the lock to the summary, models loading included), the CLI's wall time, seconds per stage
-summed over workers, rejects by filter. Then caption and mask statistics of the records.
+summed over workers and their sum per photo (``worker_seconds_per_photo``: what a photo costs inside a worker,
+the number to compare between the local and the dask distributor), rejects by filter. Then caption and
+mask statistics of the records.
 Writes benchmarks/results/build_dataset.json. The datasets hold research-only faces: they stay in
 --work, outside the repository.
 """
@@ -36,6 +42,7 @@ def main():
     ap.add_argument("--work", type=Path, default=Path("/tmp/fcm-bench"))
     ap.add_argument("--limit", type=int, default=200)
     ap.add_argument("--runs", default="local:1,local:2,dask:1,dask:2", help="DISTRIBUTOR:WORKERS,...")
+    ap.add_argument("--before-src", type=Path, default=None, help="an older facemakeup src/ to run side by side")
     args = ap.parse_args()
     if not args.input.exists():
         sys.exit(f"no data at {args.input}")
@@ -44,24 +51,38 @@ def main():
     from facemakeup.data.record import read_records
 
     runs = []
+    versions = [("before", str(args.before_src.resolve())), ("after", None)] if args.before_src else [("after", None)]
     for spec in args.runs.split(","):
         distributor, workers = spec.split(":")
-        out = args.work / f"{distributor}-{workers}"
-        shutil.rmtree(out, ignore_errors=True)
-        load = os.getloadavg()[0]
-        t0 = time.time()
-        res = subprocess.run([sys.executable, "-m", "facemakeup.cli", "build-dataset", str(args.input), str(out), "--limit",
-                              str(args.limit), "--workers", workers, "--distributor", distributor], capture_output=True, text=True)
-        wall = time.time() - t0
-        s = json.loads((out / "summary.json").read_text())
-        runs.append({"distributor": distributor, "workers": int(workers), "exit_status": res.returncode,
-                     "images_per_second": s["images_per_second"], "build_seconds": s["seconds"], "cli_wall_seconds": round(wall, 1),
-                     "records": s["records"], "rejects_by_reason": s["rejects_by_reason"], "failures": s["failures"],
-                     "stage_seconds": s["stage_seconds_this_run"], "load_average_before": round(load, 2),
-                     "load_average_after": round(os.getloadavg()[0], 2)})
-        print(json.dumps(runs[-1]), flush=True)
+        for version, src in versions:
+            out = args.work / f"{distributor}-{workers}-{version}"
+            shutil.rmtree(out, ignore_errors=True)
+            env = {**os.environ, **({"PYTHONPATH": src} if src else {})}
+            load = os.getloadavg()[0]
+            t0 = time.time()
+            res = subprocess.run([sys.executable, "-m", "facemakeup.cli", "build-dataset", str(args.input), str(out), "--limit",
+                                  str(args.limit), "--workers", workers, "--distributor", distributor], capture_output=True, text=True,
+                                 env=env)
+            wall = time.time() - t0
+            s = json.loads((out / "summary.json").read_text())
+            stage = s["stage_seconds_this_run"]
+            runs.append({"version": version, "distributor": distributor, "workers": int(workers), "exit_status": res.returncode,
+                         "images_per_second": s["images_per_second"], "build_seconds": s["seconds"], "cli_wall_seconds": round(wall, 1),
+                         "worker_seconds_per_photo": round(sum(stage.values()) / max(1, s["photos_this_run"]), 4),
+                         "records": s["records"], "rejects_by_reason": s["rejects_by_reason"], "failures": s["failures"],
+                         "stage_seconds": stage, "load_average_before": round(load, 2),
+                         "load_average_after": round(os.getloadavg()[0], 2)})
+            print(json.dumps(runs[-1]), flush=True)
+    if args.before_src:  # ratios of side-by-side pairs
+        for spec in args.runs.split(","):
+            d, w = spec.split(":")
+            b, a = (next(r for r in runs if r["distributor"] == d and r["workers"] == int(w) and r["version"] == v) for v in ("before", "after"))
+            print(f"{spec}: {b['images_per_second']} -> {a['images_per_second']} img/s "
+                  f"({a['images_per_second'] / b['images_per_second']:.2f}x); per photo in a worker {b['worker_seconds_per_photo']} -> "
+                  f"{a['worker_seconds_per_photo']} s", flush=True)
 
-    records, _ = read_records(out)
+    after = [r for r in runs if r["version"] == "after"]
+    records, _ = read_records(args.work / f"{after[-1]['distributor']}-{after[-1]['workers']}-after")
     tok = clip_tokenizer()
     phrases = Counter(p["region"] for r in records for kind in ("attribute", "emotion") for p in r.phrases[kind])
     coverage = {}
@@ -72,12 +93,13 @@ def main():
             coverage.setdefault(p["region"], []).append(float((np.asarray(Image.open(r.path(p["mask"]))) > 127).mean()))
     lengths = [len(tok(r.face_attribute_caption)["input_ids"]) for r in records]
     stage_total = Counter()
-    for run in runs:
+    for run in after:
         stage_total.update(run["stage_seconds"])
-    photos = sum(args.limit for _ in runs)
+    photos = sum(args.limit for _ in after)
     result = {
         "benchmark": "build_dataset", "input": str(args.input), "photos_per_run": args.limit,
         "note": "first --limit photos of celeba-hq-256; every run in a fresh process, models loading included; load_average_before per run says whether the machine was shared",
+        "before_src": str(args.before_src) if args.before_src else None,
         "runs": runs,
         "stage_seconds_per_photo": {k: round(v / photos, 4) for k, v in stage_total.items()},
         "captions": {

@@ -1,6 +1,7 @@
 """kill -9 at random moments during `facemakeup build-dataset`, each followed by a re-run, and two builds at once.
 
     python benchmarks/build_kill_resume.py --limit 40 --kills 20
+    python benchmarks/build_kill_resume.py --limit 40 --kills 20 --format webdataset   # results/build_kill_resume_webdataset.json
 
 1. An uninterrupted build of the first ``--limit`` photos of ../shared/data/celeba-hq-256 (reference).
 2. Two builds started at once on one OUT: the second must be refused, the first must complete.
@@ -10,7 +11,8 @@
    the kills land in every phase of a shard. After each kill no key may appear twice. Then one last
    re-run to completion.
 4. Compare with the reference: record keys, every record line, and the SHA-256 of every output file
-   (records, rejects, masks, embeddings, crops, shading and parsing maps, plan, contact sheet).
+   (records, rejects, masks, embeddings, crops, shading and parsing maps, plan, contact sheet; the
+   ``SSSSS.tar`` shards of a ``--format webdataset`` build, whose record keys are read from the tars).
 
 Writes benchmarks/results/build_kill_resume.json. The datasets hold research-only faces: they stay
 in --work, outside the repository.
@@ -33,7 +35,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import SHARED_DATA, write_result  # noqa: E402
 
-COMPARED = ("records-", "rejects-", "Mask", "id", "faces", "shading", "parsing", "plan.json", "contact.png")
+COMPARED = ("records-", "rejects-", "Mask", "id", "faces", "shading", "parsing", "plan.json", "contact.png", "train.json", "images",
+            "face_id")
 
 
 def cli(src, out, *extra) -> list[str]:
@@ -43,11 +46,18 @@ def cli(src, out, *extra) -> list[str]:
 def hashes(out: Path) -> dict[str, str]:
     """SHA-256 of every compared output file (done markers and the summary hold timings: not compared)."""
     return {p.relative_to(out).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.rglob("*"))
-            if p.is_file() and p.relative_to(out).as_posix().startswith(COMPARED)}
+            if p.is_file() and (p.relative_to(out).as_posix().startswith(COMPARED) or (p.parent == out and p.suffix == ".tar"))}
 
 
 def keys(out: Path) -> list[str]:
-    return [json.loads(line)["key"] for f in sorted(out.glob("records-*.jsonl")) for line in f.read_text().splitlines() if line.strip()]
+    """Record keys of every committed records file and tar shard (a torn tar is never in place: it is renamed whole)."""
+    import tarfile
+
+    found = [json.loads(line)["key"] for f in sorted(out.glob("records-*.jsonl")) for line in f.read_text().splitlines() if line.strip()]
+    for t in sorted(out.glob("*.tar")):
+        with tarfile.open(t) as tf:
+            found += [json.loads(tf.extractfile(m).read())["key"] for m in tf.getmembers() if m.name.endswith(".json")]
+    return found
 
 
 def main():
@@ -57,12 +67,13 @@ def main():
     ap.add_argument("--limit", type=int, default=40)
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--format", default="records", choices=["records", "webdataset", "face-makeup-v2"])
     args = ap.parse_args()
     if not args.input.exists():
         sys.exit(f"no data at {args.input}")
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
-    limit = ["--limit", str(args.limit), "--shard-size", "1"]
+    limit = ["--limit", str(args.limit), "--shard-size", "1", "--format", args.format]
     ref, conc, out = args.work / "reference", args.work / "concurrent", args.work / "killed"
 
     t0 = time.time()
@@ -109,7 +120,7 @@ def main():
     a, b = hashes(ref), hashes(out)
     ref_keys, got = set(keys(ref)), keys(out)
     result = {
-        "benchmark": "build_kill_resume", "input": str(args.input), "photos": args.limit, "kills": len(kills),
+        "benchmark": "build_kill_resume", "format": args.format, "input": str(args.input), "photos": args.limit, "kills": len(kills),
         "reference_seconds": round(full, 1), "reference_records": len(ref_keys),
         "final_exit_status": final.returncode, "final_records": len(got),
         "lost_records": len(ref_keys - set(got)), "extra_records": len(set(got) - ref_keys),
@@ -122,7 +133,7 @@ def main():
         "two_builds_at_once": concurrent, "kill_log": kills, "load_average": os.getloadavg(),
     }
     print(json.dumps({k: v for k, v in result.items() if k != "kill_log"}, indent=1))
-    print("wrote", write_result("build_kill_resume", result))
+    print("wrote", write_result("build_kill_resume" + ("" if args.format == "records" else f"_{args.format.replace('-', '_')}"), result))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
     facemakeup generate --reference PHOTO --prompt TEXT --out DIR [--model ID|PATH|tiny|tiny-xl] [--seed N] ...
     facemakeup analyze PHOTO_OR_DIR_OR_GLOB... --out DIR
+    facemakeup download PARQUET_OR_URL_LIST OUT
+    facemakeup build-dataset INPUT OUT [--format records|webdataset|face-makeup-v2]
     facemakeup convert SRC DST --to ours|face-makeup-v2|ip-adapter
     facemakeup evaluate (--pairs FILE.csv | --generated DIR --references DIR) --out DIR [--metrics ...]
     facemakeup benchmark --model ID|PATH|tiny|tiny-xl --identities DIR --out DIR [--prompts FILE] [--seeds N]
@@ -367,6 +369,39 @@ def analyze(photos, out_dir, face_models, face_index, shading_crop_factor, shadi
         sys.exit(3)
 
 
+@main.command("download")
+@click.argument("input", type=str)
+@click.argument("out", type=str)
+@click.option("--processes", default=1, show_default=True, type=click.IntRange(1), help="img2dataset processes.")
+@click.option("--threads", default=64, show_default=True, type=click.IntRange(1), help="Download threads per process.")
+@click.option("--samples-per-shard", default=10000, show_default=True, type=click.IntRange(1), help="URLs per tar shard.")
+@click.option("--timeout", default=10, show_default=True, type=click.IntRange(1), help="Seconds per URL.")
+@click.option("--retries", default=2, show_default=True, type=click.IntRange(0), help="Tries per URL after the first.")
+@click.option("--url-column", default=None, help="The parquet's URL column [default: url or URL].")
+@click.option("--keep-column", "keep_columns", multiple=True, help="A column to keep in each sample's JSON (repeatable) [default: all but the URL].")
+@click.option("--laion-face-ids", default=None, type=click.Path(exists=True, dir_okay=False),
+              help="LAION-Face's id list (laion_face_ids.pth or one id a line): INPUT is then LAION-400M's metadata parquet(s), comma-separated or a glob.")
+def download_cmd(input, out, processes, threads, samples_per_shard, timeout, retries, url_column, keep_columns, laion_face_ids):
+    """Download the photos of INPUT (FaceCaption-15M's parquet, LAION-400M parquets with --laion-face-ids, or a .txt
+    URL list) into WebDataset tar shards in OUT (a folder or fsspec URL), through img2dataset.
+
+    Each sample is KEY.jpg + KEY.json (url and the parquet's other columns: FaceCaption's _id, caption,
+    laion_caption, box). Failed URLs are counted in OUT/*_stats.json and download_summary.json, never fatal;
+    re-running finishes missing shards. Then: facemakeup build-dataset OUT DATASET.
+    """
+    from .data.download import download
+
+    try:
+        summary = download(input, out, processes=processes, threads=threads, samples_per_shard=samples_per_shard, timeout=timeout,
+                           retries=retries, url_column=url_column, keep_columns=list(keep_columns) or None,
+                           laion_face_ids=laion_face_ids)
+    except (FileNotFoundError, ValueError, FaceMakeUpError) as err:
+        _fail(err)
+    failed = ", ".join(f"{k} {v}" for k, v in list(summary["failed_by_status"].items())[:5]) or "none"
+    click.echo(f"downloaded {summary['downloaded']} of {summary['urls']} URLs into {summary['shards']} shards "
+               f"({summary['failed']} failed: {failed}); wrote {out}/download_summary.json")
+
+
 @main.command("build-dataset")
 @click.argument("input", type=str)
 @click.argument("out", type=click.Path(path_type=Path))
@@ -379,13 +414,18 @@ def analyze(photos, out_dir, face_models, face_index, shading_crop_factor, shadi
 @click.option("--min-side", default=256, show_default=True, type=int, help="Curation: minimum shorter side (px).")
 @click.option("--max-text", default=0.10, show_default=True, type=float, help="Curation: maximum text-covered fraction.")
 @click.option("--captioner", default="template", show_default=True,
-              help="'template', or module:function returning (attribute_caption, emotion_caption) for (image, info).")
+              help="'template', 'source' (the downloaded sample's own face caption, e.g. FaceCaption-15M's, as the attribute "
+                   "caption), or module:function returning (attribute_caption, emotion_caption) for (image, info).")
 @click.option("--tokenizer", default=None, help="SD 1.5 folder or hub id for the CLIP tokenizer (default: OpenAI's BPE vocabulary).")
 @click.option("--face-models", default=None, type=click.Path(path_type=Path), help="Folder with buffalo_l's det_10g.onnx and w600k_r50.onnx.")
 @click.option("--threads", default=1, show_default=True, type=click.IntRange(1), help="Intra-op threads per model per worker.")
+@click.option("--format", "fmt", default="records", show_default=True, type=click.Choice(["records", "webdataset", "face-makeup-v2"]),
+              help="records: records-*.jsonl + loose files; webdataset: OUT/SSSSS.tar shards; face-makeup-v2: OUT/train.json + "
+                   "images/ faces/ face_id/ shading/ Mask/ (Face-MakeUpV2's train.py reads them).")
 def build_dataset(input, out, workers, distributor, scheduler, shard_size, limit, min_side, max_text, captioner, tokenizer,
-                  face_models, threads):
-    """Build FaceCaptionMask records from INPUT (folder, file list, or WebDataset .tar shards) into OUT.
+                  face_models, threads, fmt):
+    """Build FaceCaptionMask records from INPUT (folder, file list, WebDataset .tar shards, e.g. what
+    `facemakeup download` wrote, or an fsspec URL of shards) into OUT.
 
     Curates (resolution, grayscale, text, group photos, cartoons), analyses the face, writes captions,
     phrase masks with CLIP token indices, shading maps and ID embeddings, shard by shard. Re-running
@@ -400,9 +440,10 @@ def build_dataset(input, out, workers, distributor, scheduler, shard_size, limit
                          tokenizer=tokenizer, face_models=str(face_models) if face_models else None, threads=threads)
     try:
         summary = build(input, out, workers=workers, limit=limit, config=config, shard_size=shard_size,
-                        distributor="dask" if scheduler else distributor, scheduler=scheduler)
+                        distributor="dask" if scheduler else distributor, scheduler=scheduler, format=fmt)
     except (FileNotFoundError, ValueError, FaceMakeUpError) as err:
-        _fail(err)
+        msg = str(err).replace("captioner '", "--captioner '").replace("tokenizer '", "--tokenizer '")
+        _fail(type(err)(msg) if isinstance(err, FaceMakeUpError) and msg != str(err) else err)
     click.echo(format_summary(summary))
     click.echo(f"wrote {out / 'summary.json'}")
     if not summary["ok"]:
@@ -893,7 +934,9 @@ def benchmark(model, adapter, image_encoder, shadingnet, identities, out_dir, pr
               help="tiny / tiny-xl: the --model tiny / tiny-xl backbone on a CPU in minutes; sd15: the paper's recipe (docs/sources.md); sdxl: it on SDXL-base at 1024 px.")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="YAML file of config keys over the preset (unknown keys are an error).")
-@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, path_type=Path), help="A build-dataset folder.")
+@click.option("--data", "data_dir", required=True, type=str,
+              help="A build-dataset records folder, a Face-MakeUpV2 JSON (images/ faces/ face_id/ shading/ Mask/ beside it), or "
+                   "WebDataset shards: a folder, glob, {00000..00009} pattern or fsspec URL (s3://, gs://, hf://), streamed.")
 @click.option("--out", "run_dir", required=True, type=click.Path(path_type=Path), help="Run folder.")
 @click.option("--max-steps", default=None, type=click.IntRange(1), help="Stop this invocation at this step [default: num_train_steps].")
 @click.option("--checkpoint-every", default=None, type=click.IntRange(1), help="Steps between checkpoints [default: the config's].")
@@ -915,13 +958,17 @@ def train(preset_name, config_file, data_dir, run_dir, max_steps, checkpoint_eve
         if config_file is not None:
             cfg = load_config(config_file, base=cfg)
         cfg = apply_overrides(cfg, list(overrides) + ([f"checkpoint_every={checkpoint_every}"] if checkpoint_every else []))
-        summary = run_training(cfg, data_dir, run_dir, max_steps=max_steps, resume=resume)
+        from .data.dataset import is_shards
+
+        if not is_shards(data_dir) and not Path(data_dir).exists():
+            raise FileNotFoundError(f"--data {data_dir}: no such records folder, Face-MakeUpV2 JSON or shards")
+        summary = run_training(cfg, data_dir if is_shards(data_dir) else Path(data_dir), run_dir, max_steps=max_steps, resume=resume)
     except ConfigError as err:
         _fail(ValueError(f"{err} (set keys with --set KEY=VALUE or --config FILE.yaml)"))
     except (NonFiniteLossError, FaceMakeUpError, FileNotFoundError, ValueError) as err:
         _fail(err)
-    click.echo(f"trained steps {summary['start_step']}..{summary['stop_step']} on {summary['records_train']} records "
-               f"({summary['records_skipped']} skipped); wrote {run_dir}")
+    what = "streamed shards" if summary.get("streamed") else f"{summary['records_train']} records ({summary['records_skipped']} skipped)"
+    click.echo(f"trained steps {summary['start_step']}..{summary['stop_step']} on {what}; wrote {run_dir}")
 
 
 if __name__ == "__main__":

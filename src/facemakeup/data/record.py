@@ -26,7 +26,7 @@ from ..errors import RecordError
 #: The version written by this facemakeup; readers refuse others with ``RecordError``.
 SCHEMA_VERSION = 1
 #: Folders of a built dataset that hold a record's files (never records files): not searched.
-DATA_FOLDERS = frozenset({"Mask", "id", "faces", "shading", "parsing", "images", "done"})
+DATA_FOLDERS = frozenset({"Mask", "id", "faces", "shading", "parsing", "images", "done", "face_id", "parts"})
 
 
 @dataclass(frozen=True)

@@ -332,7 +332,7 @@ class FaceAnalyzer:
         if self._fitter is not None:
             files["fitter"] = self._fitter if isinstance(self._fitter, str) else self._fitter.name
         if self.parser is not None:
-            files["parser"] = str(self.parser.weights)
+            files["parser"] = str(self.parser.weights) + (f" (onnxruntime: {self.parser.onnx_file.name})" if self.parser.onnx_file else "")
             files["parser_quality"] = self.parser.quality
         if self.attributes is not None:
             files.update(self.attributes.model_files)

@@ -11,6 +11,11 @@ keypoints onto ``CELEBAHQ_TEMPLATE`` (the mean SCRFD keypoints of the 850 CelebA
 512 px), the network labels that crop at 256 px, and the labels are warped back to the photo
 (nearest neighbour; outside the crop = background). ``quality="accurate"`` averages several input
 sides and the mirror image and warps the probabilities back instead.
+
+The network runs on onnxruntime by default (``backend="onnxruntime"``: 3-4x faster than torch on
+these CPUs, same probabilities within 1e-5): ``export_onnx`` exports the weights once with
+``torch.onnx.export`` (TorchScript exporter, opset 17, dynamic batch and side) into the weights cache,
+named by the weights file's SHA-256, so a changed weights file gets its own export.
 """
 
 from __future__ import annotations
@@ -110,6 +115,61 @@ class FaceParserNet(nn.Module):
 PARSING_QUALITY = {"fast": ((1.0,), False, False), "accurate": ((1.0, 1.25), True, True)}
 
 
+ONNX_OPSET = 17
+
+
+def export_onnx(weights: str | os.PathLike | None = None, folder: str | os.PathLike | None = None) -> Path:
+    """The ONNX export of a ``FaceParserNet`` weights file, made once and cached.
+
+    Args:
+        weights: the ``.safetensors`` file (``None`` = the shipped ``assets/face_parser.safetensors``).
+        folder: where exports live (``None`` = ``weights.weights_home() / "face_parser"``).
+
+    Returns:
+        ``FOLDER/face_parser-<first 16 hex digits of the weights' SHA-256>-opset17.onnx``: input ``x``
+        ``(N, 3, H, W)`` float32 RGB in [0, 1] (H, W multiples of 32), output ``logits`` ``(N, 19, H, W)``.
+        Written to a temporary file and renamed, so concurrent workers never see a torn file.
+
+    Raises:
+        ModelNotFoundError: no weights file.
+    """
+    import hashlib
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from ..weights import asset, weights_home
+
+    path = Path(weights) if weights is not None else asset(DEFAULT_WEIGHTS)
+    if not path.is_file():
+        raise ModelNotFoundError(f"no face-parser weights at {path}: reinstall facemakeup (its wheel ships assets/{DEFAULT_WEIGHTS})")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    target = Path(folder) if folder is not None else weights_home() / "face_parser"
+    onnx_file = target / f"face_parser-{digest}-opset{ONNX_OPSET}.onnx"
+    if onnx_file.is_file():
+        return onnx_file
+    with safe_open(str(path), "pt") as f:
+        meta = f.metadata() or {}
+    net = FaceParserNet(width=int(meta.get("width", 64)))
+    net.load_state_dict(load_file(str(path)), strict=True)
+    net.eval()
+    target.mkdir(parents=True, exist_ok=True)
+    tmp = onnx_file.with_name(f".{onnx_file.name}.part{os.getpid()}")
+    try:
+        side = int(meta.get("input_size", 256))
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(net, (torch.zeros(1, 3, side, side),), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
+                              input_names=["x"], output_names=["logits"],
+                              dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "h", 3: "w"}})
+        os.replace(tmp, onnx_file)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return onnx_file
+
+
 class FaceParser:
     """Label every pixel of a face photo with a CelebAMask-HQ class.
 
@@ -121,19 +181,25 @@ class FaceParser:
             averaged with its mirror image, left/right classes swapped back; the probabilities
             warped back to the photo before the argmax; about 5x the network time).
             The model card (``assets/face_parser.md``) gives the accuracy of each.
+        backend: ``"onnxruntime"`` (the network exported once by ``export_onnx``, run without spin-waiting
+            threads) or ``"torch"``; the same probabilities within 1e-5 (tested).
+        threads: onnxruntime intra-op threads (0 = one per core); the torch backend uses torch's setting.
 
     Raises:
         ModelNotFoundError: ``weights`` does not exist (or the package was installed without its asset).
-        ValueError: unknown ``quality``.
+        ValueError: unknown ``quality`` or ``backend``.
     """
 
-    def __init__(self, weights: str | os.PathLike | None = None, quality: str = "fast"):
+    def __init__(self, weights: str | os.PathLike | None = None, quality: str = "fast", backend: str = "onnxruntime",
+                 threads: int = 0):
         from safetensors.torch import load_file
 
         from ..weights import asset
 
         if quality not in PARSING_QUALITY:
             raise ValueError(f"unknown parsing quality {quality!r}: choose from {list(PARSING_QUALITY)}")
+        if backend not in ("onnxruntime", "torch"):
+            raise ValueError(f"unknown parser backend {backend!r}: choose 'onnxruntime' or 'torch'")
         path = Path(weights) if weights is not None else asset(DEFAULT_WEIGHTS)
         if not path.is_file():
             raise ModelNotFoundError(
@@ -152,6 +218,18 @@ class FaceParser:
         self.net = FaceParserNet(width=int(meta.get("width", 64)))
         self.net.load_state_dict(load_file(str(path)), strict=True)
         self.net.eval()
+        self.backend, self.session, self.onnx_file = backend, None, None
+        if backend == "onnxruntime":
+            from .onnx import open_session
+
+            self.onnx_file = export_onnx(path)
+            self.session = open_session(self.onnx_file, threads)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The network: ``(N, 3, H, W)`` float32 RGB in [0, 1] -> ``(N, 19, H, W)`` logits, on the chosen backend."""
+        if self.session is None:
+            return self.net(x)
+        return torch.from_numpy(self.session.run(None, {"x": np.ascontiguousarray(x.numpy(), np.float32)})[0])
 
     @torch.no_grad()
     def probabilities(self, crops: np.ndarray) -> np.ndarray:
@@ -169,9 +247,9 @@ class FaceParser:
         total = None
         for side in self.sides:
             xs = x if x.shape[-1] == side else F.interpolate(x, size=(side, side), mode="bilinear", antialias=True, align_corners=False)
-            p = self.net(xs).softmax(1)  # (N, 19, side, side)
+            p = self.logits(xs).softmax(1)  # (N, 19, side, side)
             if self.flip:
-                mirrored = self.net(xs.flip(-1)).softmax(1).flip(-1)  # classes still mirrored: l_eye means the other eye
+                mirrored = self.logits(xs.flip(-1)).softmax(1).flip(-1)  # classes still mirrored: l_eye means the other eye
                 p = (p + mirrored[:, list(HFLIP_PERMUTATION)]) / 2
             if side != self.input_size:
                 p = F.interpolate(p, size=(self.input_size, self.input_size), mode="bilinear", align_corners=False)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from ..data.captions import Caption, Phrase, token_indices
 from ..data.dataset import FaceCaptionMaskDataset
@@ -232,23 +232,84 @@ class TrainingSamples(Dataset):
                 sample = base[i]
         finally:
             base.caption = saved
-        phrases = (base.records[i].phrases or {}).get(sample["caption_kind"])
-        if phrases:  # token positions for this backbone's tokenizer
-            text, cursor, found = sample["caption"], 0, []
-            for ph in phrases[: base.max_masks]:
-                start = text.find(ph["phrase"], cursor)
-                found.append(Phrase(ph["phrase"], ph.get("region", ""), max(start, 0)))
-                cursor = max(start, 0) + len(ph["phrase"])
-            token_indices(base.tokenizer, Caption(text, sample["caption_kind"], found))
-            tokens = torch.zeros_like(sample["token_indices"])
-            for k, ph in enumerate(found):
-                tokens[k, [t for t in ph.token_indices if t < tokens.shape[1]]] = True
-            sample["token_indices"] = tokens
+        retokenize(sample, (base.records[i].phrases or {}).get(sample["caption_kind"]), base.tokenizer, base.max_masks)
         sample["position"] = position
         return sample
 
     def __getitem__(self, position: int) -> dict:
         return self.item(self.record_index(position), position)
+
+
+def retokenize(sample: dict, phrases: list | None, tokenizer, max_masks: int) -> None:
+    """Recompute ``sample["token_indices"]`` in place with ``tokenizer`` from the record's phrase texts
+    (facemakeup-built data), so a backbone with another tokenizer supervises the right positions."""
+    if not phrases:
+        return
+    text, cursor, found = sample["caption"], 0, []
+    for ph in phrases[:max_masks]:
+        start = text.find(ph["phrase"], cursor)
+        found.append(Phrase(ph["phrase"], ph.get("region", ""), max(start, 0)))
+        cursor = max(start, 0) + len(ph["phrase"])
+    token_indices(tokenizer, Caption(text, sample["caption_kind"], found))
+    tokens = torch.zeros_like(sample["token_indices"])
+    for k, ph in enumerate(found):
+        tokens[k, [t for t in ph.token_indices if t < tokens.shape[1]]] = True
+    sample["token_indices"] = tokens
+
+
+class StreamSamples(IterableDataset):
+    """Training samples streamed from tar shards (``data.FaceCaptionMaskShards``), numbered by global
+    position as ``PositionSampler`` numbers them, each sample's randomness seeded by ``(seed, position)``.
+
+    ``start_batches`` (set before the DataLoader is made) resumes after that many batches of this process:
+    the sample offset a checkpoint stores, divided by the batch size.
+    """
+
+    def __init__(self, shards, seed: int, batch_size: int):
+        self.shards, self.seed, self.batch_size, self.start_batches = shards, seed, batch_size, 0
+
+    def __iter__(self):
+        for position, entry in self.shards.stream(self.start_batches, self.batch_size):
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(_seed(self.seed, "sample", position))
+                try:
+                    sample = self.shards._item(entry)
+                except (OSError, KeyError) as err:
+                    raise FaceMakeUpError(f"sample {entry[0].key} of {entry[1].get('__url__')} cannot be read: {err}") from err
+            retokenize(sample, (entry[0].phrases or {}).get(sample["caption_kind"]), self.shards.tokenizer, self.shards.max_masks)
+            sample["position"] = position
+            yield sample
+
+
+def open_stream(cfg: TrainConfig, shards, tokenizer) -> tuple[StreamSamples, list[dict]]:
+    """Tar shards as ``(training stream, held-out samples)``: the first ``cfg.holdout`` samples of the last
+    shard (file order, read whole by every process; fewer if it has fewer) are held out and left out of
+    the stream, which reshuffles the shards every epoch (``shuffle_buffer`` 1,000 samples) and never ends.
+
+    Raises:
+        FileNotFoundError: no shards. ValueError: the last shard has no readable sample (or, when the
+        stream is read, a process / worker is left with none).
+    """
+    from ..data.dataset import FaceCaptionMaskShards
+    from ..data.formats import sample_stem
+
+    kw = dict(resolution=cfg.resolution, mask_resolution=cfg.mask_resolution, tokenizer=tokenizer, max_masks=cfg.max_masks)
+    stream = FaceCaptionMaskShards(shards, seed=cfg.seed, shuffle_buffer=1000, epochs=None, **kw)
+    last = FaceCaptionMaskShards(stream.urls[-1], caption="attribute", split=False, **kw)
+    held = []
+    for _, entry in last.stream():
+        if len(held) == cfg.holdout:
+            break
+        held.append(entry)
+    if not held:
+        raise ValueError(f"{stream.urls[-1]}: no readable sample in the last shard (the held-out samples come from it)")
+    stream.exclude = frozenset(sample_stem(r.key) for r, _ in held)
+    samples = []
+    for r, sample in held:
+        item = last._item((r, sample))
+        retokenize(item, (r.phrases or {}).get("attribute"), tokenizer, cfg.max_masks)
+        samples.append({**item, "position": 0})
+    return StreamSamples(stream, cfg.seed, cfg.train_batch_size), samples
 
 
 class PositionSampler(Sampler):
@@ -289,7 +350,13 @@ def open_dataset(cfg: TrainConfig, data_dir, tokenizer) -> tuple[FaceCaptionMask
     base = FaceCaptionMaskDataset(data_dir, resolution=cfg.resolution, mask_resolution=cfg.mask_resolution,
                                   tokenizer=tokenizer, max_masks=cfg.max_masks)  # records with missing files left out
     kept = {r.key for r in base.records}
-    skipped = sorted(r.key for r in read_records(data_dir, check_files=False)[0] if r.key not in kept)
+    if str(data_dir).endswith(".json"):  # a Face-MakeUpV2 JSON: its keep rule's drops are counted, not named
+        skipped = [f"(Face-MakeUpV2 item {n})" for n in range(sum(base.skipped.values()))]
+        if cfg.id_loss_weight > 0 and any(r.kps is None for r in base.records):
+            raise ValueError(f"{data_dir}: Face-MakeUpV2 items without keypoints (their data has none): the ID loss needs them; "
+                             "set id_loss_weight=0 or use data built by facemakeup")
+    else:
+        skipped = sorted(r.key for r in read_records(data_dir, check_files=False)[0] if r.key not in kept)
     base.records = sorted(base.records, key=lambda r: r.key)
     if len(base.records) <= cfg.holdout:
         raise ValueError(f"{data_dir}: {len(base.records)} usable records ({len(skipped)} skipped for missing files), "
@@ -568,7 +635,10 @@ def train(cfg: TrainConfig, data_dir, run_dir, max_steps: int | None = None, res
     """Train (or continue training) Face-MakeUpV2's adapter and ShadingNet.
 
     Args:
-        cfg: the resolved config. data_dir: a ``build-dataset`` folder. run_dir: the run folder.
+        cfg: the resolved config. run_dir: the run folder.
+        data_dir: a ``build-dataset`` records folder, a Face-MakeUpV2 JSON (its roots beside it), or tar
+            shards (a folder, glob, brace pattern or fsspec URL: ``data.is_shards``), streamed and resumed
+            from the sample offset in the checkpoint.
         max_steps: stop this invocation at this global step (default ``cfg.num_train_steps``).
         resume: continue from the latest ``checkpoint-STEP`` in ``run_dir`` (a fresh start if none).
         arcface, align: the ID loss's ArcFace module and alignment (default: ``faces.arcface_torch``).
@@ -635,12 +705,19 @@ def train(cfg: TrainConfig, data_dir, run_dir, max_steps: int | None = None, res
     noise_scheduler = parts["noise_scheduler"]
     enc = Encoders(parts, cfg, device, weight_dtype)
 
-    # 2. Data (records with missing files are skipped and counted)
-    base, train_idx, holdout_idx, skipped = open_dataset(cfg, data_dir, parts["tokenizer"])
-    if skipped:
-        logger.warning("%d records skipped for missing files (first: %s)", len(skipped), skipped[:5])
-    train_set = TrainingSamples(base, cfg.seed, train_idx)
-    holdout = [TrainingSamples(base, cfg.seed, holdout_idx, caption="attribute").item(i, 0) for i in holdout_idx]
+    # 2. Data (records with missing files are skipped and counted; tar shards are streamed)
+    from ..data.dataset import is_shards
+
+    streamed = is_shards(data_dir)
+    if streamed:
+        train_set, holdout = open_stream(cfg, data_dir, parts["tokenizer"])
+        train_idx, holdout_idx, skipped = [], list(range(len(holdout))), []
+    else:
+        base, train_idx, holdout_idx, skipped = open_dataset(cfg, data_dir, parts["tokenizer"])
+        if skipped:
+            logger.warning("%d records skipped for missing files (first: %s)", len(skipped), skipped[:5])
+        train_set = TrainingSamples(base, cfg.seed, train_idx)
+        holdout = [TrainingSamples(base, cfg.seed, holdout_idx, caption="attribute").item(i, 0) for i in holdout_idx]
 
     # 3. Optimiser, schedule; accelerate; checkpoints hold loadable weights (save/load hooks)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.learning_rate,
@@ -667,7 +744,9 @@ def train(cfg: TrainConfig, data_dir, run_dir, max_steps: int | None = None, res
     metrics_path = run_dir / "metrics.jsonl"
     if ckpt is not None:
         accelerator.load_state(str(ckpt))
-        start = json.loads((ckpt / "trainer_state.json").read_text())["step"]
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        start = state["step"]
+        offset = state.get("sample_offset", start * cfg.gradient_accumulation_steps * cfg.train_batch_size)
         if main and metrics_path.is_file():  # drop lines logged after the checkpoint (they will be redone)
             keep = [line for line in metrics_path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= start]
             metrics_path.write_text("".join(line + "\n" for line in keep))
@@ -691,7 +770,8 @@ def train(cfg: TrainConfig, data_dir, run_dir, max_steps: int | None = None, res
         accelerator.save_state(str(folder))
         if main:
             save_config(cfg, folder / "config.yaml")
-            (folder / "trainer_state.json").write_text(json.dumps({"step": step}))
+            batches = step * cfg.gradient_accumulation_steps  # of each process: the stream's resume point
+            (folder / "trainer_state.json").write_text(json.dumps({"step": step, "sample_offset": batches * cfg.train_batch_size}))
             if cfg.checkpoints_total_limit:
                 old = sorted((int(CHECKPOINT_RE.match(p.name).group(1)), p) for p in run_dir.glob("checkpoint-*") if CHECKPOINT_RE.match(p.name))
                 for _, p in old[: max(len(old) - cfg.checkpoints_total_limit, 0)]:
@@ -701,8 +781,12 @@ def train(cfg: TrainConfig, data_dir, run_dir, max_steps: int | None = None, res
     if start == 0:
         evaluate(0)
     procs, rank = accelerator.num_processes, accelerator.process_index
-    sampler = PositionSampler(start, stop, cfg.train_batch_size, cfg.gradient_accumulation_steps, procs, rank)
-    loader = DataLoader(train_set, batch_size=cfg.train_batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers)
+    if streamed:  # resume after this process's batches of the checkpoint (its stored sample offset)
+        train_set.start_batches = (offset // cfg.train_batch_size) if ckpt is not None else 0
+        loader = DataLoader(train_set, batch_size=cfg.train_batch_size, collate_fn=collate, num_workers=cfg.num_workers)
+    else:
+        sampler = PositionSampler(start, stop, cfg.train_batch_size, cfg.gradient_accumulation_steps, procs, rank)
+        loader = DataLoader(train_set, batch_size=cfg.train_batch_size, sampler=sampler, collate_fn=collate, num_workers=cfg.num_workers)
     batches = iter(loader)
     latent_side = cfg.resolution // (2 ** (len(parts["vae"].config.block_out_channels) - 1))
     latent_shape = (parts["unet"].config.in_channels, latent_side, latent_side)
@@ -792,7 +876,8 @@ def train(cfg: TrainConfig, data_dir, run_dir, max_steps: int | None = None, res
     # 5. Final weights, held-out attention IoU, summary
     evaluate(stop)
     summary = {"task": "train", "data": str(data_dir), "start_step": start, "stop_step": stop, "num_train_steps": cfg.num_train_steps,
-               "records_train": len(train_idx), "records_holdout": len(holdout_idx), "records_skipped": len(skipped),
+               "records_train": None if streamed else len(train_idx), "records_holdout": len(holdout_idx), "records_skipped": len(skipped),
+               "streamed": streamed,
                "skipped_keys": skipped[:100], "num_processes": procs, "wall_s": round(time.time() - t_start, 2), **environment()}
     if main:
         final = run_dir / "final"
