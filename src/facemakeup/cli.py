@@ -1,6 +1,7 @@
 """``facemakeup`` command line. Thin: parse, call the library, print.
 
     facemakeup generate --reference PHOTO --prompt TEXT --out DIR [--model ID|PATH|tiny|tiny-xl] [--seed N] ...
+    facemakeup generate --person A.jpg --person B1.jpg,B2.jpg [--layout GROUP.jpg] --prompt TEXT --out DIR ...
     facemakeup analyze PHOTO_OR_DIR_OR_GLOB... --out DIR
     facemakeup convert SRC DST --to ours|face-makeup-v2|ip-adapter
     facemakeup evaluate (--pairs FILE.csv | --generated DIR --references DIR) --out DIR [--metrics ...]
@@ -100,10 +101,44 @@ def _light_dir(ctx, param, value):
     return xyz
 
 
+def _person(ctx, param, values):
+    """``--person A.jpg`` / ``--person A1.jpg,A2.jpg`` -> one list of paths per person."""
+    people = []
+    for value in values:
+        paths = [v.strip() for v in value.split(",")]
+        if not all(paths):
+            raise click.BadParameter(f"expected PHOTO or PHOTO1,PHOTO2,... (photos of one person), got {value!r}")
+        people.append([Path(v) for v in paths])
+    return people
+
+
+def _face_list(ctx, param, value):
+    """``--layout-faces 1,0`` -> ``[1, 0]``."""
+    if value is None:
+        return None
+    try:
+        picks = [int(v) for v in value.split(",")]
+    except ValueError:
+        picks = [-1]
+    if any(k < 0 for k in picks):
+        raise click.BadParameter(f"expected one face number >= 0 per person (0 = leftmost in the layout), e.g. 1,0; got {value!r}")
+    return picks
+
+
 @main.command()
-@click.option("--reference", "references", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Photo of the person; repeat to mix several references.")
-@click.option("--weight", "weights", multiple=True, type=float, help="Mixing weight per --reference (default equal).")
+@click.option("--reference", "references", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Photo of the person; repeat to mix several references (one person). For several people use --person.")
+@click.option("--person", "persons", multiple=True, callback=_person,
+              help="Photo(s) of one person, comma-separated (A1.jpg,A2.jpg are mixed); repeat once per person in the image. "
+                   "Not with --reference.")
+@click.option("--layout", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Photo with one face per person: the people's places (left to right), poses and lighting [default: side by side].")
+@click.option("--layout-faces", default=None, callback=_face_list,
+              help="Which layout face each --person takes, counted left to right from 0, e.g. 1,0 [default: one each, in order].")
+@click.option("--mask", "mask_kind", default="box", show_default=True, type=click.Choice(["box", "parsing"]),
+              help="A person's region from its layout face: the face box grown to the head, or the face parser's head region.")
+@click.option("--weight", "weights", multiple=True, type=float,
+              help="Mixing weight per --reference photo (default equal); with --person, one per photo in the order given, mixed within each person.")
 @click.option("--prompt", required=True, help='Text prompt, e.g. "a smiling woman with blonde hair".')
 @click.option("--negative-prompt", default=None, help="Negative prompt.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
@@ -134,34 +169,66 @@ def _light_dir(ctx, param, value):
 @click.option("--shading-crop-factor", default=5.0, show_default=True, type=float, help="Crop of the shading / keypoint map: keypoint box x this.")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty --out, replacing the files of the earlier run its provenance.json lists.")
 @click.option("--truncate-prompt", is_flag=True, help="Cut a prompt over 75 CLIP tokens (with a warning of how many were dropped) instead of refusing it.")
-def generate(references, weights, prompt, negative_prompt, out_dir, model, image_encoder, adapter, shadingnet, condition, shortcut, face_models, seed,
-             num_images, steps, guidance_scale, ip_scale, s_scale, controlnet_scale, shading_from, light_from, light_dir, light_strength, height,
-             width, face_index, crop_factor, shading_crop_factor, overwrite, truncate_prompt):
-    """Generate images of the person in --reference, as --prompt describes.
+def generate(references, persons, layout, layout_faces, mask_kind, weights, prompt, negative_prompt, out_dir, model, image_encoder, adapter,
+             shadingnet, condition, shortcut, face_models, seed, num_images, steps, guidance_scale, ip_scale, s_scale, controlnet_scale,
+             shading_from, light_from, light_dir, light_strength, height, width, face_index, crop_factor, shading_crop_factor, overwrite,
+             truncate_prompt):
+    """Generate images of the person in --reference (or of the people in --person, one each), as --prompt describes.
+
+    Several people: --person A.jpg --person B.jpg puts A and B in one image, each person's identity
+    confined to its region; --layout GROUP.jpg takes the regions, poses and lighting from a photo with
+    one face per person (left to right, or as --layout-faces says); without it the people stand side
+    by side. --reference stays the way to give one person (its photos are mixed).
 
     Everything is checked before any work: values (finite, within the limits of facemakeup.validation),
-    the photos' headers, the models, and --out (writable, enough free space, empty unless --overwrite).
-    Results are written all at once: a failed run leaves nothing behind.
+    the photos' headers, the models, the people against the layout's faces, and --out (writable, enough
+    free space, empty unless --overwrite). Results are written all at once: a failed run leaves nothing behind.
     """
+    from . import validation as v
     from .faces import FaceAnalyzer
     from .faces.image import probe_image
-    from .generation import GenerationRequest, generate as run_generation, read_photo, write_outputs
+    from .generation import GenerationRequest, Person, generate as run_generation, read_photo, write_outputs
     from .pipeline import DEFAULT_BACKBONE, DEFAULT_IMAGE_ENCODER, load_pipeline
     from .validation import OutputFolder
 
+    if bool(references) == bool(persons):
+        _fail(FaceMakeUpInputError("--reference gives one person's photos, --person one person each: pass either (e.g. --person A.jpg "
+                                   "--person B.jpg for two people), not both" if references else
+                                   "no photo: pass --reference PHOTO (one person) or --person PHOTO once per person"))
     if weights and face_index == "all":
         _fail(ValueError("--weight needs one face per --reference; drop --weight or pick one face with --face-index N"))
+    photos = [q for person in persons for q in person] if persons else list(references)
+    if persons:
+        if face_index == "all":
+            _fail(FaceMakeUpInputError("--face-index all makes every face of a photo a reference of one person; with --person pick one "
+                                       "face per photo (--face-index N)"))
+        if weights:
+            v.check_weights(weights, len(photos), "--weight", what="--person photo")
+            start = 0
+            for k, person in enumerate(persons):
+                if sum(weights[start:start + len(person)]) <= 0:
+                    _fail(FaceMakeUpInputError(f"the --weight values of --person #{k + 1} sum to 0: give each person a positive weight"))
+                start += len(person)
+    several = bool(persons) or layout is not None
+    if several and shading_from is not None:
+        _fail(FaceMakeUpInputError("--shading-from gives one face's pose; with --person or --layout the poses come from the layout "
+                                   "photo (or each person's reference): use --layout instead"))
+    if layout_faces is not None and layout is None:
+        _fail(FaceMakeUpInputError("--layout-faces picks faces of --layout: pass --layout GROUP.jpg too, or drop it"))
+    if _explicit("mask_kind") and layout is None:
+        _fail(FaceMakeUpInputError("--mask says how a layout face becomes a region: pass --layout GROUP.jpg too, or drop it"))
 
     # 0. Preflight, before any work: values, output folder, photos' headers, models
-    _check_generate_options(references, weights, prompt, negative_prompt, model, image_encoder, adapter, shadingnet, seed, guidance_scale,
-                            ip_scale, s_scale, controlnet_scale, shading_from, light_from, light_dir, light_strength, height, width,
-                            face_index, crop_factor, shading_crop_factor)
+    _check_generate_options(references, () if persons else weights, prompt, negative_prompt, model, image_encoder, adapter, shadingnet, seed,
+                            guidance_scale, ip_scale, s_scale, controlnet_scale, shading_from, light_from, light_dir, light_strength, height,
+                            width, face_index, crop_factor, shading_crop_factor)
     side = 64 if model in ("tiny", "tiny-xl") else 1024
     pixels = (height or side) * (width or side) * 3  # one image, uncompressed: an upper bound of its PNG
-    expected = pixels * (2 * num_images + 1) + 3 * 776 * 384 * (len(references) + 3) + 2**20  # images, grid, shading, sheet, JSON
+    n_people = len(persons) if persons else 1
+    expected = pixels * (2 * num_images + 1 + n_people) + 3 * 776 * 384 * (len(photos) + 5) + 2**20  # images, grid, maps, masks, sheet, JSON
     folder = OutputFolder(out_dir, "--out", overwrite=overwrite, expected_bytes=expected, overwrite_hint="pass --overwrite")
     previous = _previous_outputs(out_dir)
-    for path in (*references, shading_from, light_from):
+    for path in (*photos, shading_from, light_from, layout):
         if path is not None:
             probe_image(path)
     model = model or DEFAULT_BACKBONE
@@ -175,8 +242,24 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         for path in references:
             photo = read_photo(path, analyzer, max_faces=one)
             refs += [(photo, k) for k in (range(len(photo.faces)) if face_index == "all" else [face_index])]
+        people = None
+        if persons:
+            start, people = 0, []
+            for person in persons:
+                people.append(Person([(read_photo(path, analyzer, max_faces=one), face_index) for path in person],
+                                     list(weights[start:start + len(person)]) if weights else None))
+                start += len(person)
         shading_photo = read_photo(shading_from, analyzer, max_faces=1) if shading_from else None
         light_photo = read_photo(light_from, analyzer, max_faces=1) if light_from else None
+        layout_photo = None
+        if layout is not None:  # every face; the people must match them before any model loads
+            from .faces.layout import choose_layout_faces
+
+            layout_photo = read_photo(layout, analyzer)
+            try:
+                choose_layout_faces(len(layout_photo.faces), n_people, layout_faces)
+            except FaceMakeUpInputError as err:
+                raise FaceMakeUpInputError(f"--layout {layout}: {err}") from None
         analysis_s = time.perf_counter() - t0
 
         # 2. The pipeline
@@ -191,12 +274,14 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
                              "ShadingNet, and this pipeline has none: pass --shadingnet, or drop them")
 
         # 3. Conditions and generation (facemakeup.generation: the same function as the demo's)
-        request = GenerationRequest(prompt=prompt, references=refs, negative_prompt=negative_prompt, weights=list(weights) or None,
+        request = GenerationRequest(prompt=prompt, references=refs, negative_prompt=negative_prompt,
+                                    weights=None if persons else (list(weights) or None),
                                     shading_from=shading_photo, light_from=light_photo, light_dir=light_dir, light_strength=light_strength,
                                     condition=condition, crop_factor=crop_factor, shading_crop_factor=shading_crop_factor, seed=seed,
                                     num_images=num_images, steps=steps, guidance_scale=guidance_scale, ip_scale=ip_scale,
                                     s_scale=s_scale, controlnet_scale=controlnet_scale, height=height, width=width,
-                                    truncate_prompt=truncate_prompt)
+                                    truncate_prompt=truncate_prompt, people=people, layout=layout_photo, layout_faces=layout_faces,
+                                    mask=mask_kind)
         result = run_generation(pipe, request)
         result.timings.update(face_analysis_s=analysis_s, load_s=load_s)
     except (FaceMakeUpError, ValueError) as err:
@@ -213,7 +298,8 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
     extra = {"note": "tiny randomly initialised pipeline: the images are noise, not faces"} if tiny else None
     names = write_outputs(stage, request, result, task="generate", models=models, extra=extra)
     folder.commit(names, previous)
-    click.echo(f"wrote {len(result.output.images)} image(s), conditions.png and provenance.json to {out_dir}")
+    who = f" of {n_people} people" if persons else ""
+    click.echo(f"wrote {len(result.output.images)} image(s){who}, conditions.png and provenance.json to {out_dir}")
 
 
 def _expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
@@ -500,7 +586,8 @@ def _preflight_analyze(paths: list[Path], out_dir: Path, shading_crop_factor: fl
 
 # ---------------------------------------------------------------------------------------------- errors and preflight
 #: Library argument names as the CLI spells them, for messages raised by the library.
-_API_FLAGS = {"`prompt`": "--prompt", "`negative_prompt`": "--negative-prompt", "pass truncate_prompt=True": "pass --truncate-prompt"}
+_API_FLAGS = {"`prompt`": "--prompt", "`negative_prompt`": "--negative-prompt", "pass truncate_prompt=True": "pass --truncate-prompt",
+              "`layout_assignment`": "--layout-faces"}
 
 
 def _exit(err: Exception, debug: bool) -> None:
