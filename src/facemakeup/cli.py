@@ -789,30 +789,39 @@ def _run_evaluation(pairs, out_dir, names, models, batch_size, model_label, note
 @click.option("--pairs", "pairs_csv", default=None, type=click.Path(dir_okay=False, path_type=Path), help="CSV with columns generated,reference[,prompt].")
 @click.option("--generated", default=None, type=click.Path(file_okay=False, path_type=Path), help="Folder of IDENTITY/*.png (what benchmark writes).")
 @click.option("--references", default=None, type=click.Path(file_okay=False, path_type=Path), help="Folder of IDENTITY.jpg/.png reference photos.")
+@click.option("--runs", multiple=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="A `generate --person` output folder (several people per image; repeatable): per-person FaceSim and identity leakage.")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output folder.")
 @click.option("--model-label", default=None, help="Name of the evaluated model in the report [default: read from the PNGs, else 'unknown'].")
 @_eval_options
-def evaluate(pairs_csv, generated, references, out_dir, model_label, metrics, clip, dino, inception, lpips, vlm, face_models, batch_size):
+def evaluate(pairs_csv, generated, references, runs, out_dir, model_label, metrics, clip, dino, inception, lpips, vlm, face_models, batch_size):
     """Face-MakeUpV2's ten metrics over (generated, reference) pairs.
 
     Writes metrics.json (value, bootstrap ci95 over images, n, model, substitute, reason per metric),
     per_image.csv, report.md (the table beside the paper's published rows) and grid.png. A metric
     whose model is absent is reported as not computed, with the flag that fixes it.
-    """
-    from .eval.benchmark import pairs_from_csv, pairs_from_folders
 
-    if (pairs_csv is None) == (generated is None and references is None):
+    Several people per image (--runs of `generate --person`, or --pairs rows with a boxes column): each
+    person's FaceSim against its own reference (faces matched to people by their boxes) and its identity
+    leakage (FaceSim against the other people's references, lower is better), reported beside the rest.
+    """
+    from .eval.benchmark import group_pairs_from_runs, pairs_from_csv, pairs_from_folders
+
+    if pairs_csv is not None and (generated is not None or references is not None):
         raise click.UsageError("pass either --pairs FILE.csv or --generated DIR --references DIR")
-    if pairs_csv is None and (generated is None or references is None):
+    if pairs_csv is None and not runs and (generated is None and references is None):
+        raise click.UsageError("pass --pairs FILE.csv, --generated DIR --references DIR, or --runs DIR")
+    if pairs_csv is None and (generated is None) != (references is None):
         raise click.UsageError("--generated and --references go together")
     names, models = _eval_models(metrics, clip, dino, inception, lpips, vlm, face_models)
     try:
-        pairs = pairs_from_csv(pairs_csv) if pairs_csv else pairs_from_folders(generated, references)
+        pairs = pairs_from_csv(pairs_csv) if pairs_csv else (pairs_from_folders(generated, references) if generated else [])
+        pairs += group_pairs_from_runs(runs) if runs else []
         label = model_label or _png_model(pairs[0].generated) or "unknown"
         note = "tiny randomly initialised pipeline: the images are noise, not faces; the numbers are those of noise" if label in TINY_MODELS else None
         _run_evaluation(pairs, out_dir, names, models, batch_size, label, note,
                         {"inputs": {"pairs": str(pairs_csv) if pairs_csv else None, "generated": str(generated) if generated else None,
-                                    "references": str(references) if references else None}})
+                                    "references": str(references) if references else None, "runs": [str(r) for r in runs]}})
     except (FaceMakeUpError, FileNotFoundError, ValueError, RuntimeError) as err:
         _fail(err)
 

@@ -403,7 +403,7 @@ class FaceConditioningMixin:
                 raise ValueError(f"{len(masks)} `face_masks` for {n_refs} references: give one reference per mask, or say which person "
                                  "each reference shows with `reference_people`")
             if n_people is not None and len(masks) != n_people:
-                raise ValueError(f"{len(masks)} `face_masks` for {n_people} people in `reference_people`: give one mask per person")
+                raise ValueError(f"{len(masks)} `face_masks` for {n_people} person(s) in `reference_people`: give one mask per person")
             n_people = len(masks)
         if layout_assignment is not None:
             count = n_people or n_refs
