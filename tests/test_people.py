@@ -122,11 +122,12 @@ def test_two_people_match_diffusers_masked_ip_adapter(parts, faceid_file):
     assert (one.images - mine.images).abs().max() > 1e-2
 
 
-def test_two_people_match_diffusers_sdxl():
+def test_two_people_match_diffusers_sdxl(tmp_path):
     parts = tiny_xl_components(seed=0)
     state = random_faceid_plusv2_state_dict(parts["unet"], CLIP, seed=4)
+    torch.save(state, tmp_path / "faceid-plusv2-xl.bin")
     ours = FaceMakeUpXLPipeline(face_adapter=None, **copy.deepcopy(parts))
-    ours.load_face_adapter(copy.deepcopy(state))
+    ours.load_face_adapter(tmp_path / "faceid-plusv2-xl.bin")
     ours.set_progress_bar_config(disable=True)
     theirs = {k: copy.deepcopy(v) for k, v in parts.items() if k not in ("image_encoder", "feature_extractor")}
     ref = StableDiffusionXLPipeline(**theirs, image_encoder=None, feature_extractor=None)
@@ -436,3 +437,25 @@ def test_demo_group_photo_takes_one_reference_per_face(tmp_path, analyzer, pair_
     assert names == ["conditions.png", "image_00.png", "mask_00.png", "mask_01.png", "provenance.json", "shading.png"]
     assert [p["references"][0]["name"] for p in rec["people"]] == ["person 1 (astronaut.png)", "person 2 (hopper.jpg)"]
     assert rec["inputs"]["layout"]["name"] == "group photo (pair.png)" and rec["people"][0]["layout_face"] == 0
+
+
+@pytest.mark.slow
+def test_benchmark_with_a_two_person_set(tmp_path, portraits):
+    import json
+
+    ids = tmp_path / "ids"
+    ids.mkdir()
+    Image.open(portraits[0]).save(ids / "astronaut.png")
+    Image.open(portraits[1]).save(ids / "hopper.png")
+    (tmp_path / "prompts.txt").write_text("a person smiling\n")
+    args = ["benchmark", "--model", "tiny", "--identities", ids, "--out", tmp_path / "b", "--prompts", tmp_path / "prompts.txt",
+            "--steps", 1, "--metrics", "FaceSim", "--people", 1]
+    res = cli(*args)
+    assert res.exit_code == 0, res.output
+    done = json.loads((tmp_path / "b" / "people" / "astronaut+hopper" / "done.json").read_text())
+    assert done["images"] == ["p00_s42.png"] and done["boxes"] == [[0, 0, 32, 64], [32, 0, 64, 64]]
+    metrics = json.loads((tmp_path / "b" / "metrics.json").read_text())["metrics"]
+    assert {"FaceSim", "FaceSim-people", "ID-leakage"} <= set(metrics)  # beside each other
+    assert "FaceSim-people" in res.output and "0 to generate" in cli(*args).output  # resume: nothing regenerated
+    res = cli("benchmark", *args[1:-2], "--people", 2)
+    assert res.exit_code == 2 and "need 4 identities" in res.output

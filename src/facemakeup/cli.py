@@ -838,12 +838,12 @@ def _png_model(path) -> str | None:
 
 def _benchmark_worker(args) -> list[str]:
     """Generate the identities ``names`` in one process (its own pipeline); returns the failures."""
-    (names, identities, out_dir, model, adapter, image_encoder, shadingnet, face_models, config, position) = args
+    (names, identities, out_dir, model, adapter, image_encoder, shadingnet, face_models, config, position, groups) = args
     from dataclasses import replace
 
     from tqdm import tqdm
 
-    from .eval.benchmark import generate_identity
+    from .eval.benchmark import generate_identity, generate_people
     from .faces import FaceAnalyzer
     from .pipeline import DEFAULT_IMAGE_ENCODER, load_pipeline
 
@@ -858,6 +858,12 @@ def _benchmark_worker(args) -> list[str]:
         except FaceMakeUpError as err:
             failures.append(f"{name}: {err}")
             click.echo(f"skipped identity {name}: {err}", err=True)
+    for pair_names, refs in groups:  # two-person sets, side by side
+        try:
+            generate_people(pipe, analyzer, pair_names, refs, out_dir, replace(config))
+        except FaceMakeUpError as err:
+            failures.append(f"{'+'.join(pair_names)}: {err}")
+            click.echo(f"skipped two-person set {'+'.join(pair_names)}: {err}", err=True)
     return failures
 
 
@@ -877,33 +883,40 @@ def _benchmark_worker(args) -> list[str]:
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Local processes, each with its own pipeline, sharing the identities.")
 @click.option("--shard", default="0/1", show_default=True, callback=_shard,
               help="I/N: this job generates identities I, I+N, ... (job arrays); evaluation runs once all identities are done.")
+@click.option("--people", "people_sets", default=0, show_default=True, type=click.IntRange(0),
+              help="Also N two-person sets (identities 1+2, 3+4, ... side by side, every prompt x seed), scored by FaceSim-people and ID-leakage.")
 @_eval_options
 def benchmark(model, adapter, image_encoder, shadingnet, identities, out_dir, prompts_file, seeds, steps, guidance_scale, ip_scale,
-              gen_batch_size, workers, shard, metrics, clip, dino, inception, lpips, vlm, face_models, batch_size):
+              gen_batch_size, workers, shard, people_sets, metrics, clip, dino, inception, lpips, vlm, face_models, batch_size):
     """Face-MakeUpV2's protocol: per identity the prompts x seeds, then the ten metrics.
 
     Writes OUT/IDENTITY/pPP_sSEED.png, OUT/references/IDENTITY.*, then evaluates as `evaluate`
     does. Resumable: finished identities (OUT/IDENTITY/done.json) and finished images are skipped.
+    With --people N also OUT/people/A+B/pPP_sSEED.png (two identities side by side), whose per-person
+    FaceSim and identity leakage are reported beside the ten metrics.
     """
-    from .eval.benchmark import GenerationConfig, is_done, list_identities, load_prompts, pairs_from_folders
+    from .eval.benchmark import (GenerationConfig, group_pairs_from_benchmark, is_done, list_identities, load_prompts, pairs_from_folders,
+                                 people_groups)
 
     shard_i, shard_n = shard
     names, models = _eval_models(metrics, clip, dino, inception, lpips, vlm, face_models)
     try:
         people = list_identities(identities)
         prompts = load_prompts(prompts_file)
+        groups = people_groups(people, people_sets)
     except (FileNotFoundError, ValueError) as err:
         _fail(err)
     config = GenerationConfig(prompts=prompts, seeds=seeds, steps=steps, guidance_scale=guidance_scale, ip_scale=ip_scale,
                               batch_size=gen_batch_size, model=model)
     mine = [n for k, n in enumerate(people) if k % shard_n == shard_i and not is_done(out_dir, n)]
+    my_groups = [g for k, g in enumerate(groups) if k % shard_n == shard_i and not (out_dir / "people" / "+".join(g[0]) / "done.json").is_file()]
     click.echo(f"{len(people)} identities, {len(prompts)} prompts x {seeds} seed(s); {len(mine)} to generate in this job")
     out_dir.mkdir(parents=True, exist_ok=True)
     failures = []
     try:
-        if mine:
+        if mine or my_groups:
             jobs = [(mine[w::workers], people, out_dir, model, str(adapter) if adapter else None, image_encoder, shadingnet,
-                     face_models, config, w) for w in range(min(workers, len(mine)))]
+                     face_models, config, w, my_groups[w::workers]) for w in range(max(1, min(workers, max(len(mine), len(my_groups)))))]
             if len(jobs) == 1:
                 failures = _benchmark_worker(jobs[0])
             else:
@@ -912,11 +925,13 @@ def benchmark(model, adapter, image_encoder, shadingnet, identities, out_dir, pr
                 with mp.get_context("spawn").Pool(len(jobs)) as pool:
                     failures = [f for part in pool.map(_benchmark_worker, jobs) for f in part]
         pending = [n for n in people if not is_done(out_dir, n) and not any(f.startswith(f"{n}:") for f in failures)]
+        pending += ["+".join(g) for g, _ in groups if not (out_dir / "people" / "+".join(g) / "done.json").is_file()
+                    and not any(f.startswith(f"{'+'.join(g)}:") for f in failures)]
         if pending:
             click.echo(f"{len(pending)} identities are not done yet (other shards?); rerun this command or `facemakeup evaluate "
                        f"--generated {out_dir} --references {out_dir / 'references'} --out {out_dir}` when they are")
             return
-        pairs = pairs_from_folders(out_dir, out_dir / "references")
+        pairs = pairs_from_folders(out_dir, out_dir / "references") + group_pairs_from_benchmark(out_dir)
         note = "tiny randomly initialised pipeline: the images are noise, not faces; the numbers are those of noise" if model in TINY_MODELS else None
         info = {"inputs": {"identities": str(identities), "prompts": str(prompts_file) if prompts_file else "assets/benchmark_prompts.txt",
                            "seeds": seeds, "steps": steps, "adapter": str(adapter) if adapter else None, "failures": failures}}

@@ -8,6 +8,8 @@ and ``facemakeup evaluate --generated DIR --references DIR/references``):
     DIR/IDENTITY/pPP_sSEED.png      prompt PP, seed SEED; its PNG text chunk ``facemakeup`` holds
                                     {"prompt", "seed", "prompt_index", "identity", "model"}
     DIR/IDENTITY/done.json          written last: the identity is complete (resume skips it)
+    DIR/people/A+B/pPP_sSEED.png    with ``benchmark --people N``: identities A and B side by side
+    DIR/people/A+B/done.json        written last: their references and boxes (``group_pairs_from_benchmark``)
 
 Several people per image (``GroupPair``: one generated image, P references, P boxes that say where each
 person is) are scored by ``evaluate_people``: each person's FaceSim against its own reference (faces
@@ -652,6 +654,76 @@ def generate_identity(pipe, analyzer, identity: str, reference: Path, out_dir: P
               "images": len(jobs), "config": asdict(config), **environment()}
     (folder / "done.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def people_groups(identities: dict[str, Path], count: int) -> list[tuple[tuple[str, str], tuple[Path, Path]]]:
+    """The first ``count`` pairs of identities in order (1st + 2nd, 3rd + 4th, ...) for two-person sets.
+
+    Raises:
+        ValueError: fewer than ``2 * count`` identities.
+    """
+    names = list(identities)
+    if len(names) < 2 * count:
+        raise ValueError(f"{count} two-person set(s) need {2 * count} identities, the folder has {len(names)}")
+    return [((names[2 * k], names[2 * k + 1]), (identities[names[2 * k]], identities[names[2 * k + 1]])) for k in range(count)]
+
+
+def generate_people(pipe, analyzer, names: tuple[str, str], references: tuple[Path, Path], out_dir: Path, config: GenerationConfig) -> dict:
+    """Two identities in one image, side by side (``faces.layout.side_by_side``, each its own mask), per prompt
+    and seed, through ``generation.generate`` (the CLI's path); images already on disk are skipped.
+
+    Args:
+        pipe, analyzer, config: as ``generate_identity``. names, references: the two identities and photos.
+        out_dir: the benchmark folder (``DIR/people/A+B/``, module docstring).
+
+    Returns:
+        The set's ``done.json`` record (``identities``, ``references``, ``boxes`` in image pixels, ``images``).
+
+    Raises:
+        NoFaceError, ImageReadError, FitError: a reference cannot be used.
+    """
+    from PIL.PngImagePlugin import PngInfo
+
+    from ..faces.layout import side_by_side
+    from ..generation import GenerationRequest, Person, generate, read_photo
+    from ..provenance import environment, sha256_file
+
+    folder = out_dir / "people" / "+".join(names)
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = [read_photo(r, analyzer, max_faces=1) for r in references]
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    boxes = side_by_side(2, side, side).boxes.tolist()  # the two columns generate uses without a layout
+    jobs = [(pi, FIRST_SEED + s) for s in range(config.seeds) for pi in range(len(config.prompts))]
+    for pi, seed in jobs:
+        target = folder / f"p{pi:02d}_s{seed}.png"
+        if target.is_file():
+            continue
+        request = GenerationRequest(prompt=PROMPT_PREFIX + config.prompts[pi], references=[], people=[Person([(p, 0)]) for p in photos],
+                                    seed=seed, steps=config.steps, guidance_scale=config.guidance_scale, ip_scale=config.ip_scale,
+                                    controlnet_scale=config.controlnet_scale, condition="shading" if pipe.controlnet is not None else "none")
+        result = generate(pipe, request)
+        assert result.conditions.layout.boxes.tolist() == boxes  # internal invariant: the recorded places are the used ones
+        info = PngInfo()
+        info.add_text("facemakeup", json.dumps({"prompt": request.prompt, "seed": seed, "prompt_index": pi, "identity": "+".join(names),
+                                                "people": list(names), "model": config.model}))
+        partial = folder / f".p{pi:02d}_s{seed}.part.png"
+        result.output.images[0].save(partial, pnginfo=info)
+        os.replace(partial, target)
+    record = {"identities": list(names), "references": [str(r) for r in references], "reference_sha256": [sha256_file(r) for r in references],
+              "boxes": boxes, "images": [f"p{pi:02d}_s{seed}.png" for pi, seed in jobs], "config": asdict(config), **environment()}
+    (folder / "done.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def group_pairs_from_benchmark(out_dir: str | os.PathLike) -> list[GroupPair]:
+    """The ``GroupPair``s of a benchmark's two-person sets (``DIR/people/*/done.json``); none without them."""
+    pairs = []
+    for done in sorted(Path(out_dir).glob("people/*/done.json")):
+        rec = json.loads(done.read_text(encoding="utf-8"))
+        boxes = tuple(tuple(float(v) for v in b) for b in rec["boxes"])
+        refs = tuple(Path(r) for r in rec["references"])
+        pairs += [GroupPair(done.parent / n, refs, boxes, png_prompt(done.parent / n), done.parent.name) for n in rec["images"]]
+    return pairs
 
 
 def is_done(out_dir: Path, identity: str) -> bool:
