@@ -168,7 +168,7 @@ def test_build_demo_queues_one_generation_at_a_time(backend):
     generate = [f for f in fns if f.concurrency_id == "generate"]
     assert len(generate) == 1 and generate[0].concurrency_limit == 1
     examples = (backend.output_dir / "examples")
-    assert sorted(p.name for p in examples.iterdir()) == ["astronaut.png", "grace_hopper.jpg"]
+    assert sorted(p.name for p in examples.iterdir()) == ["astronaut.png", "grace_hopper.jpg", "pair.png"]  # pair: the group example
 
 
 def test_page_text_names_the_backbone_and_says_tiny_images_are_noise(tmp_path, analyzer):

@@ -1,6 +1,7 @@
 """``facemakeup`` command line. Thin: parse, call the library, print.
 
     facemakeup generate --reference PHOTO --prompt TEXT --out DIR [--model ID|PATH|tiny|tiny-xl] [--seed N] ...
+    facemakeup generate --person A.jpg --person B1.jpg,B2.jpg [--layout GROUP.jpg] --prompt TEXT --out DIR ...
     facemakeup analyze PHOTO_OR_DIR_OR_GLOB... --out DIR
     facemakeup download PARQUET_OR_URL_LIST OUT
     facemakeup build-dataset INPUT OUT [--format records|webdataset|face-makeup-v2]
@@ -111,10 +112,44 @@ def _light_dir(ctx, param, value):
     return xyz
 
 
+def _person(ctx, param, values):
+    """``--person A.jpg`` / ``--person A1.jpg,A2.jpg`` -> one list of paths per person."""
+    people = []
+    for value in values:
+        paths = [v.strip() for v in value.split(",")]
+        if not all(paths):
+            raise click.BadParameter(f"expected PHOTO or PHOTO1,PHOTO2,... (photos of one person), got {value!r}")
+        people.append([Path(v) for v in paths])
+    return people
+
+
+def _face_list(ctx, param, value):
+    """``--layout-faces 1,0`` -> ``[1, 0]``."""
+    if value is None:
+        return None
+    try:
+        picks = [int(v) for v in value.split(",")]
+    except ValueError:
+        picks = [-1]
+    if any(k < 0 for k in picks):
+        raise click.BadParameter(f"expected one face number >= 0 per person (0 = leftmost in the layout), e.g. 1,0; got {value!r}")
+    return picks
+
+
 @main.command()
-@click.option("--reference", "references", multiple=True, required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="Photo of the person; repeat to mix several references.")
-@click.option("--weight", "weights", multiple=True, type=float, help="Mixing weight per --reference (default equal).")
+@click.option("--reference", "references", multiple=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Photo of the person; repeat to mix several references (one person). For several people use --person.")
+@click.option("--person", "persons", multiple=True, callback=_person,
+              help="Photo(s) of one person, comma-separated (A1.jpg,A2.jpg are mixed); repeat once per person in the image. "
+                   "Not with --reference.")
+@click.option("--layout", default=None, type=click.Path(dir_okay=False, path_type=Path),
+              help="Photo with one face per person: the people's places (left to right), poses and lighting [default: side by side].")
+@click.option("--layout-faces", default=None, callback=_face_list,
+              help="Which layout face each --person takes, counted left to right from 0, e.g. 1,0 [default: one each, in order].")
+@click.option("--mask", "mask_kind", default="box", show_default=True, type=click.Choice(["box", "parsing"]),
+              help="A person's region from its layout face: the face box grown to the head, or the face parser's head region.")
+@click.option("--weight", "weights", multiple=True, type=float,
+              help="Mixing weight per --reference photo (default equal); with --person, one per photo in the order given, mixed within each person.")
 @click.option("--prompt", required=True, help='Text prompt, e.g. "a smiling woman with blonde hair".')
 @click.option("--negative-prompt", default=None, help="Negative prompt.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
@@ -146,35 +181,67 @@ def _light_dir(ctx, param, value):
 @click.option("--shading-crop-factor", default=5.0, show_default=True, type=float, help="Crop of the shading / keypoint map: keypoint box x this.")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty --out, replacing the files of the earlier run its provenance.json lists.")
 @click.option("--truncate-prompt", is_flag=True, help="Cut a prompt over 75 CLIP tokens (with a warning of how many were dropped) instead of refusing it.")
-def generate(references, weights, prompt, negative_prompt, out_dir, model, image_encoder, adapter, adapter_lora, shadingnet, condition, shortcut, face_models, seed,
-             num_images, steps, guidance_scale, ip_scale, s_scale, controlnet_scale, shading_from, light_from, light_dir, light_strength, height,
-             width, face_index, crop_factor, shading_crop_factor, overwrite, truncate_prompt):
-    """Generate images of the person in --reference, as --prompt describes.
+def generate(references, persons, layout, layout_faces, mask_kind, weights, prompt, negative_prompt, out_dir, model, image_encoder, adapter,
+             adapter_lora, shadingnet, condition, shortcut, face_models, seed, num_images, steps, guidance_scale, ip_scale, s_scale, controlnet_scale,
+             shading_from, light_from, light_dir, light_strength, height, width, face_index, crop_factor, shading_crop_factor, overwrite,
+             truncate_prompt):
+    """Generate images of the person in --reference (or of the people in --person, one each), as --prompt describes.
+
+    Several people: --person A.jpg --person B.jpg puts A and B in one image, each person's identity
+    confined to its region; --layout GROUP.jpg takes the regions, poses and lighting from a photo with
+    one face per person (left to right, or as --layout-faces says); without it the people stand side
+    by side. --reference stays the way to give one person (its photos are mixed).
 
     Everything is checked before any work: values (finite, within the limits of facemakeup.validation),
-    the photos' headers, the models, and --out (writable, enough free space, empty unless --overwrite).
-    Results are written all at once: a failed run leaves nothing behind.
+    the photos' headers, the models, the people against the layout's faces, and --out (writable, enough
+    free space, empty unless --overwrite). Results are written all at once: a failed run leaves nothing behind.
     """
+    from . import validation as v
     from .faces import FaceAnalyzer
     from .faces.image import probe_image
-    from .generation import GenerationRequest, generate as run_generation, read_photo, write_outputs
+    from .generation import GenerationRequest, Person, generate as run_generation, read_photo, write_outputs
     from .pipeline import DEFAULT_BACKBONE, DEFAULT_IMAGE_ENCODER, load_pipeline
     from .validation import OutputFolder
 
+    if bool(references) == bool(persons):
+        _fail(FaceMakeUpInputError("--reference gives one person's photos, --person one person each: pass either (e.g. --person A.jpg "
+                                   "--person B.jpg for two people), not both" if references else
+                                   "no photo: pass --reference PHOTO (one person) or --person PHOTO once per person"))
     if weights and face_index == "all":
         _fail(ValueError("--weight needs one face per --reference; drop --weight or pick one face with --face-index N"))
     model = _model_for_weights(model, {"--adapter": adapter, "--shadingnet": shadingnet})  # a training run knows its backbone
+    photos = [q for person in persons for q in person] if persons else list(references)
+    if persons:
+        if face_index == "all":
+            _fail(FaceMakeUpInputError("--face-index all makes every face of a photo a reference of one person; with --person pick one "
+                                       "face per photo (--face-index N)"))
+        if weights:
+            v.check_weights(weights, len(photos), "--weight", what="--person photo")
+            start = 0
+            for k, person in enumerate(persons):
+                if sum(weights[start:start + len(person)]) <= 0:
+                    _fail(FaceMakeUpInputError(f"the --weight values of --person #{k + 1} sum to 0: give each person a positive weight"))
+                start += len(person)
+    several = bool(persons) or layout is not None
+    if several and shading_from is not None:
+        _fail(FaceMakeUpInputError("--shading-from gives one face's pose; with --person or --layout the poses come from the layout "
+                                   "photo (or each person's reference): use --layout instead"))
+    if layout_faces is not None and layout is None:
+        _fail(FaceMakeUpInputError("--layout-faces picks faces of --layout: pass --layout GROUP.jpg too, or drop it"))
+    if _explicit("mask_kind") and layout is None:
+        _fail(FaceMakeUpInputError("--mask says how a layout face becomes a region: pass --layout GROUP.jpg too, or drop it"))
 
     # 0. Preflight, before any work: values, output folder, photos' headers, models
-    _check_generate_options(references, weights, prompt, negative_prompt, model, image_encoder, adapter, shadingnet, seed, guidance_scale,
-                            ip_scale, s_scale, controlnet_scale, shading_from, light_from, light_dir, light_strength, height, width,
-                            face_index, crop_factor, shading_crop_factor)
+    _check_generate_options(references, () if persons else weights, prompt, negative_prompt, model, image_encoder, adapter, shadingnet, seed,
+                            guidance_scale, ip_scale, s_scale, controlnet_scale, shading_from, light_from, light_dir, light_strength, height,
+                            width, face_index, crop_factor, shading_crop_factor)
     side = 64 if model in ("tiny", "tiny-xl") else 1024
     pixels = (height or side) * (width or side) * 3  # one image, uncompressed: an upper bound of its PNG
-    expected = pixels * (2 * num_images + 1) + 3 * 776 * 384 * (len(references) + 3) + 2**20  # images, grid, shading, sheet, JSON
+    n_people = len(persons) if persons else 1
+    expected = pixels * (2 * num_images + 1 + n_people) + 3 * 776 * 384 * (len(photos) + 5) + 2**20  # images, grid, maps, masks, sheet, JSON
     folder = OutputFolder(out_dir, "--out", overwrite=overwrite, expected_bytes=expected, overwrite_hint="pass --overwrite")
     previous = _previous_outputs(out_dir)
-    for path in (*references, shading_from, light_from):
+    for path in (*photos, shading_from, light_from, layout):
         if path is not None:
             probe_image(path)
     model = model or DEFAULT_BACKBONE
@@ -194,8 +261,24 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
         for path in references:
             photo = read_photo(path, analyzer, max_faces=one)
             refs += [(photo, k) for k in (range(len(photo.faces)) if face_index == "all" else [face_index])]
+        people = None
+        if persons:
+            start, people = 0, []
+            for person in persons:
+                people.append(Person([(read_photo(path, analyzer, max_faces=one), face_index) for path in person],
+                                     list(weights[start:start + len(person)]) if weights else None))
+                start += len(person)
         shading_photo = read_photo(shading_from, analyzer, max_faces=1) if shading_from else None
         light_photo = read_photo(light_from, analyzer, max_faces=1) if light_from else None
+        layout_photo = None
+        if layout is not None:  # every face; the people must match them before any model loads
+            from .faces.layout import choose_layout_faces
+
+            layout_photo = read_photo(layout, analyzer)
+            try:
+                choose_layout_faces(len(layout_photo.faces), n_people, layout_faces)
+            except FaceMakeUpInputError as err:
+                raise FaceMakeUpInputError(f"--layout {layout}: {err}") from None
         analysis_s = time.perf_counter() - t0
 
         # 2. The pipeline
@@ -210,12 +293,14 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
                              "ShadingNet, and this pipeline has none: pass --shadingnet, or drop them")
 
         # 3. Conditions and generation (facemakeup.generation: the same function as the demo's)
-        request = GenerationRequest(prompt=prompt, references=refs, negative_prompt=negative_prompt, weights=list(weights) or None,
+        request = GenerationRequest(prompt=prompt, references=refs, negative_prompt=negative_prompt,
+                                    weights=None if persons else (list(weights) or None),
                                     shading_from=shading_photo, light_from=light_photo, light_dir=light_dir, light_strength=light_strength,
                                     condition=condition, crop_factor=crop_factor, shading_crop_factor=shading_crop_factor, seed=seed,
                                     num_images=num_images, steps=steps, guidance_scale=guidance_scale, ip_scale=ip_scale,
                                     s_scale=s_scale, controlnet_scale=controlnet_scale, height=height, width=width,
-                                    truncate_prompt=truncate_prompt)
+                                    truncate_prompt=truncate_prompt, people=people, layout=layout_photo, layout_faces=layout_faces,
+                                    mask=mask_kind)
         result = run_generation(pipe, request)
         result.timings.update(face_analysis_s=analysis_s, load_s=load_s)
     except (FaceMakeUpError, ValueError) as err:
@@ -233,7 +318,8 @@ def generate(references, weights, prompt, negative_prompt, out_dir, model, image
     extra = {"note": "tiny randomly initialised pipeline: the images are noise, not faces"} if tiny else None
     names = write_outputs(stage, request, result, task="generate", models=models, extra=extra)
     folder.commit(names, previous)
-    click.echo(f"wrote {len(result.output.images)} image(s), conditions.png and provenance.json to {out_dir}")
+    who = f" of {n_people} people" if persons else ""
+    click.echo(f"wrote {len(result.output.images)} image(s){who}, conditions.png and provenance.json to {out_dir}")
 
 
 def _expand_inputs(inputs: tuple[str, ...]) -> list[Path]:
@@ -548,7 +634,8 @@ def _preflight_analyze(paths: list[Path], out_dir: Path, shading_crop_factor: fl
 
 # ---------------------------------------------------------------------------------------------- errors and preflight
 #: Library argument names as the CLI spells them, for messages raised by the library.
-_API_FLAGS = {"`prompt`": "--prompt", "`negative_prompt`": "--negative-prompt", "pass truncate_prompt=True": "pass --truncate-prompt"}
+_API_FLAGS = {"`prompt`": "--prompt", "`negative_prompt`": "--negative-prompt", "pass truncate_prompt=True": "pass --truncate-prompt",
+              "`layout_assignment`": "--layout-faces"}
 
 
 def _exit(err: Exception, debug: bool) -> None:
@@ -796,31 +883,40 @@ def _run_evaluation(pairs, out_dir, names, models, batch_size, model_label, note
 @click.option("--pairs", "pairs_csv", default=None, type=click.Path(dir_okay=False, path_type=Path), help="CSV with columns generated,reference[,prompt].")
 @click.option("--generated", default=None, type=click.Path(file_okay=False, path_type=Path), help="Folder of IDENTITY/*.png (what benchmark writes).")
 @click.option("--references", default=None, type=click.Path(file_okay=False, path_type=Path), help="Folder of IDENTITY.jpg/.png reference photos.")
+@click.option("--runs", multiple=True, type=click.Path(file_okay=False, exists=True, path_type=Path),
+              help="A `generate --person` output folder (several people per image; repeatable): per-person FaceSim and identity leakage.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
 @click.option("--model-label", default=None, help="Name of the evaluated model in the report [default: read from the PNGs, else 'unknown'].")
 @_eval_options
-def evaluate(pairs_csv, generated, references, out_dir, model_label, metrics, clip, dino, inception, lpips, vlm, face_models, batch_size):
+def evaluate(pairs_csv, generated, references, runs, out_dir, model_label, metrics, clip, dino, inception, lpips, vlm, face_models, batch_size):
     """Face-MakeUpV2's ten metrics over (generated, reference) pairs.
 
     Writes metrics.json (value, bootstrap ci95 over images, n, model, substitute, reason per metric),
     per_image.csv, report.md (the table beside the paper's published rows) and grid.png. A metric
     whose model is absent is reported as not computed, with the flag that fixes it.
+
+    Several people per image (--runs of `generate --person`, or --pairs rows with a boxes column): each
+    person's FaceSim against its own reference (faces matched to people by their boxes) and its identity
+    leakage (FaceSim against the other people's references, lower is better), reported beside the rest.
     """
-    from .eval.benchmark import pairs_from_csv, pairs_from_folders
+    from .eval.benchmark import group_pairs_from_runs, pairs_from_csv, pairs_from_folders
 
     _folder_out(out_dir, "--out")
-    if (pairs_csv is None) == (generated is None and references is None):
+    if pairs_csv is not None and (generated is not None or references is not None):
         raise click.UsageError("pass either --pairs FILE.csv or --generated DIR --references DIR")
-    if pairs_csv is None and (generated is None or references is None):
+    if pairs_csv is None and not runs and (generated is None and references is None):
+        raise click.UsageError("pass --pairs FILE.csv, --generated DIR --references DIR, or --runs DIR")
+    if pairs_csv is None and (generated is None) != (references is None):
         raise click.UsageError("--generated and --references go together")
     names, models = _eval_models(metrics, clip, dino, inception, lpips, vlm, face_models)
     try:
-        pairs = pairs_from_csv(pairs_csv) if pairs_csv else pairs_from_folders(generated, references)
+        pairs = pairs_from_csv(pairs_csv) if pairs_csv else (pairs_from_folders(generated, references) if generated else [])
+        pairs += group_pairs_from_runs(runs) if runs else []
         label = model_label or _png_model(pairs[0].generated) or "unknown"
         note = "tiny randomly initialised pipeline: the images are noise, not faces; the numbers are those of noise" if label in TINY_MODELS else None
         _run_evaluation(pairs, out_dir, names, models, batch_size, label, note,
                         {"inputs": {"pairs": str(pairs_csv) if pairs_csv else None, "generated": str(generated) if generated else None,
-                                    "references": str(references) if references else None}})
+                                    "references": str(references) if references else None, "runs": [str(r) for r in runs]}})
     except (FaceMakeUpError, FileNotFoundError, ValueError, RuntimeError) as err:
         _fail(err)
 
@@ -837,12 +933,12 @@ def _png_model(path) -> str | None:
 
 def _benchmark_worker(args) -> list[str]:
     """Generate the identities ``names`` in one process (its own pipeline); returns the failures."""
-    (names, identities, out_dir, model, adapter, image_encoder, shadingnet, face_models, config, position) = args
+    (names, identities, out_dir, model, adapter, image_encoder, shadingnet, face_models, config, position, groups) = args
     from dataclasses import replace
 
     from tqdm import tqdm
 
-    from .eval.benchmark import generate_identity
+    from .eval.benchmark import generate_identity, generate_people
     from .faces import FaceAnalyzer
     from .pipeline import DEFAULT_IMAGE_ENCODER, load_pipeline
 
@@ -857,6 +953,12 @@ def _benchmark_worker(args) -> list[str]:
         except FaceMakeUpError as err:
             failures.append(f"{name}: {err}")
             click.echo(f"skipped identity {name}: {err}", err=True)
+    for pair_names, refs in groups:  # two-person sets, side by side
+        try:
+            generate_people(pipe, analyzer, pair_names, refs, out_dir, replace(config))
+        except FaceMakeUpError as err:
+            failures.append(f"{'+'.join(pair_names)}: {err}")
+            click.echo(f"skipped two-person set {'+'.join(pair_names)}: {err}", err=True)
     return failures
 
 
@@ -876,15 +978,20 @@ def _benchmark_worker(args) -> list[str]:
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1), help="Local processes, each with its own pipeline, sharing the identities.")
 @click.option("--shard", default="0/1", show_default=True, callback=_shard,
               help="I/N: this job generates identities I, I+N, ... (job arrays); evaluation runs once all identities are done.")
+@click.option("--people", "people_sets", default=0, show_default=True, type=click.IntRange(0),
+              help="Also N two-person sets (identities 1+2, 3+4, ... side by side, every prompt x seed), scored by FaceSim-people and ID-leakage.")
 @_eval_options
 def benchmark(model, adapter, image_encoder, shadingnet, identities, out_dir, prompts_file, seeds, steps, guidance_scale, ip_scale,
-              gen_batch_size, workers, shard, metrics, clip, dino, inception, lpips, vlm, face_models, batch_size):
+              gen_batch_size, workers, shard, people_sets, metrics, clip, dino, inception, lpips, vlm, face_models, batch_size):
     """Face-MakeUpV2's protocol: per identity the prompts x seeds, then the ten metrics.
 
     Writes OUT/IDENTITY/pPP_sSEED.png, OUT/references/IDENTITY.*, then evaluates as `evaluate`
     does. Resumable: finished identities (OUT/IDENTITY/done.json) and finished images are skipped.
+    With --people N also OUT/people/A+B/pPP_sSEED.png (two identities side by side), whose per-person
+    FaceSim and identity leakage are reported beside the ten metrics.
     """
-    from .eval.benchmark import GenerationConfig, is_done, list_identities, load_prompts, pairs_from_folders
+    from .eval.benchmark import (GenerationConfig, group_pairs_from_benchmark, is_done, list_identities, load_prompts, pairs_from_folders,
+                                 people_groups)
 
     _folder_out(out_dir, "--out")
     shard_i, shard_n = shard
@@ -895,18 +1002,20 @@ def benchmark(model, adapter, image_encoder, shadingnet, identities, out_dir, pr
     try:
         people = list_identities(identities)
         prompts = load_prompts(prompts_file)
+        groups = people_groups(people, people_sets)
     except (FileNotFoundError, ValueError) as err:
         _fail(err)
     config = GenerationConfig(prompts=prompts, seeds=seeds, steps=steps, guidance_scale=guidance_scale, ip_scale=ip_scale,
                               batch_size=gen_batch_size, model=model)
     mine = [n for k, n in enumerate(people) if k % shard_n == shard_i and not is_done(out_dir, n)]
+    my_groups = [g for k, g in enumerate(groups) if k % shard_n == shard_i and not (out_dir / "people" / "+".join(g[0]) / "done.json").is_file()]
     click.echo(f"{len(people)} identities, {len(prompts)} prompts x {seeds} seed(s); {len(mine)} to generate in this job")
     out_dir.mkdir(parents=True, exist_ok=True)
     failures = []
     try:
-        if mine:
+        if mine or my_groups:
             jobs = [(mine[w::workers], people, out_dir, model, str(adapter) if adapter else None, image_encoder, shadingnet,
-                     face_models, config, w) for w in range(min(workers, len(mine)))]
+                     face_models, config, w, my_groups[w::workers]) for w in range(max(1, min(workers, max(len(mine), len(my_groups)))))]
             if len(jobs) == 1:
                 failures = _benchmark_worker(jobs[0])
             else:
@@ -915,11 +1024,13 @@ def benchmark(model, adapter, image_encoder, shadingnet, identities, out_dir, pr
                 with mp.get_context("spawn").Pool(len(jobs)) as pool:
                     failures = [f for part in pool.map(_benchmark_worker, jobs) for f in part]
         pending = [n for n in people if not is_done(out_dir, n) and not any(f.startswith(f"{n}:") for f in failures)]
+        pending += ["+".join(g) for g, _ in groups if not (out_dir / "people" / "+".join(g) / "done.json").is_file()
+                    and not any(f.startswith(f"{'+'.join(g)}:") for f in failures)]
         if pending:
             click.echo(f"{len(pending)} identities are not done yet (other shards?); rerun this command or `facemakeup evaluate "
                        f"--generated {out_dir} --references {out_dir / 'references'} --out {out_dir}` when they are")
             return
-        pairs = pairs_from_folders(out_dir, out_dir / "references")
+        pairs = pairs_from_folders(out_dir, out_dir / "references") + group_pairs_from_benchmark(out_dir)
         note = "tiny randomly initialised pipeline: the images are noise, not faces; the numbers are those of noise" if model in TINY_MODELS else None
         info = {"inputs": {"identities": str(identities), "prompts": str(prompts_file) if prompts_file else "assets/benchmark_prompts.txt",
                            "seeds": seeds, "steps": steps, "adapter": str(adapter) if adapter else None, "failures": failures}}

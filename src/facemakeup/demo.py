@@ -10,6 +10,9 @@ random button, face crop factor, shading crop factor, width/height; docs/sources
 * a preview before generating: the detected faces (box, keypoints, CLIP crop box), the aligned
   ArcFace crop, the CLIP crop, the shading map and the lighting; a face picker for photos with
   several faces;
+* several people: a group photo as the layout (its faces, left to right, give the people's places,
+  poses and lighting) and one reference upload per detected face; the preview draws the people's
+  masks on the map (``generation.GenerationRequest.people``, ``faces.layout``);
 * a gallery of the results and a zip of the images with their ``provenance.json``;
 * examples from public-domain photos (scikit-image's astronaut, matplotlib's Grace Hopper).
 
@@ -54,6 +57,8 @@ from .viz import draw_faces
 
 #: Reference photos one request may mix.
 MAX_REFERENCES = 4
+#: People one group photo may hold (one reference upload each).
+MAX_PEOPLE = 4
 #: Uploads with more pixels than this are refused (4096 x 4096).
 DEFAULT_MAX_PIXELS = 4096 * 4096
 #: Uploads larger than this many bytes are refused (by gradio at upload, and again here).
@@ -90,6 +95,9 @@ class DemoRequest:
             pipeline's ``ip_scale``, ``s_scale``, ``controlnet_conditioning_scale``, ``guidance_scale``.
         steps: denoising steps. num_images: images per request. seed: integer seed (``None``: refused).
         width, height: output size in pixels (multiples of 8).
+        group: optional group photo (the layout: one face per person), file path; then ``people`` replaces
+            ``references``.
+        people: per face of the group photo, left to right, the file path of that person's reference photo.
     """
 
     references: list[str] = field(default_factory=list)
@@ -114,6 +122,8 @@ class DemoRequest:
     seed: int | None = 42
     width: int = 512
     height: int = 512
+    group: str | None = None
+    people: list[str | None] = field(default_factory=list)
 
 
 def safe_label(path: str | os.PathLike, prefix: str) -> str:
@@ -240,6 +250,8 @@ class DemoBackend:
                 weights summing to 0); the message says what to change.
             ImageReadError, NoFaceError: from ``read_photo``.
         """
+        if req.group:
+            return self._group_request(req)
         refs = [r for r in (req.references or []) if r]
         if not refs:
             raise ValueError("upload at least one reference photo of the person")
@@ -266,6 +278,50 @@ class DemoBackend:
             s_scale=float(req.s_scale), controlnet_scale=float(req.controlnet_scale), height=int(req.height), width=int(req.width),
         )
 
+    def group_faces(self, path: str | os.PathLike) -> Photo:
+        """The group photo, read and analysed, its faces left to right (person 1 is the leftmost).
+
+        Raises:
+            ImageReadError, NoFaceError: as ``read_photo``; ValueError: more than ``MAX_PEOPLE`` faces.
+        """
+        from .faces.layout import left_to_right
+
+        photo = self.read_photo(path, "group photo")
+        if len(photo.faces) > MAX_PEOPLE:
+            raise ValueError(f"{photo.label}: {len(photo.faces)} faces found; the demo places at most {MAX_PEOPLE} people")
+        return replace(photo, faces=[photo.faces[i] for i in left_to_right(photo.faces)])
+
+    def _group_request(self, req: DemoRequest) -> GenerationRequest:
+        """A several-people request: the group photo as the layout, one reference per face."""
+        from .generation import Person
+
+        if any(r for r in (req.references or [])):
+            raise ValueError("a group photo takes one reference per face (the uploads under it): remove the reference photos "
+                             "above, or the group photo")
+        if self.has_shading and req.pose_from == "target photo":
+            raise ValueError("with a group photo the poses come from its faces: choose 'reference' for the pose")
+        group = self.group_faces(req.group)
+        n = len(group.faces)
+        given = list(req.people or []) + [None] * n
+        missing = [k + 1 for k in range(n) if not given[k]]
+        if missing:
+            raise ValueError(f"the group photo has {n} face(s): upload a reference photo for face(s) {missing} (counted from the left)")
+        people = [Person([(self.read_photo(given[k], f"person {k + 1}"), 0)]) for k in range(n)]
+        needs_target = self.has_shading and req.light_from == "target photo"
+        if needs_target and not req.target:
+            raise ValueError("the shading map's lighting comes from the target photo: upload one, or choose 'reference'")
+        target = self.read_photo(req.target, "target") if needs_target else None
+        sphere = self.has_shading and req.light_from == "direction (sphere)"
+        return GenerationRequest(
+            prompt=req.prompt, references=[], people=people, layout=group, negative_prompt=req.negative_prompt or None,
+            light_from=target, light_dir=light_direction(req.light_x, req.light_y).tolist() if sphere else None,
+            light_strength=float(req.light_strength), condition="shading" if self.has_shading else "none",
+            crop_factor=float(req.crop_factor), shading_crop_factor=float(req.shading_crop_factor),
+            seed=int(req.seed) if req.seed is not None else 0, num_images=int(req.num_images), steps=int(req.steps),
+            guidance_scale=float(req.guidance_scale), ip_scale=float(req.ip_scale), s_scale=float(req.s_scale),
+            controlnet_scale=float(req.controlnet_scale), height=int(req.height), width=int(req.width),
+        )
+
     def conditions(self, req: DemoRequest) -> Conditions:
         """Read the photos of a request, pick the faces and build the shading map
         (``generation.prepare_conditions``, as ``facemakeup generate``).
@@ -290,6 +346,8 @@ class DemoBackend:
         """
         cond = self.conditions(req)
         request = cond.request
+        if request.people is not None:
+            return self._group_preview(req, cond)
         items = []
         for k, ((photo, i), face) in enumerate(zip(request.references, cond.faces)):
             items.append((draw_faces(photo.rgb, [replace(f, clip_box=landmark_box(f.kps, req.crop_factor)) for f in photo.faces]),
@@ -306,6 +364,19 @@ class DemoBackend:
         counts = [len(p.faces) for p, _ in request.references]
         summary = "; ".join(f"{p.label}: {n} face(s)" for (p, _), n in zip(request.references, counts))
         return items, counts, f"Ready: {summary}. Press **Generate**."
+
+    def _group_preview(self, req: DemoRequest, cond: Conditions):
+        from .viz import people_panel
+
+        request = cond.request
+        group = request.layout
+        drawn = draw_faces(group.rgb, group.faces, labels=[k + 1 for k in range(len(group.faces))])
+        items = [(drawn, f"{group.label}: {len(group.faces)} face(s), person 1 = the leftmost")]
+        for k, ((photo, _), face) in enumerate(zip(request.flat()[0], cond.faces)):
+            items.append((Image.fromarray(face.aligned), f"person {k + 1}: {photo.label}, aligned ArcFace crop"))
+        items.append((people_panel(cond.layout, cond.map, height=max(256, cond.size[0])),
+                      "the map with each person's mask (person 1 red, 2 blue, 3 green, 4 yellow)"))
+        return items, [len(group.faces)], f"Ready: {len(group.faces)} people. Press **Generate**."
 
     # ------------------------------------------------------------------ generation
     def generate(self, req: DemoRequest, progress=None) -> tuple[list[Path], Path, str]:
@@ -387,6 +458,30 @@ class DemoBackend:
             rows.append([[str(astronaut)], str(hopper), "a photo of a woman in a red dress, best quality", "target photo", "target photo"])
         return rows
 
+    def group_examples(self) -> list[list]:
+        """Example rows ``[group photo, reference of face 1, reference of face 2, prompt]``: the astronaut and
+        Grace Hopper side by side as the layout (``examples/pair.png``), each as her own reference."""
+        folder = self._inside("examples")
+        self.examples()  # writes the two portraits
+        pair = _pair_photo(folder)
+        return [[str(pair), str(folder / "astronaut.png"), str(folder / "grace_hopper.jpg"), "two women smiling in a garden, best quality"]]
+
+
+def _pair_photo(folder: Path) -> Path:
+    """``folder/pair.png``: scikit-image's astronaut (left) and matplotlib's Grace Hopper (right) side by side
+    (both public domain), the demo's example group photo."""
+    import matplotlib.cbook
+    import skimage.data
+
+    path = folder / "pair.png"
+    if not path.is_file():
+        hopper = Image.open(matplotlib.cbook.get_sample_data("grace_hopper.jpg")).convert("RGB").resize((512, 600))
+        pair = Image.new("RGB", (1024, 600))
+        pair.paste(Image.fromarray(skimage.data.astronaut()), (0, 44))
+        pair.paste(hopper, (512, 0))
+        pair.save(path)
+    return path
+
 
 def backbone_text(pipeline, model_info: dict | None) -> str:
     """What the page says the demo runs on: ``"on SDXL"`` / ``"on Stable Diffusion 1.5"`` (the pipeline's
@@ -438,6 +533,11 @@ def build_demo(pipeline, output_dir="facemakeup-demo", analyzer=None, max_pixels
                         pickers.append(gr.Dropdown(choices=[("#0 (largest)", 0)], value=0, label=f"face in reference {k + 1}",
                                                    visible=False, interactive=True, elem_id=f"face{k}"))
                     slots.append(slot)
+                with gr.Accordion("Several people: a group photo as the layout", open=False, elem_id="people"):
+                    group = gr.File(label=f"Group photo, one face per person (up to {MAX_PEOPLE}): their places, poses and lighting",
+                                    file_types=["image"], type="filepath", elem_id="group")
+                    person_files = [gr.File(label=f"reference photo of face {k + 1} (from the left)", file_types=["image"], type="filepath",
+                                            visible=False, elem_id=f"person{k}") for k in range(MAX_PEOPLE)]
                 prompt = gr.Textbox(label="Prompt", placeholder="a photo of a person smiling, best quality", elem_id="prompt")
                 negative = gr.Textbox(label="Negative prompt", value=NEGATIVE_PROMPT, elem_id="negative")
                 with gr.Accordion("Shading and lighting (ShadingNet)", open=True, visible=shading_visible):
@@ -476,8 +576,11 @@ def build_demo(pipeline, output_dir="facemakeup-demo", analyzer=None, max_pixels
                 download = gr.File(label="Download: images + provenance.json (zip)", interactive=False, elem_id="download")
         gr.Examples(backend.examples(), inputs=[references, target, prompt, pose_from, light_from], label="Examples (public-domain photos)")
 
+        gr.Examples(backend.group_examples(), inputs=[group, *person_files[:2], prompt], label="Two people (public-domain photos)")
+
         controls = [references, *weights, *pickers, target, pose_from, light_from, light_x, light_y, strength, crop, shading_crop,
-                    prompt, negative, ip_scale, s_scale, controlnet_scale, guidance, steps, num_images, seed, width, height]
+                    prompt, negative, ip_scale, s_scale, controlnet_scale, guidance, steps, num_images, seed, width, height,
+                    group, *person_files]
 
         def request(values, reset_faces: bool = False) -> DemoRequest:
             refs = values[0]
@@ -489,6 +592,7 @@ def build_demo(pipeline, output_dir="facemakeup-demo", analyzer=None, max_pixels
                 crop_factor=v[6], shading_crop_factor=v[7], prompt=v[8], negative_prompt=v[9], ip_scale=v[10], s_scale=v[11],
                 controlnet_scale=v[12], guidance_scale=v[13], steps=int(v[14]), num_images=int(v[15]),
                 seed=v[16], width=int(v[17]), height=int(v[18]),
+                group=str(v[19]) if v[19] else None, people=[str(f) if f else None for f in v[20:20 + MAX_PEOPLE]],
             )
 
         def run(fn, *args):
@@ -515,10 +619,24 @@ def build_demo(pipeline, output_dir="facemakeup-demo", analyzer=None, max_pixels
             return [items, message, *slot_updates, *weight_updates, *picker_updates]
 
         def on_preview(*values):
-            if not values[0]:
+            req = request(values)
+            if not values[0] and not req.group:
                 return None, "Upload a reference photo to start."
-            items, _, message = run(backend.preview, request(values))
+            if req.group and not all(req.people[:len(backend.group_faces(req.group).faces)]):
+                return None, "Upload a reference photo for each face of the group photo (counted from the left)."
+            items, _, message = run(backend.preview, req)
             return items, message
+
+        def on_group(*values):
+            req = request(values)
+            if not req.group:
+                return [None, "Upload a reference photo to start.", *[gr.update(visible=False)] * MAX_PEOPLE]
+            n = len(run(backend.group_faces, req.group).faces)
+            shown = [gr.update(visible=k < n) for k in range(MAX_PEOPLE)]
+            if not all(req.people[:n]):
+                return [None, f"The group photo has {n} face(s): upload one reference photo per face, counted from the left.", *shown]
+            items, _, message = run(backend.preview, req)
+            return [items, message, *shown]
 
         def on_generate(*values, progress=gr.Progress()):
             paths, zip_path, message = run(backend.generate, request(values), progress)
@@ -531,9 +649,10 @@ def build_demo(pipeline, output_dir="facemakeup-demo", analyzer=None, max_pixels
 
         faces_events = {"concurrency_id": "faces", "concurrency_limit": 1}
         references.change(on_references, controls, [preview, status, *slots, *weights, *pickers], **faces_events)
+        group.change(on_group, controls, [preview, status, *person_files], **faces_events)
         triggers = [target.change, pose_from.input, light_from.input, crop.release, shading_crop.release, width.release,
                     height.release, light_x.release, light_y.release, strength.release, preview_btn.click]
-        triggers += [p.input for p in pickers]
+        triggers += [p.input for p in pickers] + [f.change for f in person_files]
         gr.on(triggers, on_preview, controls, [preview, status], **faces_events)
         for slider in (light_x, light_y, strength):
             slider.input(lambda x, y, s: sphere_image(x, y, s), [light_x, light_y, strength], sphere, queue=False, show_progress="hidden")

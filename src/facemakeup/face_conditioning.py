@@ -19,7 +19,18 @@ lives here, once:
   IdentityNet), its conditioning embedding computed once per generation;
 * the denoising loop both pipelines run (``denoise``): ControlNet residuals, the UNet with the ID
   tokens as diffusers' ``encoder_hidden_states=(text, [ip_tokens])``, classifier-free guidance,
-  the scheduler step, diffusers' step callback.
+  the scheduler step, diffusers' step callback;
+* several people in one image (``face_masks``, ``layout_image``, ``reference_people``): P people are
+  the P "images" of the one IP-Adapter, tokens ``(rows, P, T, D)``, and person p's tokens act only
+  inside mask p through diffusers' masked IP-Adapter path (``IPAdapterAttnProcessor2_0`` with
+  ``cross_attention_kwargs={"ip_adapter_masks": [mask (1, P, H, W)]}``, masks binarised by
+  ``IPAdapterMaskProcessor``), so the result is diffusers' for the same weights, embeddings and masks.
+  Each person's photos mix by ``reference_weights`` as one person's do. The places come from
+  ``faces.layout`` (a layout photo's faces left to right, or P columns side by side, or the masks
+  given), and so does the ControlNet's map with every face in it. The ControlNet has no masked
+  attention: its context is all people's tokens concatenated, ``(rows, P*T, D)``, one softmax over
+  them (as Portrait-style ``concat`` adapters feed several faces' tokens); where each face is comes
+  from its map, which already places every face, so its residuals stay local to the faces it draws.
 
 A pipeline using the mixin registers ``unet``, ``face_adapter``, ``image_encoder``,
 ``feature_extractor`` and ``controlnet`` and sets ``vae_scale_factor``.
@@ -40,7 +51,7 @@ import PIL.Image
 import torch
 from diffusers.utils import BaseOutput
 
-from .errors import CheckpointLayoutError, FaceMakeUpInputError, ModelNotFoundError
+from .errors import CheckpointLayoutError, FaceMakeUpInputError, ModelNotFoundError, NoFaceError
 from .model.id_adapter import FaceIDAdapter, _like, attention_layers
 from .model.loaders import load_checkpoint
 from .model.shadingnet import shadingnet_from_unet
@@ -66,8 +77,13 @@ class FaceMakeUpPipelineOutput(BaseOutput):
         id_embeds: ``(N, 512)`` float32 ArcFace embeddings of the N references.
         face_images: the N CLIP face crops, ``(S, S, 3)`` uint8 RGB (``None`` if ``clip_embeds`` were passed).
         reference_weights: the N mixing weights, normalised to sum to 1.
-        id_tokens: ``(1, num_tokens, D)`` the ID tokens (of the mixed references) the UNet attended to.
+        id_tokens: ``(P, num_tokens, D)`` the ID tokens (of each person's mixed references) the UNet
+            attended to; P = 1 for one person.
         shading_image: ``(H, W, 3)`` uint8 map the ControlNet saw (shading or keypoint map), or ``None``.
+        reference_people: the person (0 .. P-1) of each reference.
+        face_masks: ``(P, H, W)`` float32 in {0, 1}, where each person's ID tokens acted (binarised by
+            ``IPAdapterMaskProcessor``), or ``None`` (one person, everywhere).
+        layout: the ``faces.layout.Layout`` the masks and the default map came from (boxes, faces), or ``None``.
     """
 
     images: Union[list[PIL.Image.Image], np.ndarray, torch.Tensor]
@@ -77,6 +93,9 @@ class FaceMakeUpPipelineOutput(BaseOutput):
     reference_weights: list[float]
     id_tokens: torch.Tensor
     shading_image: np.ndarray | None = None
+    reference_people: list[int] | None = None
+    face_masks: torch.Tensor | None = None
+    layout: Any = None
 
 
 @dataclass
@@ -87,12 +106,16 @@ class FaceConditioning:
         faces: the reference ``Face`` records, or ``None`` (precomputed embeddings).
         id_embeds: ``(N, 512)`` ArcFace embeddings of the N references, on the device.
         face_images: the N CLIP crops ``(S, S, 3)`` uint8, or ``None``.
-        weights: ``(N,)`` mixing weights summing to 1.
-        id_tokens: ``(1, T, D)`` ID tokens of the conditional branch (T = num_tokens, or N x num_tokens
-            for a ``concat`` adapter).
-        uncond_tokens: ``(1, T, D)`` ID tokens of the unconditional branch.
+        weights: ``(N,)`` mixing weights, summing to 1 over each person's references.
+        id_tokens: ``(P, T, D)`` ID tokens of the conditional branch, one row per person (T = num_tokens,
+            or n x num_tokens for a ``concat`` adapter given n references per person).
+        uncond_tokens: ``(P, T, D)`` ID tokens of the unconditional branch.
         shading: ``(1, 3, H, W)`` float map in [0, 1] for the ControlNet, or ``None`` (no ControlNet
             call: no ControlNet, or ``condition="none"``).
+        people: ``(N,)`` the person of each reference.
+        masks: ``(1, P, H, W)`` float {0, 1} IP-Adapter masks (diffusers' ``ip_adapter_masks`` entry),
+            or ``None``: one person, no mask (the plain IP-Adapter path).
+        layout: the ``faces.layout.Layout`` of the people, or ``None``.
     """
 
     faces: list | None
@@ -102,14 +125,23 @@ class FaceConditioning:
     id_tokens: torch.Tensor
     uncond_tokens: torch.Tensor
     shading: torch.Tensor | None
+    people: list[int] | None = None
+    masks: torch.Tensor | None = None
+    layout: Any = None
 
     def tokens(self, batch: int, do_cfg: bool) -> torch.Tensor:
-        """The ID tokens as the UNet's IP-Adapter processors read them: ``(rows, 1, T, D)``, one ID
-        "image" per row; rows = ``2 * batch`` with classifier-free guidance (unconditional first)."""
-        cond = self.id_tokens.expand(batch, -1, -1)[:, None]  # (B, 1, T, D)
+        """The ID tokens as the UNet's IP-Adapter processors read them: ``(rows, P, T, D)``, one ID
+        "image" per person; rows = ``2 * batch`` with classifier-free guidance (unconditional first)."""
+        cond = self.id_tokens[None].expand(batch, -1, -1, -1)  # (B, P, T, D)
         if not do_cfg:
             return cond
-        return torch.cat([self.uncond_tokens.expand(batch, -1, -1)[:, None], cond])  # (2B, 1, T, D)
+        return torch.cat([self.uncond_tokens[None].expand(batch, -1, -1, -1), cond])  # (2B, P, T, D)
+
+    @property
+    def cross_attention_kwargs(self) -> dict | None:
+        """The UNet's ``cross_attention_kwargs``: diffusers' ``{"ip_adapter_masks": [(1, P, H, W)]}`` with
+        masks (one entry: one IP-Adapter), else ``None``."""
+        return None if self.masks is None else {"ip_adapter_masks": [self.masks]}
 
     def output(self, images, shading_image: np.ndarray | None) -> FaceMakeUpPipelineOutput:
         """The pipeline output for ``images`` made with this conditioning."""
@@ -121,6 +153,9 @@ class FaceConditioning:
             reference_weights=self.weights.float().cpu().tolist(),  # equal for a "concat" adapter
             id_tokens=self.id_tokens.float().cpu(),
             shading_image=shading_image,
+            reference_people=list(self.people) if self.people is not None else [0] * len(self.id_embeds),
+            face_masks=None if self.masks is None else self.masks[0].float().cpu(),
+            layout=self.layout,
         )
 
 
@@ -278,9 +313,10 @@ class FaceConditioningMixin:
 
     # ------------------------------------------------------------------ checks
     def check_face_inputs(self, reference_image, id_embeds, face_images, clip_embeds, reference_weights, ip_scale, s_scale,
-                          controlnet_conditioning_scale, shading_image, condition) -> int:
+                          controlnet_conditioning_scale, shading_image, condition, *, reference_people=None, face_masks=None,
+                          layout_image=None, layout_assignment=None, layout_mask="box", height=None, width=None) -> int:
         """Validate the face arguments of ``__call__`` up front (STYLE.md 3); every error names the
-        argument and what was received.
+        argument and what was received. The people arguments: ``check_people_inputs``.
 
         Returns:
             N, the number of references.
@@ -328,7 +364,7 @@ class FaceConditioningMixin:
             v.check_number(ip_scale, "`ip_scale`", low=0, high=v.MAX_ID_SCALE)  # a per-block dict is checked by set_face_adapter_scale
         v.check_number(s_scale, "`s_scale`", low=0, high=v.MAX_ID_SCALE)
         v.check_number(controlnet_conditioning_scale, "`controlnet_conditioning_scale`", low=0, high=v.MAX_ID_SCALE)
-        if self.controlnet is not None and condition != "none" and id_embeds is not None and shading_image is None:
+        if self.controlnet is not None and condition != "none" and id_embeds is not None and shading_image is None and layout_image is None:
             raise ValueError("this pipeline has a ShadingNet: with `id_embeds`, also pass `shading_image` (or condition='none')")
         if self.controlnet is None and condition not in ("shading", "none"):
             raise ValueError(f"`condition={condition!r}` needs a ControlNet: load one (controlnet / --shadingnet)")
@@ -336,7 +372,109 @@ class FaceConditioningMixin:
             if not isinstance(crop, np.ndarray) or crop.ndim != 3 or crop.shape[2] != 3 or 0 in crop.shape or crop.dtype != np.uint8:
                 raise FaceMakeUpInputError(f"`face_images[{i}]` must be a non-empty (S, S, 3) uint8 RGB crop, got "
                                            f"{getattr(crop, 'shape', type(crop).__name__)} {getattr(crop, 'dtype', '')}")
+        self.check_people_inputs(n_refs, reference_people, face_masks, layout_image, layout_assignment, layout_mask, reference_weights,
+                                 height, width)
         return n_refs
+
+    def check_people_inputs(self, n_refs: int, reference_people, face_masks, layout_image, layout_assignment, layout_mask,
+                            reference_weights, height, width) -> int:
+        """Validate the people arguments of ``__call__`` (several people in one image).
+
+        Args:
+            n_refs: N, the number of references. height, width: the output size (``None``: the model's).
+            the others: as ``__call__``.
+
+        Returns:
+            P, the number of people.
+
+        Raises:
+            ValueError: a malformed or contradictory argument (named, with what was received);
+                ``FaceMakeUpInputError`` for mask values (NaN, outside [0, 1], empty after binarisation).
+        """
+        from .faces.layout import MASK_KINDS
+
+        if face_masks is not None and layout_image is not None:
+            raise ValueError("pass either `face_masks` or `layout_image` (whose faces give the masks), not both")
+        if layout_assignment is not None and layout_image is None:
+            raise ValueError("`layout_assignment` picks faces of `layout_image`: pass a layout image too")
+        if layout_mask not in MASK_KINDS:
+            raise ValueError(f"`layout_mask` must be one of {', '.join(map(repr, MASK_KINDS))}, got {layout_mask!r}")
+        people = reference_people
+        if people is not None:
+            people = list(people)
+            if len(people) != n_refs or any(isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 0 for p in people):
+                raise ValueError(f"`reference_people` must give a person number >= 0 for each of the {n_refs} references, got {reference_people!r}")
+            missing = sorted(set(range(max(people) + 1)) - set(people))
+            if missing:
+                raise ValueError(f"`reference_people` {people} leaves person(s) {missing} without a reference: number people 0, 1, ... P-1")
+        n_people = max(people) + 1 if people is not None else None
+        if face_masks is not None:
+            side = self.unet.config.sample_size * self.vae_scale_factor
+            height, width = (v if isinstance(v, int) and v > 0 else side for v in (height or side, width or side))  # bad sizes: check_common_inputs
+            masks = self.prepare_face_masks(face_masks, height, width)  # (P, 1, H, W), checks the values
+            if n_people is None and len(masks) != n_refs:
+                raise ValueError(f"{len(masks)} `face_masks` for {n_refs} references: give one reference per mask, or say which person "
+                                 "each reference shows with `reference_people`")
+            if n_people is not None and len(masks) != n_people:
+                raise ValueError(f"{len(masks)} `face_masks` for {n_people} person(s) in `reference_people`: give one mask per person")
+            n_people = len(masks)
+        if layout_assignment is not None:
+            count = n_people or n_refs
+            if not isinstance(layout_assignment, (list, tuple)) or len(layout_assignment) != count:
+                raise ValueError(f"`layout_assignment` must give a layout face (0 = leftmost) for each of the {count} people, "
+                                 f"got {layout_assignment!r}")
+        n_people = n_people or (n_refs if layout_image is not None else 1)
+        if reference_weights is not None and n_people > 1:
+            w = np.asarray(list(reference_weights), dtype=np.float64)
+            owner = np.asarray(people if people is not None else range(n_refs))
+            for p in range(n_people):
+                if w[owner == p].sum() <= 0:
+                    raise ValueError(f"`reference_weights` of person {p} sum to 0: give each person a positive weight")
+        if self.face_adapter.config.multi_face == "concat" and n_people > 1 and people is not None:
+            counts = {people.count(p) for p in range(n_people)}
+            if len(counts) > 1:
+                raise ValueError("this adapter gives every reference its own ID tokens (IP-Adapter-FaceID-Portrait): with several "
+                                 "people, give each person the same number of references")
+        return n_people
+
+    def prepare_face_masks(self, face_masks, height: int, width: int) -> torch.Tensor:
+        """Masks as diffusers' IP-Adapter reads them: ``IPAdapterMaskProcessor.preprocess`` (grey, resized to
+        the output size, binarised at 0.5).
+
+        Args:
+            face_masks: ``(P, H, W)`` float tensor in [0, 1], or a list of P PIL images (any mode; converted
+                to grey, 255 = inside). Any size with the output's aspect ratio (within 1%).
+            height, width: the output size in pixels.
+
+        Returns:
+            ``(P, 1, height, width)`` float32 in {0, 1}.
+
+        Raises:
+            ValueError: not a (P, H, W) tensor or list of PIL images, or another aspect ratio.
+            FaceMakeUpInputError: NaN or values outside [0, 1]; a mask empty after binarisation.
+        """
+        from diffusers.image_processor import IPAdapterMaskProcessor
+
+        if isinstance(face_masks, torch.Tensor):
+            if face_masks.ndim != 3 or 0 in face_masks.shape or not face_masks.is_floating_point():
+                raise ValueError(f"`face_masks` must be a (P, H, W) float tensor in [0, 1], got {face_masks.dtype} {tuple(face_masks.shape)}")
+            if not torch.isfinite(face_masks).all() or face_masks.min() < 0 or face_masks.max() > 1:
+                raise FaceMakeUpInputError("`face_masks` must hold finite values in [0, 1] (1 = the person's region)")
+            sizes = [tuple(face_masks.shape[1:])]
+            given = face_masks.detach().float().cpu()
+        elif isinstance(face_masks, (list, tuple)) and face_masks and all(isinstance(m, PIL.Image.Image) for m in face_masks):
+            sizes = [(m.height, m.width) for m in face_masks]
+            given = list(face_masks)
+        else:
+            raise ValueError(f"`face_masks` must be a (P, H, W) tensor or a list of PIL images, got {type(face_masks).__name__}")
+        for h, w in sizes:
+            if abs(w / h - width / height) > 0.01 * width / height:
+                raise ValueError(f"`face_masks` of {w}x{h} do not have the output's aspect ratio ({width}x{height}): make them at the output size")
+        masks = IPAdapterMaskProcessor().preprocess(given, height=height, width=width)  # (P, 1, H, W) in {0, 1}
+        for p, m in enumerate(masks):
+            if not (m > 0).any():
+                raise FaceMakeUpInputError(f"`face_masks[{p}]` is empty (no value >= 0.5): every person needs a region")
+        return masks.float()
 
     def check_common_inputs(self, height, width, num_inference_steps, guidance_scale, num_images_per_prompt, generator, seed,
                             callback_on_step_end_tensor_inputs) -> None:
@@ -391,8 +529,11 @@ class FaceConditioningMixin:
     @torch.no_grad()
     def prepare_face_conditioning(self, reference_image, face_index: int, id_embeds, face_images, clip_embeds, uncond_clip_embeds,
                                   reference_weights, s_scale: float, ip_scale, shading_image, condition: str,
-                                  shading_crop_factor: float, height: int, width: int, device) -> FaceConditioning:
-        """Steps 1-3 of both pipelines: references -> ID tokens, and the ControlNet's map.
+                                  shading_crop_factor: float, height: int, width: int, device, *, reference_people=None,
+                                  face_masks=None, layout_image=None, layout_assignment=None,
+                                  layout_mask: str = "box") -> FaceConditioning:
+        """Steps 1-3 of both pipelines: references -> ID tokens (one row per person), the people's masks,
+        and the ControlNet's map.
 
         Args:
             as ``__call__`` (already checked by ``check_face_inputs``); ``height``/``width`` the output size.
@@ -401,8 +542,9 @@ class FaceConditioningMixin:
             The ``FaceConditioning`` of this generation.
 
         Raises:
-            ImageReadError, NoFaceError, IndexError: a reference photo cannot be used.
-            FitError: a shading map is needed but the reference's 3D fit failed.
+            ImageReadError, NoFaceError, IndexError: a reference (or the layout) photo cannot be used.
+            FaceMakeUpInputError: the layout's faces do not match the people (``faces.layout``).
+            FitError: a shading map is needed but a face's 3D fit failed.
         """
         # 1. References -> ArcFace embeddings and CLIP face crops
         faces = None
@@ -423,34 +565,64 @@ class FaceConditioningMixin:
                 uncond_clip_embeds = self.uncond_clip_embeds(device)  # (1, L, C)
             uncond_clip_embeds = uncond_clip_embeds.to(device=device, dtype=adapter.dtype)
 
-        # 3. ID tokens, once for all steps. Several references are mixed before the projection, as
-        #    Face-MakeUp's `mix` (CLIP features) and IP-Adapter-FaceID's averaging (ID embeddings)
-        #    do; a "concat" adapter (Portrait) gives each its own tokens instead.
+        # 3. ID tokens, once for all steps, one row per person. A person's references are mixed before
+        #    the projection, as Face-MakeUp's `mix` (CLIP features) and IP-Adapter-FaceID's averaging (ID
+        #    embeddings) do; a "concat" adapter (Portrait) gives each its own tokens instead.
         n_refs = len(id_embeds)
+        people = list(reference_people) if reference_people is not None else (
+            list(range(n_refs)) if face_masks is not None or layout_image is not None else [0] * n_refs)
+        n_people = max(people) + 1
+        owner = torch.tensor(people)
+        picks = [owner == p for p in range(n_people)]  # (N,) bool per person
         weights = torch.tensor(reference_weights if reference_weights is not None else [1.0] * n_refs, dtype=torch.float64)
-        weights = (weights / weights.sum()).to(device=device, dtype=adapter.dtype)  # (N,)
+        weights = weights / torch.stack([weights[sel].sum() for sel in picks])[owner]  # (N,) summing to 1 per person
+        weights = weights.to(device=device, dtype=adapter.dtype)
         if adapter.config.multi_face == "concat":
             tokens = adapter.project(id_embeds, None, s_scale)  # (N, T, D)
-            id_tokens = tokens.reshape(1, -1, tokens.shape[-1])  # (1, N*T, D)
-            uncond_tokens = adapter.project(torch.zeros_like(id_embeds), None, s_scale).reshape(1, -1, tokens.shape[-1])
+            blank = adapter.project(torch.zeros_like(id_embeds), None, s_scale)  # (N, T, D)
+            id_tokens = torch.stack([tokens[sel].reshape(-1, tokens.shape[-1]) for sel in picks])  # (P, n*T, D)
+            uncond_tokens = torch.stack([blank[sel].reshape(-1, tokens.shape[-1]) for sel in picks])  # (P, n*T, D)
         else:
-            mixed_id = (weights[:, None] * id_embeds).sum(0, keepdim=True)  # (1, 512)
-            mixed_clip = (weights[:, None, None] * clip_embeds).sum(0, keepdim=True) if self.reads_clip else None  # (1, L, C)
-            id_tokens = adapter.project(mixed_id, mixed_clip, s_scale)  # (1, T, D)
-            uncond_tokens = adapter.project(torch.zeros_like(mixed_id), uncond_clip_embeds, s_scale)  # (1, T, D)
+            mixed_id = torch.cat([(weights[sel, None] * id_embeds[sel]).sum(0, keepdim=True) for sel in picks])  # (P, 512)
+            mixed_clip = torch.cat([(weights[sel, None, None] * clip_embeds[sel]).sum(0, keepdim=True)
+                                    for sel in picks]) if self.reads_clip else None  # (P, L, C)
+            id_tokens = adapter.project(mixed_id, mixed_clip, s_scale)  # (P, T, D)
+            uncond_tokens = adapter.project(torch.zeros_like(mixed_id[:1]), uncond_clip_embeds, s_scale)  # (1, T, D)
+            uncond_tokens = uncond_tokens.expand(n_people, -1, -1)  # (P, T, D): the same blank person everywhere
         if ip_scale is not None:
             self.set_face_adapter_scale(ip_scale)
+
+        # 3a. People: each person's place (faces.layout): the masks given, a layout photo's faces, or
+        #     P columns side by side. One person without masks or layout: no mask at all (as before).
+        layout = masks = None
+        if face_masks is not None or layout_image is not None or n_people > 1:
+            from .faces import layout as places
+
+            first_faces = None if faces is None else [faces[people.index(p)] for p in range(n_people)]  # each person's first photo
+            if face_masks is not None:
+                given = self.prepare_face_masks(face_masks, height, width)  # (P, 1, H, W) in {0, 1}
+                layout = places.layout_from_masks(given[:, 0].numpy(), first_faces, shading_crop_factor)
+            elif layout_image is not None:
+                found = self._analyzer().get(layout_image)
+                if not found:
+                    raise NoFaceError("`layout_image`: no face found; use a photo with one clearly visible face per person")
+                layout = places.layout_from_photo(found, n_people, height, width, layout_assignment, layout_mask)
+            else:
+                layout = places.side_by_side(n_people, height, width, first_faces, shading_crop_factor)
+            masks = torch.from_numpy(layout.masks)[None].to(device)  # (1, P, H, W): diffusers' ip_adapter_masks entry
 
         # 3b. The ControlNet's map: Face-MakeUpV2's shading map or V1's keypoint map, given or made
         #     from the first reference
         shading = None
         if self.controlnet is not None and condition != "none":
-            if shading_image is None:
+            if shading_image is None and layout is not None:  # every person's face in its place
+                shading_image = layout.condition_map(condition)
+            elif shading_image is None:
                 from .faces.conditions import condition_map
 
                 shading_image = condition_map(faces[0], condition, shading_crop_factor, height, width)
             shading = self._shading_tensor(shading_image, height, width, device)  # (1, 3, H, W) in [0, 1]
-        return FaceConditioning(faces, id_embeds, face_images, weights, id_tokens, uncond_tokens, shading)
+        return FaceConditioning(faces, id_embeds, face_images, weights, id_tokens, uncond_tokens, shading, people, masks, layout)
 
     def _shading_tensor(self, image, height: int, width: int, device) -> torch.Tensor:
         """``(1, 3, H, W)`` float in [0, 1] from a shading map given as image or tensor."""
@@ -471,9 +643,11 @@ class FaceConditioningMixin:
         """The denoising loop over ``self.scheduler.timesteps`` (already set), shared by both pipelines.
 
         Per step: the ControlNet (when ``cond.shading`` is set) reads its map and attends to the ID
-        tokens only (Face-MakeUp V1/V2, InstantID's IdentityNet); the UNet reads the text and, through
-        its IP-Adapter processors, the ID tokens (``encoder_hidden_states=(text, [tokens])``, diffusers'
-        explicit form, STYLE.md 7); classifier-free guidance; the scheduler step; diffusers' step callback.
+        tokens only (Face-MakeUp V1/V2, InstantID's IdentityNet; with P people all of theirs, concatenated);
+        the UNet reads the text and, through its IP-Adapter processors, the ID tokens
+        (``encoder_hidden_states=(text, [tokens])``, diffusers' explicit form, STYLE.md 7), each person's
+        inside its mask (``cross_attention_kwargs={"ip_adapter_masks": [...]}``); classifier-free guidance;
+        the scheduler step; diffusers' step callback.
 
         Args:
             latents: ``(B, C, h, w)`` initial latents, already scaled by ``init_noise_sigma``.
@@ -491,7 +665,7 @@ class FaceConditioningMixin:
         """
         do_cfg = guidance_scale > 1.0
         batch = len(latents)
-        tokens = cond.tokens(batch, do_cfg)  # (rows, 1, T, D)
+        tokens = cond.tokens(batch, do_cfg)  # (rows, P, T, D)
         step_kwargs = {"generator": generator} if "generator" in self.scheduler.step.__code__.co_varnames else {}
         if hasattr(self.scheduler, "set_begin_index"):
             self.scheduler.set_begin_index(0)
@@ -501,12 +675,13 @@ class FaceConditioningMixin:
                 model_in = self.scheduler.scale_model_input(model_in, t)
                 residuals = {}
                 if controlnet_cond is not None:  # the ControlNet: reads its map, attends to the ID tokens only
-                    down, mid = self.controlnet(
+                    down, mid = self.controlnet(  # context (rows, P*T, D): every person's tokens
                         model_in, t, encoder_hidden_states=tokens.flatten(1, 2), controlnet_cond=controlnet_cond,
                         conditioning_scale=controlnet_conditioning_scale, added_cond_kwargs=added_cond_kwargs, return_dict=False,
                     )
                     residuals = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
                 noise = self.unet(model_in, t, encoder_hidden_states=(prompt_embeds, [tokens]), added_cond_kwargs=added_cond_kwargs,
+                                  cross_attention_kwargs=cond.cross_attention_kwargs,  # people: each person's mask
                                   **residuals).sample  # epsilon (or v: the scheduler's prediction_type)
                 if do_cfg:
                     noise_uncond, noise_text = noise.chunk(2)

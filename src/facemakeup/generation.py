@@ -13,6 +13,15 @@ everything between is here, once (DESIGN.md, "One generate function"):
    ``shading.png`` / ``keypoints.png``, ``conditions.png`` and ``provenance.json`` (inputs with
    SHA-256, every parameter, models, versions, timings).
 
+Several people in one image (``GenerationRequest.people``, each a ``Person`` with its photos and
+weights): each person's ID tokens act only inside its mask (the pipeline's ``face_masks``). The places
+come from ``faces.layout``: a layout photo's faces left to right (``layout``, or ``layout_faces`` to
+choose), each face box grown to the head or its parsed head region (``mask``), and the map renders
+every layout face under its own lighting or the one chosen light; without a layout, P columns side by
+side, each person's reference drawn in its column. ``write_outputs`` adds ``mask_PP.png`` per person
+and a ``"people"`` list to ``provenance.json`` (each person's references with SHA-256, weights, box,
+mask file, layout face).
+
 Example:
     >>> analyzer = FaceAnalyzer(fitter="mediapipe")
     >>> photo = read_photo("me.jpg", analyzer)
@@ -73,13 +82,32 @@ def read_photo(path: str | os.PathLike, analyzer, max_faces: int | None = None) 
 
 
 @dataclass
+class Person:
+    """One person of a several-people request.
+
+    Attributes:
+        references: ``(Photo, face index)`` per photo of the person (several are mixed by ``weights``).
+        weights: one mixing weight >= 0 per photo, or ``None`` (equal).
+    """
+
+    references: list[tuple[Photo, int]]
+    weights: list[float] | None = None
+
+
+@dataclass
 class GenerationRequest:
     """Everything one generation reads (the CLI's flags, the demo's page).
 
     Attributes:
         prompt, negative_prompt: text (``negative_prompt`` ``None``: the pipeline's empty / zero negative).
-        references: ``(Photo, face index)`` per reference of the person (several are mixed by ``weights``).
+        references: ``(Photo, face index)`` per reference of the person (several are mixed by ``weights``);
+            empty when ``people`` is given.
         weights: one mixing weight >= 0 per reference, or ``None`` (equal).
+        people: several people in one image, one ``Person`` each (``None``: the one person of ``references``).
+        layout: a photo with one face per person: their places and poses (``faces.layout.layout_from_photo``);
+            ``None``: with ``people``, P columns side by side. Also allowed for one person (a place and a mask).
+        layout_faces: per person the layout face it takes (0 = leftmost), or ``None`` (left to right, one each).
+        mask: a person's mask from a layout face: ``"box"`` (face box grown to the head) or ``"parsing"``.
         shading_from: the photo whose main face gives the map's pose and shape (and, unless told
             otherwise, its light): Face-MakeUpV2's target image; ``None``: the first reference.
         light_from: a photo whose main face's SH lighting relights the map, or ``None``.
@@ -113,11 +141,34 @@ class GenerationRequest:
     height: int | None = None
     width: int | None = None
     truncate_prompt: bool = False
+    people: list[Person] | None = None
+    layout: Photo | None = None
+    layout_faces: list[int] | None = None
+    mask: str = "box"
 
     def parameters(self) -> dict:
         """The request's numbers and switches, for ``provenance.json``."""
-        skip = {"prompt", "negative_prompt", "references", "weights", "shading_from", "light_from", "light_dir"}
+        skip = {"prompt", "negative_prompt", "references", "weights", "shading_from", "light_from", "light_dir", "people", "layout"}
         return {k: v for k, v in self.__dict__.items() if k not in skip}
+
+    @property
+    def several(self) -> bool:
+        """Whether people get places and masks (``people`` or a ``layout`` given)."""
+        return self.people is not None or self.layout is not None
+
+    def persons(self) -> list[Person]:
+        """The people of the request: ``people``, or the one person of ``references`` / ``weights``."""
+        return list(self.people) if self.people is not None else [Person(list(self.references), self.weights)]
+
+    def flat(self) -> tuple[list[tuple[Photo, int]], list[int], list[float] | None]:
+        """``(references, person of each, weights)`` over all people, in order (weights ``None``: all equal)."""
+        refs, owner, weights = [], [], []
+        for p, person in enumerate(self.persons()):
+            refs += person.references
+            owner += [p] * len(person.references)
+            weights += list(person.weights) if person.weights is not None else [1.0] * len(person.references)
+        given = self.people is None and self.weights is not None or any(q.weights is not None for q in self.people or [])
+        return refs, owner, weights if given else None
 
 
 @dataclass
@@ -127,9 +178,12 @@ class Conditions:
     Attributes:
         faces: the chosen ``Face`` of each reference, its CLIP crop at the request's ``crop_factor``.
         map: ``(height, width, 3)`` uint8 ControlNet map (shading or keypoints), or ``None`` (no ControlNet).
-        sh: ``(9, 3)`` SH lighting of a shading map, or ``None``.
+        sh: ``(9, 3)`` SH lighting of a shading map, or ``None`` (also with people lit each by their own).
         size: ``(height, width)`` of the output in pixels.
         request: the request they were made from.
+        people: the person of each face in ``faces``.
+        layout: the people's places (``faces.layout.Layout``: boxes, masks, faces drawn), or ``None`` (one
+            person without a layout: no mask).
     """
 
     faces: list
@@ -137,6 +191,8 @@ class Conditions:
     sh: np.ndarray | None = None
     size: tuple[int, int] = (0, 0)
     request: GenerationRequest | None = None
+    people: list[int] = field(default_factory=list)
+    layout: object = None
 
 
 @dataclass
@@ -151,8 +207,14 @@ class GenerationResult:
 
 
 def output_size(pipe, request: GenerationRequest) -> tuple[int, int]:
-    """``(height, width)`` of the images: the request's, else the model's (``sample_size * vae_scale_factor``)."""
+    """``(height, width)`` of the images: the request's, else the model's (``sample_size * vae_scale_factor``);
+    with a layout photo and no size given, the layout's aspect ratio with the model's side as the longer
+    side (``faces.layout.layout_size``)."""
     side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    if request.layout is not None and request.height is None and request.width is None:
+        from .faces.layout import layout_size
+
+        return layout_size(*request.layout.rgb.shape[:2], side)
     return request.height or side, request.width or side
 
 
@@ -162,22 +224,30 @@ def prepare_conditions(pipe, request: GenerationRequest) -> Conditions:
     Raises:
         NoFaceError: a reference's face index is beyond the faces found.
         FitError: a shading map is needed and the 3D fit of its face (or of the light's photo) failed.
-        ValueError: relighting asked for without a shading map.
+        ValueError: relighting asked for without a shading map; ``FaceMakeUpInputError`` for people that do
+            not match the layout's faces (``faces.layout``), or a layout with ``shading_from``.
     """
     from .faces.align import clip_crop, landmark_box
 
     size = pipe.image_encoder.config.image_size if pipe.image_encoder is not None else 224
+    refs, owner, _ = request.flat()
+    if request.people is not None and request.references:
+        raise ValueError("give the photos either as `references` (one person) or as `people`, not both")
+    if not refs:
+        raise ValueError("no reference photo: give each person at least one")
     faces = []
-    for photo, index in request.references:
+    for photo, index in refs:
         if not 0 <= index < len(photo.faces):
             raise NoFaceError(f"{photo.label}: face #{index} chosen, but {len(photo.faces)} face(s) were found (face_index={index})")
         face = photo.faces[index]
         faces.append(replace(face, clip_image=clip_crop(photo.rgb, face.kps, size, request.crop_factor),
                              clip_box=landmark_box(face.kps, request.crop_factor)))
     height, width = output_size(pipe, request)
-    cond = Conditions(faces, size=(height, width), request=request)
+    cond = Conditions(faces, size=(height, width), request=request, people=owner)
     if (request.light_from is not None or request.light_dir is not None) and request.condition != "shading":
         raise ValueError(f"relighting acts on the shading map; condition {request.condition!r} has none")
+    if request.several:
+        return _place_people(pipe, request, cond)
     if pipe.controlnet is None or request.condition == "none":
         return cond
     source = request.shading_from.faces[0] if request.shading_from is not None else faces[0]
@@ -203,6 +273,51 @@ def prepare_conditions(pipe, request: GenerationRequest) -> Conditions:
         sh = source.fit.sh
     cond.sh = np.asarray(sh)
     cond.map = shading_map(source.fit, source.kps, sh=cond.sh, crop_factor=request.shading_crop_factor, height=height, width=width)
+    return cond
+
+
+def _lighting(request: GenerationRequest) -> np.ndarray | None:
+    """The one chosen light of a request (``light_from``'s face or ``light_dir``), or ``None``.
+
+    Raises:
+        FitError: the light photo's 3D fit failed.
+    """
+    from .faces.lighting import sh_from_direction
+
+    if request.light_from is not None:
+        light = request.light_from.faces[0]
+        if light.fit is None:
+            raise FitError(f"{request.light_from.label}: the 3D fit of the light photo's face failed ({light.fit_error}); use a photo "
+                           "with a clearer, more frontal face")
+        return np.asarray(light.fit.sh)
+    if request.light_dir is not None:
+        return np.asarray(sh_from_direction(request.light_dir, request.light_strength))
+    return None
+
+
+def _place_people(pipe, request: GenerationRequest, cond: Conditions) -> Conditions:
+    """The places, masks and map of a several-people request (``faces.layout``)."""
+    from .errors import FaceMakeUpInputError
+    from .faces import layout as places
+
+    if request.shading_from is not None:
+        raise FaceMakeUpInputError("with several people (or a layout) the map's poses come from the layout photo or each person's "
+                                   "reference: use a layout photo instead of shading_from")
+    n_people = len(request.persons())
+    height, width = cond.size
+    firsts = [cond.faces[cond.people.index(p)] for p in range(n_people)]  # each person's first photo
+    if request.layout is not None:
+        cond.layout = places.layout_from_photo(request.layout.faces, n_people, height, width, request.layout_faces, request.mask)
+    else:
+        cond.layout = places.side_by_side(n_people, height, width, firsts, request.shading_crop_factor)
+    if pipe.controlnet is not None and request.condition != "none":
+        light = _lighting(request) if request.condition == "shading" else None
+        cond.sh = light
+        try:
+            cond.map = cond.layout.condition_map(request.condition, light)
+        except FitError as err:
+            where = f"{request.layout.label}: " if request.layout is not None else ""
+            raise FitError(f"{where}{err}") from None
     return cond
 
 
@@ -233,17 +348,42 @@ def generate(pipe, request: GenerationRequest, conditions: Conditions | None = N
         return {}
 
     height, width = cond.size
+    _, owner, weights = request.flat()
+    people = {} if cond.layout is None else {"reference_people": owner, "face_masks": torch.from_numpy(cond.layout.masks)}
     t0 = time.perf_counter()
     out = pipe(request.prompt, id_embeds=pipe.face_id_embeds(cond.faces),
                face_images=[f.clip_image for f in cond.faces] if pipe.reads_clip else None,
                negative_prompt=request.negative_prompt, num_images_per_prompt=request.num_images, height=height, width=width,
                num_inference_steps=request.steps, guidance_scale=request.guidance_scale, ip_scale=request.ip_scale,
-               s_scale=request.s_scale, reference_weights=list(request.weights) if request.weights else None, seed=request.seed,
+               s_scale=request.s_scale, reference_weights=weights, seed=request.seed,
                shading_image=cond.map, controlnet_conditioning_scale=request.controlnet_scale, condition=request.condition,
-               truncate_prompt=request.truncate_prompt, callback_on_step_end=on_step)
+               truncate_prompt=request.truncate_prompt, callback_on_step_end=on_step, **people)
     timings["generate_s"] = time.perf_counter() - t0
     timings["per_step_s"] = timings["generate_s"] / request.steps
     return GenerationResult(out, cond, timings, type(pipe.scheduler).__name__)
+
+
+def _people_records(request: GenerationRequest, result: GenerationResult, folder: Path, names: list[str]) -> list[dict]:
+    """Write ``mask_PP.png`` per person (appended to ``names``) and return the ``"people"`` records."""
+    from PIL import Image
+
+    cond, out = result.conditions, result.output
+    masks = out.face_masks.numpy() if out.face_masks is not None else cond.layout.masks  # what the attention saw
+    records = []
+    faces = iter(cond.faces)
+    weights = iter(out.reference_weights)
+    for p, (person, place) in enumerate(zip(request.persons(), cond.layout.to_json())):
+        name = f"mask_{p:02d}.png"
+        Image.fromarray((masks[p] > 0.5).astype(np.uint8) * 255).save(folder / name)
+        names.append(name)
+        rec = {"person": p, "references": [_photo_record(photo, next(faces), i) for photo, i in person.references],
+               "weights": [next(weights) for _ in person.references], **place, "mask": name, "source": cond.layout.source}
+        if cond.layout.layout_faces is not None:
+            rec["layout_bbox"] = [float(v) for v in cond.layout.faces[p].bbox]
+        if cond.layout.faces[p] is not None and cond.sh is None and request.condition == "shading" and cond.map is not None:
+            rec["sh"] = np.asarray(cond.layout.faces[p].fit.sh).tolist()  # this face's own lighting in the map
+        records.append(rec)
+    return records
 
 
 def _photo_record(photo: Photo, face, face_index: int | None = None) -> dict:
@@ -260,10 +400,13 @@ def write_outputs(folder: str | os.PathLike, request: GenerationRequest, result:
     """Write a generation's files into ``folder`` (which exists).
 
     Files: ``image_NN.png`` (PNG text chunk ``facemakeup``: prompt, seed, index, model), ``grid.png``
-    (several images), ``shading.png`` or ``keypoints.png`` (the ControlNet's map), ``conditions.png``
-    (``viz.conditions_sheet``) and ``provenance.json``: ``task``, ``inputs`` (references with their
-    SHA-256 and face, weights, prompts, the shading/light photos, light direction and SH),
-    ``parameters`` (the request's, the scheduler, plus ``parameters``), ``models``, ``outputs``,
+    (several images), ``shading.png`` or ``keypoints.png`` (the ControlNet's map), ``mask_PP.png`` (each
+    person's mask, with several people or a layout), ``conditions.png`` (``viz.conditions_sheet``, the
+    masks drawn on the map) and ``provenance.json``: ``task``, ``inputs`` (references with their SHA-256,
+    face and person, weights, prompts, the shading/light/layout photos, light direction and SH),
+    ``people`` (with several people or a layout: per person its ``references`` with SHA-256, ``weights``,
+    ``box`` and ``mask`` file, ``mask_fraction``, ``layout_face`` and that face's ``bbox`` in the layout
+    photo), ``parameters`` (the request's, the scheduler, plus ``parameters``), ``models``, ``outputs``,
     ``timings``, package versions (``provenance.environment``), plus ``extra``'s keys.
 
     Returns:
@@ -295,13 +438,19 @@ def write_outputs(folder: str | os.PathLike, request: GenerationRequest, result:
     if out.shading_image is not None:
         names.append("keypoints.png" if request.condition == "keypoints" else "shading.png")
         Image.fromarray(out.shading_image).save(folder / names[-1])
-    conditions_sheet([p.rgb for p, _ in request.references], cond.faces, shading=out.shading_image).save(folder / "conditions.png")
+    refs, owner, _ = request.flat()
+    people = None
+    if cond.layout is not None:
+        people = _people_records(request, result, folder, names)
+    conditions_sheet([p.rgb for p, _ in refs], cond.faces, shading=out.shading_image, layout=cond.layout, people=owner if people else None,
+                     layout_photo=request.layout.rgb if request.layout is not None else None).save(folder / "conditions.png")
     names.append("conditions.png")
     with_map = out.shading_image is not None
     record = {
         "task": task,
         "inputs": {
-            "references": [_photo_record(p, f, i) for (p, i), f in zip(request.references, cond.faces)],
+            "references": [{**_photo_record(p, f, i), **({"person": o} if people else {})}
+                           for (p, i), f, o in zip(refs, cond.faces, owner)],
             "reference_weights": out.reference_weights,
             "prompt": request.prompt,
             "negative_prompt": request.negative_prompt,
@@ -311,7 +460,11 @@ def write_outputs(folder: str | os.PathLike, request: GenerationRequest, result:
             "light_dir": list(request.light_dir) if request.light_dir is not None else None,
             "light_strength": request.light_strength if request.light_dir is not None else None,
             "sh": cond.sh.tolist() if cond.sh is not None else None,
+            **({"layout": {"name": request.layout.label, "sha256": request.layout.sha256, **({"path": request.layout.path}
+                                                                                          if request.layout.path else {})}}
+               if request.layout is not None else {}),
         },
+        **({"people": people} if people else {}),
         "parameters": {**request.parameters(), "height": cond.size[0], "width": cond.size[1],
                        "controlnet_scale": request.controlnet_scale if with_map else None,
                        "condition": request.condition if with_map else None, "scheduler": result.scheduler, **(parameters or {})},

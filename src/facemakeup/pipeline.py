@@ -189,7 +189,7 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
                      height, width, num_inference_steps, guidance_scale, ip_scale, num_images_per_prompt, generator, seed,
                      prompt_embeds=None, negative_prompt_embeds=None, shading_image=None, condition="shading",
                      callback_on_step_end_tensor_inputs=("latents",),
-                     s_scale=1.0, controlnet_conditioning_scale=0.5, truncate_prompt=False):
+                     s_scale=1.0, controlnet_conditioning_scale=0.5, truncate_prompt=False, people=None):
         """Validate user input up front; every error names the argument and what was received.
 
         Raises:
@@ -219,7 +219,7 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
             if len(neg) != len(texts):
                 raise ValueError(f"`negative_prompt` has {len(neg)} entries but `prompt` has {len(texts)}")
         self.check_face_inputs(reference_image, id_embeds, face_images, clip_embeds, reference_weights, ip_scale, s_scale,
-                               controlnet_conditioning_scale, shading_image, condition)
+                               controlnet_conditioning_scale, shading_image, condition, height=height, width=width, **(people or {}))
         self.check_common_inputs(height, width, num_inference_steps, guidance_scale, num_images_per_prompt, generator, seed,
                                  callback_on_step_end_tensor_inputs)
         self.check_prompts([self.tokenizer], {"prompt": prompt if prompt_embeds is None else None, "negative_prompt": negative_prompt},
@@ -254,6 +254,11 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
         controlnet_conditioning_scale: float = 0.5,
         shading_crop_factor: float = 5.0,
         condition: str = "shading",
+        reference_people: list[int] | None = None,
+        face_masks: torch.Tensor | list | None = None,
+        layout_image: ImageInput | None = None,
+        layout_assignment: list[int] | None = None,
+        layout_mask: str = "box",
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Callable[["FaceMakeUpPipeline", int, Any, dict], dict] | None = None,
@@ -305,6 +310,24 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
             condition (`str`, defaults to "shading"): what the ControlNet reads: ``"shading"``
                 (Face-MakeUpV2's ShadingNet), ``"keypoints"`` (Face-MakeUp V1: InstantID-style
                 ``draw_kps``) or ``"none"`` (the ControlNet is not run).
+            reference_people (`list[int]`, *optional*): the person (0 .. P-1) each reference shows, for
+                several people in one image; a person's references mix by ``reference_weights`` (normalised
+                per person). Default: with ``face_masks`` or ``layout_image`` each reference is its own
+                person, else all references are one person (no masks). P > 1 without masks or layout puts
+                the people side by side in P equal columns (``faces.layout.side_by_side``).
+            face_masks (`torch.Tensor` or `list[PIL.Image.Image]`, *optional*): ``(P, H, W)`` float in [0, 1]
+                (or P PIL masks, 255 = inside), the output's aspect ratio: person p's ID tokens act only
+                inside mask p, with diffusers' masked IP-Adapter semantics (``IPAdapterMaskProcessor``
+                resizes to the output and binarises at 0.5; bicubic down-sampling per attention
+                resolution). The default map then draws each person's first reference in its mask's box.
+            layout_image (image, *optional*): a photo with one face per person: its faces, left to right,
+                give the people's places (masks: each face box grown to the head, or its parsed head
+                region, ``layout_mask``) and the map with every face (``faces.layout.layout_from_photo``);
+                the photo is fitted inside the output, nothing cut.
+            layout_assignment (`list[int]`, *optional*): per person the layout face it takes, counted left to
+                right from 0 (default: person p takes the p-th face; then P must equal the faces found).
+            layout_mask (`str`, defaults to "box"): ``"box"`` (face box grown to the head) or ``"parsing"``
+                (the face parser's head region: face, hair, ears, hat).
             output_type (`str`, defaults to "pil"): "pil", "np", "pt" or "latent".
             return_dict (`bool`, defaults to True): return a ``FaceMakeUpPipelineOutput``, else a tuple.
             callback_on_step_end (`Callable`, *optional*): called after each denoising step as
@@ -326,10 +349,12 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
             FitError: a shading map is needed but the reference's 3D fit failed.
         """
         # 0. Check inputs
+        people = {"reference_people": reference_people, "face_masks": face_masks, "layout_image": layout_image,
+                  "layout_assignment": layout_assignment, "layout_mask": layout_mask}
         self.check_inputs(prompt, negative_prompt, reference_image, id_embeds, face_images, clip_embeds, reference_weights,
                           height, width, num_inference_steps, guidance_scale, ip_scale, num_images_per_prompt, generator, seed,
                           prompt_embeds, negative_prompt_embeds, shading_image, condition, callback_on_step_end_tensor_inputs,
-                          s_scale, controlnet_conditioning_scale, truncate_prompt)
+                          s_scale, controlnet_conditioning_scale, truncate_prompt, people)
         device = self._execution_device
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
@@ -353,7 +378,7 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
         # 2-3. The face conditioning: references -> ID tokens; the ControlNet's map
         cond = self.prepare_face_conditioning(reference_image, face_index, id_embeds, face_images, clip_embeds, uncond_clip_embeds,
                                               reference_weights, s_scale, ip_scale, shading_image, condition, shading_crop_factor,
-                                              height, width, device)
+                                              height, width, device, **people)
 
         # 4. Timesteps and initial latents
         self.scheduler.set_timesteps(num_inference_steps, device=device)

@@ -296,6 +296,11 @@ class FaceMakeUpXLPipeline(FaceConditioningMixin, DiffusionPipeline):
         controlnet_conditioning_scale: float = 0.5,
         shading_crop_factor: float = 5.0,
         condition: str = "shading",
+        reference_people: list[int] | None = None,
+        face_masks: torch.Tensor | list | None = None,
+        layout_image: ImageInput | None = None,
+        layout_assignment: list[int] | None = None,
+        layout_mask: str = "box",
         original_size: tuple[int, int] | None = None,
         crops_coords_top_left: tuple[int, int] = (0, 0),
         target_size: tuple[int, int] | None = None,
@@ -314,6 +319,7 @@ class FaceMakeUpXLPipeline(FaceConditioningMixin, DiffusionPipeline):
             prompt, reference_image, negative_prompt, num_images_per_prompt, num_inference_steps, ip_scale,
             s_scale, reference_weights, face_index, generator, seed, id_embeds, face_images, clip_embeds,
             uncond_clip_embeds, shading_image, controlnet_conditioning_scale, shading_crop_factor, condition,
+            reference_people, face_masks, layout_image, layout_assignment, layout_mask (several people in one image),
             output_type, return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, truncate_prompt:
                 as ``FaceMakeUpPipeline.__call__``.
             prompt_2, negative_prompt_2 (`str` or `list[str]`, *optional*): for the second text encoder
@@ -341,8 +347,10 @@ class FaceMakeUpXLPipeline(FaceConditioningMixin, DiffusionPipeline):
         # 0. Check inputs
         n_prompts = self.check_inputs(prompt, prompt_2, negative_prompt, negative_prompt_2, prompt_embeds, negative_prompt_embeds,
                                       pooled_prompt_embeds, negative_pooled_prompt_embeds, truncate_prompt)
+        people = {"reference_people": reference_people, "face_masks": face_masks, "layout_image": layout_image,
+                  "layout_assignment": layout_assignment, "layout_mask": layout_mask}
         self.check_face_inputs(reference_image, id_embeds, face_images, clip_embeds, reference_weights, ip_scale, s_scale,
-                               controlnet_conditioning_scale, shading_image, condition)
+                               controlnet_conditioning_scale, shading_image, condition, height=height, width=width, **people)
         self.check_common_inputs(height, width, num_inference_steps, guidance_scale, num_images_per_prompt, generator, seed,
                                  callback_on_step_end_tensor_inputs)
         device = self._execution_device
@@ -384,7 +392,7 @@ class FaceMakeUpXLPipeline(FaceConditioningMixin, DiffusionPipeline):
         # 2-3. The face conditioning: references -> ID tokens; the ControlNet's map
         cond = self.prepare_face_conditioning(reference_image, face_index, id_embeds, face_images, clip_embeds, uncond_clip_embeds,
                                               reference_weights, s_scale, ip_scale, shading_image, condition, shading_crop_factor,
-                                              height, width, device)
+                                              height, width, device, **people)
 
         # 4. Timesteps and initial latents
         self.scheduler.set_timesteps(num_inference_steps, device=device)

@@ -45,21 +45,59 @@ def draw_faces(image: np.ndarray, faces, labels: list | None = None) -> Image.Im
     return out
 
 
-def conditions_sheet(photos: list[np.ndarray], faces: list, shading: np.ndarray | None = None, height: int = 384) -> Image.Image:
+#: Colours of the people's masks and boxes, person 1 first (RGB).
+PERSON_COLOURS = ((255, 80, 80), (80, 200, 255), (120, 255, 120), (255, 200, 40), (220, 120, 255), (255, 140, 200))
+
+
+def people_panel(layout, shading: np.ndarray | None = None, height: int = 384) -> Image.Image:
+    """The people's places drawn on the map: each mask tinted in its person's colour, its box outlined
+    and labelled ``person p``.
+
+    Args:
+        layout: a ``faces.layout.Layout`` (``masks`` ``(P, h, w)``, ``boxes`` in its pixels).
+        shading: ``(h, w, 3)`` uint8 map to draw on, or ``None`` (black).
+        height: panel height in pixels.
+
+    Returns:
+        An RGB ``PIL.Image`` ``height`` pixels high, the map's aspect ratio.
+    """
+    h, w = layout.size
+    base = np.zeros((h, w, 3), np.float32) if shading is None else shading.astype(np.float32)
+    for p, mask in enumerate(layout.masks):
+        colour = np.array(PERSON_COLOURS[p % len(PERSON_COLOURS)], np.float32)
+        inside = mask > 0.5
+        base[inside] = 0.6 * base[inside] + 0.4 * colour
+    scale = height / h
+    panel = Image.fromarray(base.round().astype(np.uint8)).resize((max(1, round(w * scale)), height), Image.NEAREST)
+    draw = ImageDraw.Draw(panel)
+    for p, box in enumerate(layout.boxes):
+        colour = PERSON_COLOURS[p % len(PERSON_COLOURS)]
+        x0, y0, x1, y1 = (float(v) * scale for v in box)
+        draw.rectangle([x0, y0, x1 - 1, y1 - 1], outline=colour, width=2)
+        draw.text((x0 + 4, y0 + 4), f"person {p + 1}", fill=colour)
+    return panel
+
+
+def conditions_sheet(photos: list[np.ndarray], faces: list, shading: np.ndarray | None = None, height: int = 384, layout=None,
+                     people: list[int] | None = None, layout_photo: np.ndarray | None = None) -> Image.Image:
     """One row per reference: the photo with its face drawn, the 112 px ArcFace crop, the CLIP crop;
-    then the ShadingNet's shading map, if any.
+    then the ShadingNet's shading map, if any; with several people, the layout photo with each person's
+    face boxed and the map with every person's mask and box (``people_panel``).
 
     Args:
         photos: reference photos, ``(H, W, 3)`` uint8 RGB.
         faces: the ``Face`` used from each photo.
         shading: ``(h, w, 3)`` uint8 shading map or ``None``.
         height: row height in pixels.
+        layout: the people's ``faces.layout.Layout``, or ``None``.
+        people: the person (0-based) of each reference, written on its row, or ``None``.
+        layout_photo: ``(H, W, 3)`` uint8 RGB layout photo (its faces are ``layout.faces``), or ``None``.
 
     Returns:
         An RGB ``PIL.Image``.
     """
     rows = []
-    for photo, face in zip(photos, faces):
+    for k, (photo, face) in enumerate(zip(photos, faces)):
         drawn = draw_faces(photo, [face])
         drawn = drawn.resize((max(1, round(drawn.width * height / drawn.height)), height), Image.BICUBIC)
         aligned = Image.fromarray(face.aligned).resize((height // 2, height // 2), Image.NEAREST)
@@ -70,8 +108,23 @@ def conditions_sheet(photos: list[np.ndarray], faces: list, shading: np.ndarray 
         row.paste(clip, (drawn.width + aligned.width + 16, 0))
         ImageDraw.Draw(row).text((drawn.width + 10, height // 2 + 4), "ArcFace norm_crop 112", fill=(255, 255, 255))
         ImageDraw.Draw(row).text((drawn.width + aligned.width + 18, 4), "CLIP crop", fill=(255, 255, 255))
+        if people is not None:
+            ImageDraw.Draw(row).text((drawn.width + 10, 4), f"person {people[k] + 1}", fill=PERSON_COLOURS[people[k] % len(PERSON_COLOURS)])
         rows.append(row)
-    if shading is not None:
+    if layout_photo is not None and layout is not None and layout.layout_faces is not None:
+        drawn = Image.fromarray(layout_photo).convert("RGB")
+        draw = ImageDraw.Draw(drawn)
+        line = max(2, round(max(drawn.size) / 300))
+        for p, face in enumerate(layout.faces):
+            colour = PERSON_COLOURS[p % len(PERSON_COLOURS)]
+            draw.rectangle([float(v) for v in face.bbox], outline=colour, width=line)
+            draw.text((float(face.bbox[0]) + 2, max(float(face.bbox[1]) - 12, 0)), f"person {p + 1}", fill=colour)
+        rows.append(drawn.resize((max(1, round(drawn.width * height / drawn.height)), height), Image.BICUBIC))
+        ImageDraw.Draw(rows[-1]).text((4, 4), "layout photo", fill=(255, 255, 0))
+    if layout is not None:
+        rows.append(people_panel(layout, shading, height))
+        ImageDraw.Draw(rows[-1]).text((4, height - 14), "map + person masks", fill=(255, 255, 0))
+    elif shading is not None:
         smap = Image.fromarray(shading).resize((round(shading.shape[1] * height / shading.shape[0]), height), Image.BICUBIC)
         ImageDraw.Draw(smap).text((4, 4), "shading map (ShadingNet input)", fill=(255, 255, 0))
         rows.append(smap)

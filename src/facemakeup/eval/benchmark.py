@@ -8,6 +8,15 @@ and ``facemakeup evaluate --generated DIR --references DIR/references``):
     DIR/IDENTITY/pPP_sSEED.png      prompt PP, seed SEED; its PNG text chunk ``facemakeup`` holds
                                     {"prompt", "seed", "prompt_index", "identity", "model"}
     DIR/IDENTITY/done.json          written last: the identity is complete (resume skips it)
+    DIR/people/A+B/pPP_sSEED.png    with ``benchmark --people N``: identities A and B side by side
+    DIR/people/A+B/done.json        written last: their references and boxes (``group_pairs_from_benchmark``)
+
+Several people per image (``GroupPair``: one generated image, P references, P boxes that say where each
+person is) are scored by ``evaluate_people``: each person's FaceSim against its own reference (faces
+matched to people by the boxes) and its identity leakage, the highest similarity to another person's
+reference (lower is better), reported beside the paper's metrics. They come from ``generate --person``
+folders (``group_pairs_from_runs``: the ``"people"`` of their ``provenance.json``) or from a pairs CSV
+whose ``reference`` lists several photos (``a.jpg;b.jpg``) with a ``boxes`` column (``x0 y0 x1 y1;...``).
 
 Example:
     >>> pairs = pairs_from_folders("out/bench", "out/bench/references")
@@ -27,7 +36,7 @@ from typing import Sequence
 
 from ..errors import NoFaceError
 from ..faces.image import load_image
-from .results import PAPER_METRICS, MetricResult, not_computed
+from .results import PAPER_METRICS, PEOPLE_METRICS, MetricResult, not_computed
 
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
@@ -54,6 +63,64 @@ class Pair:
     reference: Path
     prompt: str | None
     identity: str
+
+
+@dataclass(frozen=True)
+class GroupPair:
+    """One generated image of several people and each person's reference photo and place.
+
+    Attributes:
+        generated: path of the generated image.
+        references: per person the path of its reference photo (its first, for a person given by several).
+        boxes: per person ``(x0, y0, x1, y1)`` in the generated image's pixels (a layout's head box or a column).
+        prompt: the prompt (``None``: unknown).
+        identity: the group's name (the references' stems joined by ``+`` unless given).
+    """
+
+    generated: Path
+    references: tuple[Path, ...]
+    boxes: tuple[tuple[float, float, float, float], ...]
+    prompt: str | None
+    identity: str
+
+    @property
+    def reference(self) -> Path:
+        """The first person's reference (for the report's grid)."""
+        return self.references[0]
+
+
+def group_pairs_from_runs(folders) -> list[GroupPair]:
+    """``GroupPair``s of ``generate --person`` output folders: each ``image_NN.png`` with the people's first
+    references and boxes from the folder's ``provenance.json``.
+
+    Raises:
+        FileNotFoundError: a folder without ``provenance.json``, or a reference photo that is gone.
+        ValueError: a run without ``"people"`` (one person: evaluate it with ``--pairs``/``--generated``) or
+            whose references have no path (demo uploads).
+    """
+    pairs = []
+    for folder in map(Path, folders):
+        record_path = folder / "provenance.json"
+        if not record_path.is_file():
+            raise FileNotFoundError(f"{folder}: no provenance.json (expected a folder written by facemakeup generate --person)")
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        people = record.get("people")
+        if not people:
+            raise ValueError(f"{folder}: its provenance.json has no \"people\" (a one-person run): evaluate it as pairs")
+        refs = [person["references"][0].get("path") for person in people]
+        if any(r is None for r in refs):
+            raise ValueError(f"{folder}: the references have no path (uploads); list them in a pairs CSV instead")
+        missing = [r for r in refs if not Path(r).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{folder}: reference photo(s) {missing} no longer exist")
+        boxes = tuple(tuple(float(v) for v in person["box"]) for person in people)
+        prompt = record.get("inputs", {}).get("prompt")
+        name = "+".join(Path(r).stem for r in refs)
+        images = [folder / n for n in record.get("outputs", []) if n.startswith("image_")]
+        pairs += [GroupPair(img, tuple(Path(r) for r in refs), boxes, prompt, name) for img in images]
+    if not pairs:
+        raise ValueError(f"no generated images in {', '.join(map(str, folders))}")
+    return pairs
 
 
 def load_prompts(path: str | os.PathLike | None = None) -> list[str]:
@@ -88,9 +155,10 @@ def png_prompt(path: Path) -> str | None:
     return info.get("prompt") if isinstance(info, dict) else None
 
 
-def pairs_from_csv(path: str | os.PathLike) -> list[Pair]:
-    """Pairs from a CSV with columns ``generated,reference[,prompt]`` (relative paths are relative
-    to the CSV's folder; identity = the reference's stem).
+def pairs_from_csv(path: str | os.PathLike) -> list:
+    """Pairs from a CSV with columns ``generated,reference[,prompt][,boxes]`` (relative paths are relative
+    to the CSV's folder; identity = the reference's stem). A row with ``boxes`` (``x0 y0 x1 y1;x0 y0 x1 y1``,
+    generated-image pixels) is a ``GroupPair``: its ``reference`` lists one photo per person, ``;``-separated.
 
     Raises:
         FileNotFoundError: the CSV or a listed file is missing. ValueError: columns missing or no rows.
@@ -107,7 +175,19 @@ def pairs_from_csv(path: str | os.PathLike) -> list[Pair]:
     if not rows:
         raise ValueError(f"{path}: no rows")
     pairs, absent = [], []
-    for r in rows:
+    for line, r in enumerate(rows, start=2):
+        if (r.get("boxes") or "").strip():
+            g, refs = path.parent / r["generated"], [path.parent / q.strip() for q in r["reference"].split(";")]
+            try:
+                boxes = tuple(tuple(float(v) for v in b.split()) for b in r["boxes"].split(";"))
+            except ValueError:
+                boxes = ()
+            if len(boxes) != len(refs) or any(len(b) != 4 for b in boxes):
+                raise ValueError(f"{path} line {line}: boxes must be one 'x0 y0 x1 y1' per reference, ';'-separated; got {r['boxes']!r} "
+                                 f"for {len(refs)} reference(s)")
+            absent += [str(p) for p in (g, *refs) if not p.is_file()]
+            pairs.append(GroupPair(g, tuple(refs), boxes, (r.get("prompt") or None), "+".join(q.stem for q in refs)))
+            continue
         g, ref = (path.parent / r["generated"]), (path.parent / r["reference"])
         absent += [str(p) for p in (g, ref) if not p.is_file()]
         pairs.append(Pair(g, ref, (r.get("prompt") or None), ref.stem))
@@ -211,6 +291,9 @@ def evaluate(pairs: Sequence[Pair], models: EvalModels | None = None, metrics: S
         when FID is asked for without Inception weights), and one dict per pair with its per-image values
         (NaN where an image has none).
 
+    ``GroupPair``s among ``pairs`` (several people per image) are scored by ``evaluate_people`` and their
+    ``FaceSim-people`` and ``ID-leakage`` results and rows are added beside the others'.
+
     Raises:
         ValueError: unknown metric names or no pairs.
         NoFaceError: a reference photo has no face (needed by FaceSim/Pose-RMSE/Light-RMSE).
@@ -218,6 +301,16 @@ def evaluate(pairs: Sequence[Pair], models: EvalModels | None = None, metrics: S
     """
     import torch
     from tqdm import tqdm
+
+    groups = [p for p in pairs if isinstance(p, GroupPair)]
+    if groups:
+        singles = [p for p in pairs if not isinstance(p, GroupPair)]
+        results, rows = evaluate(singles, models, metrics, batch_size, progress) if singles else ({}, [])
+        if "FaceSim" in metrics:
+            people_results, people_rows = evaluate_people(groups, models, progress)
+        else:
+            people_results, people_rows = {m: not_computed("FaceSim is not among the metrics asked for") for m in PEOPLE_METRICS}, []
+        return {**results, **people_results}, rows + people_rows
 
     models = models or EvalModels()
     unknown = [m for m in metrics if m not in PAPER_METRICS]
@@ -401,6 +494,47 @@ def evaluate(pairs: Sequence[Pair], models: EvalModels | None = None, metrics: S
     return results, rows
 
 
+def evaluate_people(groups: Sequence[GroupPair], models: EvalModels | None = None, progress: bool = True) -> tuple[dict, list[dict]]:
+    """Per-person FaceSim and identity leakage over several-people images (``identity.PeopleIdentity``).
+
+    Args:
+        groups: the ``GroupPair``s. models: their ``face_models`` (buffalo_l) or the offline substitute.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``(results, rows)``: ``{"FaceSim-people": ..., "ID-leakage": ...}`` (``MetricResult``, over faces), and
+        one row per image and person (``generated``, ``reference``, ``identity``, ``person``, ``prompt``,
+        ``face_found``, ``FaceSim-people``, ``ID-leakage``, ``reference_cross``).
+
+    Raises:
+        NoFaceError: a reference photo has no face.
+    """
+    from tqdm import tqdm
+
+    from ..faces import FaceAnalyzer
+    from .identity import PeopleIdentity
+
+    models = models or EvalModels()
+    analyzer = FaceAnalyzer(detector=models.face_models, recognizer=models.face_models, fitter=None)
+    metric = PeopleIdentity(analyzer)
+    ref_faces = {}
+    for r in dict.fromkeys(q for g in groups for q in g.references):
+        try:
+            ref_faces[r] = analyzer.get_face(r)
+        except NoFaceError as err:
+            raise NoFaceError(f"reference {r}: no face found ({err}); use another photo or drop its pairs") from err
+    rows = []
+    for g in tqdm(groups, desc="evaluate people", unit="img", disable=not progress):
+        own, leak, matched = metric.update(load_image(g.generated), [ref_faces[r] for r in g.references], g.boxes)
+        cross = metric.cross.per_image()[-len(g.references):]
+        for p, ref in enumerate(g.references):
+            rows.append({"generated": str(g.generated), "reference": str(ref), "identity": g.identity, "person": p, "prompt": g.prompt or "",
+                         "face_found": matched[p] is not None, "FaceSim-people": float(own[p]), "ID-leakage": float(leak[p]),
+                         "reference_cross": float(cross[p])})
+    model = str(analyzer.recognizer.model_file)
+    return metric.results(model, None if models.face_models else SUBSTITUTES["FaceSim"], len(groups)), rows
+
+
 def write_pairs_csv(pairs: Sequence[Pair], path: str | os.PathLike) -> None:
     """Write pairs as ``generated,reference,prompt`` (absolute paths)."""
     with open(path, "w", newline="", encoding="utf-8") as f:
@@ -520,6 +654,76 @@ def generate_identity(pipe, analyzer, identity: str, reference: Path, out_dir: P
               "images": len(jobs), "config": asdict(config), **environment()}
     (folder / "done.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def people_groups(identities: dict[str, Path], count: int) -> list[tuple[tuple[str, str], tuple[Path, Path]]]:
+    """The first ``count`` pairs of identities in order (1st + 2nd, 3rd + 4th, ...) for two-person sets.
+
+    Raises:
+        ValueError: fewer than ``2 * count`` identities.
+    """
+    names = list(identities)
+    if len(names) < 2 * count:
+        raise ValueError(f"{count} two-person set(s) need {2 * count} identities, the folder has {len(names)}")
+    return [((names[2 * k], names[2 * k + 1]), (identities[names[2 * k]], identities[names[2 * k + 1]])) for k in range(count)]
+
+
+def generate_people(pipe, analyzer, names: tuple[str, str], references: tuple[Path, Path], out_dir: Path, config: GenerationConfig) -> dict:
+    """Two identities in one image, side by side (``faces.layout.side_by_side``, each its own mask), per prompt
+    and seed, through ``generation.generate`` (the CLI's path); images already on disk are skipped.
+
+    Args:
+        pipe, analyzer, config: as ``generate_identity``. names, references: the two identities and photos.
+        out_dir: the benchmark folder (``DIR/people/A+B/``, module docstring).
+
+    Returns:
+        The set's ``done.json`` record (``identities``, ``references``, ``boxes`` in image pixels, ``images``).
+
+    Raises:
+        NoFaceError, ImageReadError, FitError: a reference cannot be used.
+    """
+    from PIL.PngImagePlugin import PngInfo
+
+    from ..faces.layout import side_by_side
+    from ..generation import GenerationRequest, Person, generate, read_photo
+    from ..provenance import environment, sha256_file
+
+    folder = out_dir / "people" / "+".join(names)
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = [read_photo(r, analyzer, max_faces=1) for r in references]
+    side = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    boxes = side_by_side(2, side, side).boxes.tolist()  # the two columns generate uses without a layout
+    jobs = [(pi, FIRST_SEED + s) for s in range(config.seeds) for pi in range(len(config.prompts))]
+    for pi, seed in jobs:
+        target = folder / f"p{pi:02d}_s{seed}.png"
+        if target.is_file():
+            continue
+        request = GenerationRequest(prompt=PROMPT_PREFIX + config.prompts[pi], references=[], people=[Person([(p, 0)]) for p in photos],
+                                    seed=seed, steps=config.steps, guidance_scale=config.guidance_scale, ip_scale=config.ip_scale,
+                                    controlnet_scale=config.controlnet_scale, condition="shading" if pipe.controlnet is not None else "none")
+        result = generate(pipe, request)
+        assert result.conditions.layout.boxes.tolist() == boxes  # internal invariant: the recorded places are the used ones
+        info = PngInfo()
+        info.add_text("facemakeup", json.dumps({"prompt": request.prompt, "seed": seed, "prompt_index": pi, "identity": "+".join(names),
+                                                "people": list(names), "model": config.model}))
+        partial = folder / f".p{pi:02d}_s{seed}.part.png"
+        result.output.images[0].save(partial, pnginfo=info)
+        os.replace(partial, target)
+    record = {"identities": list(names), "references": [str(r) for r in references], "reference_sha256": [sha256_file(r) for r in references],
+              "boxes": boxes, "images": [f"p{pi:02d}_s{seed}.png" for pi, seed in jobs], "config": asdict(config), **environment()}
+    (folder / "done.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def group_pairs_from_benchmark(out_dir: str | os.PathLike) -> list[GroupPair]:
+    """The ``GroupPair``s of a benchmark's two-person sets (``DIR/people/*/done.json``); none without them."""
+    pairs = []
+    for done in sorted(Path(out_dir).glob("people/*/done.json")):
+        rec = json.loads(done.read_text(encoding="utf-8"))
+        boxes = tuple(tuple(float(v) for v in b) for b in rec["boxes"])
+        refs = tuple(Path(r) for r in rec["references"])
+        pairs += [GroupPair(done.parent / n, refs, boxes, png_prompt(done.parent / n), done.parent.name) for n in rec["images"]]
+    return pairs
 
 
 def is_done(out_dir: Path, identity: str) -> bool:

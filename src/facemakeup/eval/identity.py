@@ -99,3 +99,120 @@ class FaceSimilarity(PerImageMetric):
         """Fraction of generated images in which no face was found (NaN before any update)."""
         v = self.per_image()
         return float(np.mean(~np.isfinite(v))) if len(v) else float("nan")
+
+
+def match_faces_to_boxes(faces: list, boxes) -> list:
+    """Which detected face is each person's: per box the face with the largest share of its own box inside
+    that box (at least half), each face given to one box at most (largest shares first).
+
+    Args:
+        faces: ``Face`` records of one generated image (``bbox`` in its pixels).
+        boxes: P ``[x0, y0, x1, y1]`` boxes in the same pixels (the people's places, e.g. a layout's head boxes).
+
+    Returns:
+        P entries: the matched ``Face``, or ``None`` where no face lies (mostly) inside the box.
+    """
+    shares = []
+    for p, (x0, y0, x1, y1) in enumerate(boxes):
+        for k, f in enumerate(faces):
+            fx0, fy0, fx1, fy1 = (float(v) for v in f.bbox)
+            inter = max(0.0, min(x1, fx1) - max(x0, fx0)) * max(0.0, min(y1, fy1) - max(y0, fy0))
+            area = max((fx1 - fx0) * (fy1 - fy0), 1e-9)
+            if inter / area >= 0.5:
+                shares.append((inter / area, p, k))
+    out, used = [None] * len(boxes), set()
+    for _, p, k in sorted(shares, reverse=True):
+        if out[p] is None and k not in used:
+            out[p], used = faces[k], used | {k}
+    return out
+
+
+def people_similarities(generated: list, references: list) -> tuple[np.ndarray, np.ndarray]:
+    """FaceSim of each person's generated face to its own reference, and to the others' (identity leakage).
+
+    Args:
+        generated: P generated ``Face`` records (or ``None`` where no face was found), person order.
+        references: P reference ``Face`` records (or embeddings), person order.
+
+    Returns:
+        ``(own, leakage)``, each ``(P,)`` float64: ``own[p]`` = cos(generated p, reference p); ``leakage[p]``
+        = the highest cos(generated p, reference q) over the other people q (P = 2: the other's). NaN where
+        person p has no generated face (and leakage NaN for P = 1).
+    """
+    n = len(references)
+    own, leak = np.full(n, np.nan), np.full(n, np.nan)
+    for p, face in enumerate(generated):
+        if face is None:
+            continue
+        own[p] = face_similarity(face, references[p])
+        others = [face_similarity(face, references[q]) for q in range(n) if q != p]
+        if others:
+            leak[p] = max(others)
+    return own, leak
+
+
+class PeopleIdentity:
+    """Several people per image: per person its FaceSim to its own reference (``"FaceSim-people"``) and its
+    identity leakage, the highest similarity to another person's reference (``"ID-leakage"``, lower is better).
+
+    Args:
+        analyzer: ``faces.FaceAnalyzer`` whose detector and recogniser find and embed the faces.
+
+    ``update(generated, references, boxes)``: per image, its path/array, the P reference ``Face`` records
+    (or photos) and the P boxes (generated-image pixels) that match faces to people
+    (``match_faces_to_boxes``). Values are per person and image; a person without a face in its box gets
+    NaN and counts in ``no_face_rate``. The reference-to-reference similarity of each person is kept too
+    (``reference_cross``): leakage near it means the faces are as alike as the references themselves.
+    """
+
+    def __init__(self, analyzer):
+        self.analyzer = analyzer
+        self.similarity, self.leakage, self.cross = _Values(), _Values(), _Values()
+
+    def update(self, generated, references: list, boxes) -> tuple[np.ndarray, np.ndarray, list]:
+        """Score one image. Returns ``(own, leakage, matched faces)``, each per person.
+
+        Raises:
+            NoFaceError: a reference without a face.
+        """
+        refs = main_faces(self.analyzer, references)
+        for k, (r, item) in enumerate(zip(refs, references)):
+            if r is None:
+                raise NoFaceError(f"reference {item if isinstance(item, (str, bytes)) or hasattr(item, '__fspath__') else k}: no face found")
+        from ..faces import Face
+
+        faces = generated if isinstance(generated, list) and all(isinstance(f, Face) for f in generated) else self.analyzer.get(generated)
+        matched = match_faces_to_boxes(faces, boxes)
+        own, leak = people_similarities(matched, refs)
+        cross = [max((face_similarity(refs[p], refs[q]) for q in range(len(refs)) if q != p), default=np.nan) for p in range(len(refs))]
+        self.similarity.update(own)
+        self.leakage.update(leak)
+        self.cross.update(cross)
+        return own, leak, matched
+
+    @property
+    def no_face_rate(self) -> float:
+        """Fraction of (image, person) in which no face was found in the person's box (NaN before any update)."""
+        v = self.similarity.per_image()
+        return float(np.mean(~np.isfinite(v))) if len(v) else float("nan")
+
+    def results(self, model: str | None, substitute: str | None = None, n_images: int = 0) -> dict:
+        """``{"FaceSim-people": MetricResult, "ID-leakage": MetricResult}`` (bootstrap over faces)."""
+        from .results import summarize
+
+        cross = self.cross.per_image()
+        finite = cross[np.isfinite(cross)]
+        empty = f"no face found in the people's boxes of any of the {n_images} generated images"
+        return {
+            "FaceSim-people": summarize(self.similarity.per_image(), model=model, substitute=substitute, empty_reason=empty,
+                                        no_face_rate=self.no_face_rate, images=n_images),
+            "ID-leakage": summarize(self.leakage.per_image(), model=model, substitute=substitute, empty_reason=empty,
+                                    reference_cross_similarity=float(finite.mean()) if len(finite) else None, lower_is_better=True),
+        }
+
+
+class _Values(PerImageMetric):
+    """Per-value store of ``PeopleIdentity`` (its ``update`` feeds three of these at once)."""
+
+    def update(self, values) -> None:
+        self._append(values)

@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from .results import PAPER_METRICS, MetricResult
+from .results import PAPER_METRICS, PEOPLE_METRICS, MetricResult
 
 #: Face-MakeUpV2's table (docs/sources.md, "Reported results"), columns in ``PAPER_METRICS`` order.
 PUBLISHED = {
@@ -73,7 +73,15 @@ def report_markdown(results: dict[str, MetricResult], model: str, n_images: int,
         else:
             cells.append(_fmt(r.value, 3 if abs(r.value) < 10 else 2) + ("*" if r.substitute else ""))
     lines += [f"| **this run: `{model}`** | " + " | ".join(cells) + " |", ""]
-    extra = [k for k in results if k not in PAPER_METRICS]
+    extra = [k for k in results if k not in PAPER_METRICS and k not in PEOPLE_METRICS]
+    people = [results[k] for k in PEOPLE_METRICS if k in results]
+    if people and all(r.status == "computed" for r in people):
+        own, leak = people
+        cross = (leak.extra or {}).get("reference_cross_similarity")
+        lines += [f"Several people per image: **FaceSim-people = {_fmt(own.value)}** (each face vs its own reference; ci95 "
+                  f"{_fmt(own.ci95[0]) if own.ci95 else ''}-{_fmt(own.ci95[1]) if own.ci95 else ''}, n = {own.n} faces) beside "
+                  f"**ID-leakage = {_fmt(leak.value)}** ↓ (each face vs the other people's references"
+                  + (f"; the references themselves: {_fmt(cross)}" if cross is not None else "") + ").", ""]
     for k in extra:
         r = results[k]
         if r.status == "computed":

@@ -18,6 +18,8 @@ from torchmetrics.utilities import dim_zero_cat
 
 #: The paper's ten metrics, in the column order of Face-MakeUpV2's table (docs/sources.md).
 PAPER_METRICS = ("CLIP-T", "VLMScore", "Attr", "CLIP-I", "DINO", "FaceSim", "FID", "LPIPS", "Pose-RMSE", "Light-RMSE")
+#: Several people per image (``eval.identity.PeopleIdentity``): per-person FaceSim, and identity leakage (lower is better).
+PEOPLE_METRICS = ("FaceSim-people", "ID-leakage")
 
 
 @dataclass

@@ -126,3 +126,24 @@ def condition_map(face, kind: str, crop_factor: float = 5.0, height: int = 512, 
             raise FitError(f"no shading map: the face's 3D fit failed ({face.fit_error})")
         return shading_map(face.fit, face.kps, sh=sh, crop_factor=crop_factor, height=height, width=width)
     raise ValueError(f"condition must be 'shading' or 'keypoints', got {kind!r}")
+
+
+def keypoint_map_faces(kps: list, height: int, width: int) -> np.ndarray:
+    """Several faces' keypoints drawn in one map (``draw_kps`` of each, combined by the brighter pixel).
+
+    Args:
+        kps: P ``(5, 2)`` keypoint sets in pixels of the output.
+        height, width: output size in pixels.
+
+    Returns:
+        ``(height, width, 3)`` uint8 RGB; one face gives exactly ``draw_kps`` of it.
+
+    Raises:
+        ValueError: as ``draw_kps``, or no face.
+    """
+    if not len(kps):
+        raise ValueError("no keypoints to draw")
+    out = draw_kps(kps[0], height, width)
+    for k in kps[1:]:
+        out = np.maximum(out, draw_kps(k, height, width))
+    return out

@@ -162,3 +162,51 @@ def shading_map(fit, kps: np.ndarray, sh: np.ndarray | None = None, crop_factor:
     xy = np.stack([(v[:, 0] - cx) * scale + width / 2, (v[:, 1] - cy) * scale + height / 2], axis=1)
     grey = render_shading(xy, v[:, 2] * scale, fit.triangles, fit.normals, fit.sh if sh is None else sh, height, width)
     return np.repeat(np.round(grey * 255).astype(np.uint8)[:, :, None], 3, axis=2)
+
+
+def shading_map_faces(fits: list, placements: list, shs: list, height: int, width: int) -> np.ndarray:
+    """Several fitted faces rendered grey on black in one map, each at its own place and under its own light.
+
+    One raster for all faces (``raster_pixels`` over their meshes together, so a nearer face hides a
+    farther one where they overlap), then each covered pixel is shaded with the SH lighting of the face
+    it shows. A single face with ``placement = (scale, cx, cy, width / 2, height / 2)`` gives exactly
+    ``shading_map`` of that face.
+
+    Args:
+        fits: P ``FaceFit`` records (mesh in their photos' pixels).
+        placements: per face ``(scale, cx, cy, ox, oy)``: photo pixel ``p`` goes to output pixel
+            ``(p - (cx, cy)) * scale + (ox, oy)``; depth is multiplied by ``scale``.
+        shs: per face ``(9, 3)`` SH lighting (``lighting.SH_BASIS`` order).
+        height, width: output size in pixels.
+
+    Returns:
+        ``(height, width, 3)`` uint8 grey image (three equal channels).
+
+    Raises:
+        ValueError: a fit without a mesh, or lists of different lengths.
+    """
+    if not (len(fits) == len(placements) == len(shs)) or not fits:
+        raise ValueError(f"need one placement and one SH per fit, got {len(fits)} fits, {len(placements)} placements, {len(shs)} SH")
+    xy, depth, tris, normals, owner = [], [], [], [], []
+    offset = 0
+    for k, (fit, (scale, cx, cy, ox, oy)) in enumerate(zip(fits, placements)):
+        if fit.vertices is None:
+            raise ValueError("this FaceFit has no mesh (read from JSON written without it): fit the photo again to render it")
+        v = fit.vertices.astype(np.float64)
+        xy.append(np.stack([(v[:, 0] - cx) * scale + ox, (v[:, 1] - cy) * scale + oy], axis=1))
+        depth.append(v[:, 2] * scale)
+        tris.append(np.asarray(fit.triangles) + offset)
+        normals.append(np.asarray(fit.normals, dtype=np.float64))
+        owner.append(np.full(len(fit.triangles), k))
+        offset += len(v)
+    triangles = np.concatenate(tris)
+    tri_id, ys, xs, tid, w = raster_pixels(np.concatenate(xy), np.concatenate(depth), triangles, height, width)
+    n = interpolate(w, np.take(triangles, tid, axis=0), np.concatenate(normals))
+    n /= np.maximum(np.linalg.norm(n, axis=1, keepdims=True), 1e-12)
+    face_of = np.take(np.concatenate(owner), tid)  # (P_pixels,) which face each covered pixel shows
+    out = np.zeros((height, width, 3))
+    for k, sh in enumerate(shs):
+        sel = face_of == k
+        out[ys[sel], xs[sel]] = np.clip(shade(n[sel], sh), 0.0, 1.0)
+    grey = out.mean(axis=2)
+    return np.repeat(np.round(grey * 255).astype(np.uint8)[:, :, None], 3, axis=2)
