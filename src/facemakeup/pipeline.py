@@ -38,6 +38,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
@@ -45,6 +46,7 @@ from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CL
 from .face_conditioning import (DEFAULT_IMAGE_ENCODER, DEFAULT_IP_SCALE, FaceConditioningMixin, FaceMakeUpPipelineOutput,
                                 face_components, load_component, load_face_weights)
 from .faces.image import ImageInput
+from .lora import FaceLoraLoaderMixin
 from .model.id_adapter import FaceIDAdapter
 
 logger = logging.getLogger(__name__)
@@ -58,7 +60,7 @@ __all__ = ["FaceMakeUpPipeline", "FaceMakeUpPipelineOutput", "load_pipeline", "b
            "DEFAULT_IMAGE_ENCODER", "DEFAULT_IP_SCALE"]
 
 
-class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
+class FaceMakeUpPipeline(FaceConditioningMixin, FaceLoraLoaderMixin, StableDiffusionLoraLoaderMixin, DiffusionPipeline):
     """Identity-conditioned text-to-image generation with SD 1.5 and the Face-MakeUp ID channel.
 
     Args:
@@ -75,7 +77,11 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
         controlnet: ``ControlNetModel``, the ShadingNet (optional; Face-MakeUpV2) or V1's keypoint ControlNet.
     """
 
-    model_cpu_offload_seq = "text_encoder->image_encoder->face_adapter->controlnet->unet->vae"
+    # enable_model_cpu_offload: the ControlNet, called every step, gets its own hook (as in diffusers' ControlNet
+    # pipelines; in the chain the UNet's hook would move it off the GPU at every step); the face adapter stays on
+    # the GPU: its ID/LoRA linears are shared into the UNet and move with it, its projection runs outside forward().
+    model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
+    _exclude_from_cpu_offload = ["face_adapter"]
     _optional_components = ["face_adapter", "image_encoder", "feature_extractor", "controlnet"]
 
     def __init__(
@@ -185,7 +191,8 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
                      height, width, num_inference_steps, guidance_scale, ip_scale, num_images_per_prompt, generator, seed,
                      prompt_embeds=None, negative_prompt_embeds=None, shading_image=None, condition="shading",
                      callback_on_step_end_tensor_inputs=("latents",),
-                     s_scale=1.0, controlnet_conditioning_scale=0.5, truncate_prompt=False):
+                     s_scale=1.0, controlnet_conditioning_scale=0.5, truncate_prompt=False, control_guidance_start=0.0,
+                     control_guidance_end=1.0):
         """Validate user input up front; every error names the argument and what was received.
 
         Raises:
@@ -215,7 +222,7 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
             if len(neg) != len(texts):
                 raise ValueError(f"`negative_prompt` has {len(neg)} entries but `prompt` has {len(texts)}")
         self.check_face_inputs(reference_image, id_embeds, face_images, clip_embeds, reference_weights, ip_scale, s_scale,
-                               controlnet_conditioning_scale, shading_image, condition)
+                               controlnet_conditioning_scale, shading_image, condition, control_guidance_start, control_guidance_end)
         self.check_common_inputs(height, width, num_inference_steps, guidance_scale, num_images_per_prompt, generator, seed,
                                  callback_on_step_end_tensor_inputs)
         self.check_prompts([self.tokenizer], {"prompt": prompt if prompt_embeds is None else None, "negative_prompt": negative_prompt},
@@ -248,6 +255,8 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
         uncond_clip_embeds: torch.Tensor | None = None,
         shading_image: ImageInput | torch.Tensor | None = None,
         controlnet_conditioning_scale: float = 0.5,
+        control_guidance_start: float = 0.0,
+        control_guidance_end: float = 1.0,
         shading_crop_factor: float = 5.0,
         condition: str = "shading",
         output_type: str = "pil",
@@ -297,6 +306,10 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
                 (``faces.conditions.condition_map``).
             controlnet_conditioning_scale (`float`, defaults to 0.5): weight of the ShadingNet's
                 residuals (V2 web demo 0.5; 0 = no effect).
+            control_guidance_start (`float`, defaults to 0.0), control_guidance_end (`float`, defaults to 1.0):
+                the fractions of the steps between which the ControlNet runs (diffusers' names and
+                rule, ``face_conditioning.controlnet_window``); outside them it is not called, so
+                ``control_guidance_end=0.4`` saves 60% of its cost (the early steps set pose and light).
             shading_crop_factor (`float`, defaults to 5.0): crop of the default shading / keypoint map.
             condition (`str`, defaults to "shading"): what the ControlNet reads: ``"shading"``
                 (Face-MakeUpV2's ShadingNet), ``"keypoints"`` (Face-MakeUp V1: InstantID-style
@@ -325,7 +338,7 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
         self.check_inputs(prompt, negative_prompt, reference_image, id_embeds, face_images, clip_embeds, reference_weights,
                           height, width, num_inference_steps, guidance_scale, ip_scale, num_images_per_prompt, generator, seed,
                           prompt_embeds, negative_prompt_embeds, shading_image, condition, callback_on_step_end_tensor_inputs,
-                          s_scale, controlnet_conditioning_scale, truncate_prompt)
+                          s_scale, controlnet_conditioning_scale, truncate_prompt, control_guidance_start, control_guidance_end)
         device = self._execution_device
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
@@ -363,7 +376,8 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
         # 5. Denoising loop (face_conditioning.FaceConditioningMixin.denoise)
         latents = self.denoise(latents, cond, prompt_embeds, guidance_scale, controlnet_conditioning_scale, generator,
                                callback_on_step_end=callback_on_step_end,
-                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                               control_guidance_start=control_guidance_start, control_guidance_end=control_guidance_end)
 
         # 6. Decode
         images = self.decode_latents(latents, output_type)
