@@ -522,11 +522,16 @@ class FaceConditioningMixin:
             return
         controlnet_cond = cond.shading.expand(rows, -1, -1, -1)  # (rows, 3, H, W)
         own = self.controlnet.controlnet_cond_embedding
-        self.controlnet.controlnet_cond_embedding = _Fixed(own(controlnet_cond))  # (rows, C, h, w)
+        fixed = getattr(self, "_fixed_embedding", None)
+        if fixed is None:  # one stand-in per pipeline: a compiled ControlNet sees the same module every time
+            fixed = self._fixed_embedding = _Fixed()
+        fixed.embedding = own(controlnet_cond)  # (rows, C, h, w)
+        self.controlnet.controlnet_cond_embedding = fixed
         try:
             yield controlnet_cond
         finally:
             self.controlnet.controlnet_cond_embedding = own
+            fixed.embedding = None
 
     def decode_latents(self, latents: torch.Tensor, output_type: str):
         """Latents -> images (``output_type`` "pil", "np", "pt"; "latent" returns them as they are).
@@ -550,11 +555,12 @@ class FaceConditioningMixin:
 
 class _Fixed(torch.nn.Module):
     """Stands in for a ControlNet's ``controlnet_cond_embedding`` during one generation: returns the
-    embedding computed once from the (step-independent) map."""
+    embedding computed once from the (step-independent) map, held as a (non-persistent) buffer so that
+    a compiled ControlNet reads it as an input and does not recompile for a new map."""
 
-    def __init__(self, embedding: torch.Tensor):
+    def __init__(self):
         super().__init__()
-        self.embedding = embedding
+        self.register_buffer("embedding", None, persistent=False)
 
     def forward(self, _cond: torch.Tensor) -> torch.Tensor:
         return self.embedding

@@ -371,7 +371,7 @@ class FaceMakeUpPipeline(FaceConditioningMixin, FaceLoraLoaderMixin, StableDiffu
             latents = randn_tensor(shape, generator=generator, device=device, dtype=prompt_embeds.dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}")
-        latents = latents.to(device) * self.scheduler.init_noise_sigma
+        latents = latents.to(device=device, dtype=prompt_embeds.dtype) * self.scheduler.init_noise_sigma
 
         # 5. Denoising loop (face_conditioning.FaceConditioningMixin.denoise)
         latents = self.denoise(latents, cond, prompt_embeds, guidance_scale, controlnet_conditioning_scale, generator,
