@@ -419,7 +419,8 @@ def build_dataset(input, out, workers, distributor, scheduler, shard_size, limit
 @click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--max-pixels", default=4096 * 4096, show_default=True, type=click.IntRange(1), help="Refuse uploads with more pixels.")
 @click.option("--max-file-size", default=20, show_default=True, type=click.FloatRange(0, min_open=True), help="Refuse uploads larger than this (MB).")
-def demo(model, image_encoder, adapter, shadingnet, out_dir, host, port, max_pixels, max_file_size):
+@click.option("--preview-vae", default=None, help="Show a live preview while denoising, decoded by this VAE: 'tiny' (TAESD of the backbone) or a folder.")
+def demo(model, image_encoder, adapter, shadingnet, out_dir, host, port, max_pixels, max_file_size, preview_vae):
     """Start the web demo (gradio) on http://HOST:PORT."""
     import os
 
@@ -436,12 +437,24 @@ def demo(model, image_encoder, adapter, shadingnet, out_dir, host, port, max_pix
                              shadingnet=shadingnet)
     except (FaceMakeUpError, ValueError) as err:
         _fail(err)
+    preview = None
+    if preview_vae is not None:
+        from .pipeline import backbone_family
+        from .speed import load_vae
+
+        try:
+            preview = load_vae(preview_vae, backbone_family(model), pipe.unet.dtype).to(pipe.unet.device)
+        except (FaceMakeUpError, ValueError) as err:
+            _fail(err)
     info = {"pipeline": model, "image_encoder": image_encoder or DEFAULT_IMAGE_ENCODER, "adapter": str(adapter) if adapter else None,
-            "shadingnet": shadingnet}
+            "shadingnet": shadingnet, "preview_vae": preview_vae}
     if model in TINY_MODELS:
         info = {"pipeline": model, "note": "tiny randomly initialised pipeline: the images are noise, not faces"}
     max_bytes = int(max_file_size * 2**20)
-    app = build_demo(pipe, output_dir=out_dir, max_pixels=max_pixels, max_file_size=max_bytes, model_info=info)
+    try:
+        app = build_demo(pipe, output_dir=out_dir, max_pixels=max_pixels, max_file_size=max_bytes, model_info=info, preview_vae=preview)
+    except (FaceMakeUpError, ValueError) as err:
+        _fail(err)
     click.echo(f"demo on http://{host}:{port} (writing to {out_dir}); Ctrl+C stops it")
     launch_demo(app, out_dir, host=host, port=port, max_file_size=max_bytes)
 

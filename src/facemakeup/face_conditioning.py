@@ -525,6 +525,7 @@ class FaceConditioningMixin:
         fixed = getattr(self, "_fixed_embedding", None)
         if fixed is None:  # one stand-in per pipeline: a compiled ControlNet sees the same module every time
             fixed = self._fixed_embedding = _Fixed()
+        own.to(controlnet_cond.device)  # with enable_model_cpu_offload the ControlNet is still on the CPU until its first call
         fixed.embedding = own(controlnet_cond)  # (rows, C, h, w)
         self.controlnet.controlnet_cond_embedding = fixed
         try:

@@ -289,8 +289,20 @@ def use_vae(pipe, vae) -> None:
     """Make ``vae`` the pipeline's decoder (on the pipeline's device and dtype).
 
     Raises:
-        CheckpointLayoutError: its latents do not fit the pipeline's (another downsampling factor or
-            number of latent channels than its UNet and ShadingNet were made for).
+        CheckpointLayoutError: its latents do not fit the pipeline's (``check_vae_fits``).
+    """
+    from .model.id_adapter import _like
+
+    check_vae_fits(pipe, vae)
+    pipe.register_modules(vae=_like(vae, pipe.unet))
+
+
+def check_vae_fits(pipe, vae) -> None:
+    """Whether ``vae`` decodes ``pipe``'s latents: the same downsampling factor and latent channels.
+
+    Raises:
+        CheckpointLayoutError: another downsampling factor or number of latent channels than the
+            pipeline's UNet and ShadingNet were made for.
     """
     factor = 2 ** (len(vae.config.block_out_channels) - 1)
     channels = vae.config.latent_channels
@@ -298,9 +310,6 @@ def use_vae(pipe, vae) -> None:
         raise CheckpointLayoutError(f"the VAE ({type(vae).__name__}) downsamples by {factor} into {channels} latent channels; this "
                                     f"pipeline's UNet needs {pipe.vae_scale_factor} and {pipe.unet.config.in_channels} (TAESD fits "
                                     "real SD 1.5 / SDXL backbones, not the tiny test models)")
-    from .model.id_adapter import _like
-
-    pipe.register_modules(vae=_like(vae, pipe.unet))
 
 
 # ---------------------------------------------------------------------------- compile
