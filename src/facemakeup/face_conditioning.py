@@ -135,14 +135,14 @@ class FaceConditioningMixin:
         adapter = self.face_adapter
         if adapter is None:
             return super().save_pretrained(save_directory, *args, **kwargs)
-        fused = adapter.lora_fused
+        fused, scale = adapter.lora_fused, adapter.fused_lora_scale
         adapter.detach()
         try:
             super().save_pretrained(save_directory, *args, **kwargs)
         finally:
             adapter.attach(self.unet)
             if fused:
-                adapter.fuse_lora()
+                adapter.fuse_lora(lora_scale=scale)
 
     # ------------------------------------------------------------------ load / set scale / unload
     def load_face_adapter(self, path_or_hub_id: str | os.PathLike, subfolder: str | None = None, weight_name: str | None = None,

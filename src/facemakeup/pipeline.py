@@ -15,7 +15,9 @@ InstantID's ``draw_kps`` instead (``condition="keypoints"``, ``faces.conditions`
 
 Weights of every published layout (IP-Adapter-FaceID, -Plus, -PlusV2, -Portrait, Face-MakeUp V1/V2,
 ours) load with ``load_face_adapter`` / ``set_face_adapter_scale`` / ``unload_face_adapter``, the
-trio of diffusers' ``load_ip_adapter`` API (``model.loaders`` reads them). All of the face
+trio of diffusers' ``load_ip_adapter`` API (``model.loaders`` reads them). Users' LoRAs (LCM-LoRA, styles)
+load beside the face adapter's LoRA with diffusers' ``load_lora_weights`` / ``set_adapters`` / ``fuse_lora``
+(``facemakeup.lora``), and the ShadingNet can stop early (``control_guidance_end``). All of the face
 conditioning (references, ID tokens, the ControlNet's map, the denoising loop) is
 ``face_conditioning.FaceConditioningMixin``, shared with the SDXL pipeline (``pipeline_xl``); this
 module owns SD 1.5's text encoding and ``load_pipeline``, which tells SD 1.5 from SDXL.
