@@ -17,7 +17,20 @@ Rows, all with CFG (batch 2 through the UNet), the same latents and the same ran
 - ``facemakeup_lora_fused_controlnet``: ours with that ControlNet as ShadingNet.
 
 Per-step time is (T(1 + steps) - T(1)) / steps, which removes the one-off work (text encoding, ID
-tokens, VAE decode). "sd15" is the SD 1.5 UNet layout (860M parameters) at 256x256 px with CLIP
+tokens, VAE decode).
+
+Two more groups of rows (``--rows``), seconds per image (the whole call at a given step count, CFG
+unless said), each beside diffusers' equivalent:
+
+- ``early_stop`` (``bench_early_stop``, ``--window-steps`` steps): ``stable_diffusion``; ours, LoRA
+  fused, with the ShadingNet over all steps and with ``control_guidance_end`` 0.4 (the ShadingNet is
+  not called in the last 60% of the steps; goal <= 1.15x plain SD at 256 px); diffusers'
+  ``StableDiffusionControlNetPipeline`` + ``load_ip_adapter`` with ``control_guidance_end`` 0.4 (it
+  calls its ControlNet with scale 0 there, so it saves nothing);
+- ``few_step`` (``bench_few_step``): ours with a random LCM-LoRA-shaped LoRA (rank 64, LCM-LoRA's
+  targets) fused beside the face LoRA, ``LCMScheduler``, ``--few-steps`` steps, guidance 1 (no CFG),
+  against ours with DDIM at ``--full-steps`` steps and CFG; the same for diffusers
+  (``load_ip_adapter`` + ``load_lora_weights`` + ``set_adapters(["faceid_0", "lcm"])`` + ``fuse_lora``). "sd15" is the SD 1.5 UNet layout (860M parameters) at 256x256 px with CLIP
 ViT-H-sized features (257 x 1280); "tiny" the test model at 64x64 px. SD 1.5 does not install offline;
 speed does not depend on the weights. Writes benchmarks/results/pipeline_speed.json with the CPU
 count and load.
@@ -236,6 +249,171 @@ def bench_xl(size: str, steps: int, repeats: int, pixels: int, dtype: torch.dtyp
     }
 
 
+def _fixtures(size: str) -> dict:
+    """What every row of ``bench_early_stop`` / ``bench_few_step`` shares: the components, the inputs,
+    the h94-layout FaceID-PlusV2 state dict and a ShadingNet, all seeded."""
+    parts = tiny_components() if size == "tiny" else sd15_components()
+    px = 64 if size == "tiny" else 256
+    clip_dim, clip_len = (32, 65) if size == "tiny" else (1280, 257)
+    scale = 2 ** (len(parts["vae"].config.block_out_channels) - 1)
+    g = torch.Generator().manual_seed(0)
+    return {
+        "parts": parts, "px": px, "scale": scale,
+        "controlnet": shadingnet_from_unet(parts["unet"], scale),
+        "latents": torch.randn(1, 4, px // scale, px // scale, generator=g),
+        "id_embeds": torch.nn.functional.normalize(torch.randn(1, 512, generator=g), dim=-1),
+        "clip": torch.randn(1, clip_len, clip_dim, generator=g), "uncond_clip": torch.randn(1, clip_len, clip_dim, generator=g),
+        "shading": torch.rand(1, 3, px, px, generator=g),
+        "state": random_faceid_plusv2_state_dict(parts["unet"], clip_dim, rank=128, std=0.02),
+    }
+
+
+def _ours(fx: dict, controlnet: bool) -> FaceMakeUpPipeline:
+    """``FaceMakeUpPipeline(face_adapter=None, **components)`` + ``load_face_adapter`` of the h94 file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ip-adapter-faceid-plusv2_sd15.bin"
+        torch.save(fx["state"], path)
+        pipe = FaceMakeUpPipeline(face_adapter=None, **{**fx["parts"], "controlnet": fx["controlnet"] if controlnet else None})
+        pipe.load_face_adapter(path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _diffusers(fx: dict, controlnet: bool):
+    """diffusers' SD (or SD ControlNet) pipeline + ``load_ip_adapter`` of the same file, its projection
+    given the CLIP features as the FaceID-PlusV2 recipe does; returns (pipe, ``ip_adapter_image_embeds``)."""
+    sd_parts = {k: v for k, v in fx["parts"].items() if k not in ("image_encoder", "feature_extractor")}
+    extra = {"controlnet": fx["controlnet"]} if controlnet else {}
+    cls = StableDiffusionControlNetPipeline if controlnet else StableDiffusionPipeline
+    pipe = cls(**sd_parts, **extra, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.load_ip_adapter({k: dict(v) for k, v in fx["state"].items()}, subfolder="", weight_name="", image_encoder_folder=None)
+    pipe.set_ip_adapter_scale(0.6)
+    proj = pipe.unet.encoder_hid_proj.image_projection_layers[0]
+    proj.clip_embeds, proj.shortcut, proj.shortcut_scale = torch.cat([fx["uncond_clip"], fx["clip"]])[:, None], True, 1.0
+    return pipe, [torch.cat([torch.zeros_like(fx["id_embeds"]), fx["id_embeds"]])[:, None]]  # (2, 1, 512): CFG halves
+
+
+def _once(call) -> float:
+    t0 = time.perf_counter()
+    call()
+    return time.perf_counter() - t0
+
+
+def _rounds(groups: list, repeats: int) -> dict:
+    """Median seconds per row over ``repeats`` rounds; each round runs every group once, each group
+    sets its pipeline up, times each of its rows once and tears it down (one UNet is shared, so
+    adapters cannot all sit in it at once). Interleaved like this, a load change on a shared machine
+    hits every row of a round alike."""
+    times: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        for group in groups:
+            for name, seconds in group().items():
+                times.setdefault(name, []).append(seconds)
+    out = {name: statistics.median(v) for name, v in times.items()}
+    out.update({f"min_{name}": min(v) for name, v in times.items()})  # the least-contended round
+    return out
+
+
+def bench_early_stop(size: str, steps: int, repeats: int, end: float = 0.4) -> dict:
+    """Seconds per image at ``steps`` steps: plain SD; ours + ShadingNet over all steps and stopped at
+    ``end``; diffusers' ControlNet + IP-Adapter pipeline with the same ``control_guidance_end``."""
+    fx = _fixtures(size)
+    common = dict(height=fx["px"], width=fx["px"], latents=fx["latents"], output_type="latent", num_inference_steps=steps)
+    sd_parts = {k: v for k, v in fx["parts"].items() if k not in ("image_encoder", "feature_extractor")}
+    sd = StableDiffusionPipeline(**sd_parts, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    sd.set_progress_bar_config(disable=True)
+
+    def plain():
+        return {"stable_diffusion": _once(lambda: sd("a portrait", **common))}
+
+    def theirs():
+        cn, embeds = _diffusers(fx, controlnet=True)
+        out = {f"diffusers_controlnet_ip_adapter_end{e:g}": _once(
+            lambda: cn("a portrait", image=fx["shading"], ip_adapter_image_embeds=embeds, control_guidance_end=e, **common)) for e in (1.0, end)}
+        cn.unload_ip_adapter()
+        return out
+
+    def ours():
+        pipe = _ours(fx, controlnet=True)
+        pipe.fuse_lora()  # what `facemakeup generate` does
+        kw = dict(id_embeds=fx["id_embeds"], clip_embeds=fx["clip"], uncond_clip_embeds=fx["uncond_clip"], ip_scale=0.6,
+                  shading_image=fx["shading"], **common)
+        out = {f"facemakeup_lora_fused_controlnet_end{e:g}": _once(lambda: pipe("a portrait", control_guidance_end=e, **kw)) for e in (1.0, end)}
+        pipe.unload_face_adapter()
+        return out
+
+    with torch.no_grad():
+        plain()  # warm-up
+        t = _rounds([plain, ours, theirs], repeats)
+    base, fastest = t["stable_diffusion"], t["min_stable_diffusion"]
+    key = f"facemakeup_lora_fused_controlnet_end{end:g}"
+    rows = [k for k in t if not k.startswith("min_")]
+    return {"rows": "early_stop", "unet": size, "pixels": fx["px"], "steps": steps, "repeats": repeats, "control_guidance_end": end,
+            **{f"s_per_image_{k}": v for k, v in t.items()},
+            **{f"ratio_{k}_vs_stable_diffusion": t[k] / base for k in rows if k != "stable_diffusion"},
+            **{f"ratio_min_{k}_vs_stable_diffusion": t[f"min_{k}"] / fastest for k in rows if k != "stable_diffusion"},
+            f"goal_{key}_le_1.15x_stable_diffusion": t[key] / base <= 1.15}
+
+
+def bench_few_step(size: str, few_steps: int, full_steps: int, repeats: int) -> dict:
+    """Seconds per image: ours + a fused few-step LoRA (LCM, ``few_steps``, guidance 1) vs ours (DDIM,
+    ``full_steps``, CFG 7.5); the same for diffusers' IP-Adapter-FaceID-PlusV2 + LoRA."""
+    from diffusers import LCMScheduler
+
+    from facemakeup.model.tiny import random_lora_state_dict
+
+    fx = _fixtures(size)
+    rank = 64 if size != "tiny" else 4
+    lora = random_lora_state_dict(fx["parts"]["unet"], rank=rank, std=0.01)  # LCM-LoRA's shape
+    common = dict(height=fx["px"], width=fx["px"], latents=fx["latents"], output_type="latent")
+    fast = dict(num_inference_steps=few_steps, guidance_scale=1.0)
+    slow = dict(num_inference_steps=full_steps, guidance_scale=7.5)
+    ddim = fx["parts"]["scheduler"]
+    lcm = LCMScheduler.from_config(ddim.config)
+
+    def theirs():
+        ref, embeds = _diffusers(fx, controlnet=False)
+        ref.fuse_lora()  # its FaceID LoRA ('faceid_0') merged, as ours
+        out = {f"diffusers_ip_adapter_{full_steps}_steps": _once(lambda: ref("a portrait", ip_adapter_image_embeds=embeds, **slow, **common))}
+        ref.unfuse_lora()
+        ref.load_lora_weights(dict(lora), adapter_name="lcm")
+        ref.set_adapters(["faceid_0", "lcm"], [1.0, 1.0])
+        ref.fuse_lora()
+        ref.scheduler = lcm
+        ref.unet.encoder_hid_proj.image_projection_layers[0].clip_embeds = fx["clip"][:, None]  # no CFG: the conditional row only
+        out[f"diffusers_ip_adapter_lcm_lora_{few_steps}_steps"] = _once(
+            lambda: ref("a portrait", ip_adapter_image_embeds=[embeds[0][1:]], **fast, **common))
+        ref.unfuse_lora()  # the UNet is shared with ours: back to plain (up to rounding; speed does not depend on it)
+        ref.unload_lora_weights()
+        ref.unload_ip_adapter()
+        return out
+
+    def ours():
+        pipe = _ours(fx, controlnet=False)
+        kw = dict(id_embeds=fx["id_embeds"], clip_embeds=fx["clip"], uncond_clip_embeds=fx["uncond_clip"], ip_scale=0.6, **common)
+        pipe.fuse_lora()
+        pipe.scheduler = ddim
+        out = {f"facemakeup_{full_steps}_steps": _once(lambda: pipe("a portrait", **slow, **kw))}
+        pipe.load_lora_weights(dict(lora), adapter_name="lcm")  # the acceptance check's call, beside the (fused) face LoRA
+        pipe.fuse_lora()
+        pipe.scheduler = lcm
+        out[f"facemakeup_lcm_lora_{few_steps}_steps"] = _once(lambda: pipe("a portrait", **fast, **kw))
+        pipe.unload_face_adapter()
+        pipe.unfuse_lora()
+        pipe.unload_lora_weights()
+        return out
+
+    with torch.no_grad():
+        t = _rounds([ours, theirs], repeats)
+    return {"rows": "few_step", "unet": size, "pixels": fx["px"], "few_steps": few_steps, "full_steps": full_steps, "repeats": repeats,
+            "lora_rank": rank, **{f"s_per_image_{k}": v for k, v in t.items()},
+            "speedup_facemakeup_lcm_lora": t[f"facemakeup_{full_steps}_steps"] / t[f"facemakeup_lcm_lora_{few_steps}_steps"],
+            "speedup_diffusers_lcm_lora": t[f"diffusers_ip_adapter_{full_steps}_steps"] / t[f"diffusers_ip_adapter_lcm_lora_{few_steps}_steps"],
+            "ratio_facemakeup_lcm_lora_vs_diffusers": t[f"facemakeup_lcm_lora_{few_steps}_steps"] / t[f"diffusers_ip_adapter_lcm_lora_{few_steps}_steps"],
+            "ratio_facemakeup_vs_diffusers_full": t[f"facemakeup_{full_steps}_steps"] / t[f"diffusers_ip_adapter_{full_steps}_steps"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["tiny", "sd15", "tiny-xl", "sdxl"], choices=["tiny", "sd15", "tiny-xl", "sdxl"])
@@ -245,19 +423,28 @@ def main() -> None:
     parser.add_argument("--sdxl-pixels", type=int, default=512, help="image side of the SDXL rows (SDXL's own is 1024)")
     parser.add_argument("--sdxl-dtype", default="bfloat16", choices=["bfloat16", "float32"],
                         help="dtype of the SDXL rows (float32 needs ~20 GB of free memory)")
-    parser.add_argument("--result", default="pipeline_speed", help="results file name (benchmarks/results/NAME.json)")
+    parser.add_argument("--rows", nargs="+", default=["per_step", "early_stop", "few_step"], choices=["per_step", "early_stop", "few_step"],
+                        help="SD 1.5 row groups (the SDXL sizes have per_step rows only)")
+    parser.add_argument("--window-steps", type=int, default=10, help="steps of the early_stop rows (0.4 of 10: the ShadingNet runs 4)")
+    parser.add_argument("--few-steps", type=int, default=4, help="steps with the few-step LoRA")
+    parser.add_argument("--full-steps", type=int, default=30, help="steps without it")
+    parser.add_argument("--result", "--out", dest="result", default="pipeline_speed", help="results name (benchmarks/results/NAME.json)")
     args = parser.parse_args()
     rows = []
     for size in args.sizes:
-        load_before = os.getloadavg()
         repeats = args.repeats if size in ("tiny", "tiny-xl") else args.sd15_repeats
         if size in ("tiny-xl", "sdxl"):
-            row = bench_xl(size, args.steps, repeats, args.sdxl_pixels, getattr(torch, args.sdxl_dtype))
+            benches = {"per_step": lambda: bench_xl(size, args.steps, repeats, args.sdxl_pixels, getattr(torch, args.sdxl_dtype))}
         else:
-            row = bench(size, args.steps, repeats)
-        row["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
-        print(row)
-        rows.append(row)
+            benches = {"per_step": lambda: bench(size, args.steps, repeats),
+                       "early_stop": lambda: bench_early_stop(size, args.window_steps, repeats),
+                       "few_step": lambda: bench_few_step(size, args.few_steps, args.full_steps, repeats)}
+        for name in [r for r in args.rows if r in benches]:
+            load_before = os.getloadavg()
+            row = benches[name]()
+            row["load_average_before_after"] = [round(load_before[0], 2), round(os.getloadavg()[0], 2)]
+            print(row, flush=True)
+            rows.append(row)
     print("wrote", write_result(args.result, {"runs": rows, "torch_threads": torch.get_num_threads()}))
 
 

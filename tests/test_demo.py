@@ -331,3 +331,29 @@ def test_page_face_picker_for_a_photo_with_two_faces(server, page, photos):
     picker.locator("input").click()
     page.get_by_role("option", name="#1").click()
     page.wait_for_function("document.querySelector('#preview').innerText.includes('2 face(s), using #1')")
+
+
+def test_shadingnet_window_and_live_taesd_preview(tmp_path, analyzer, photos):
+    """The ShadingNet's sliders reach the pipeline; a preview VAE shows the image while it is denoised."""
+    import torch
+    from diffusers import AutoencoderTiny
+
+    from facemakeup.demo import live_generation
+    from facemakeup.pipeline import load_pipeline
+
+    torch.manual_seed(0)
+    taesd = AutoencoderTiny(encoder_block_out_channels=(8, 8), decoder_block_out_channels=(8, 8), num_encoder_blocks=(1, 1),
+                            num_decoder_blocks=(1, 1), latent_channels=4)  # the tiny model's 2x latents
+    live = DemoBackend(load_pipeline("tiny"), tmp_path, analyzer=analyzer, preview_vae=taesd)
+    seen = []
+    request = req(photos / "astronaut.png", steps=3, controlnet_end=0.4)
+    paths, _, _ = live.generate(request, preview=lambda images, i, n: seen.append((i, n, images[0].size)))
+    assert seen == [(1, 3, (64, 64)), (2, 3, (64, 64)), (3, 3, (64, 64))]
+    rec = json.loads((paths[0].parent / "provenance.json").read_text())
+    assert rec["parameters"]["controlnet_end"] == 0.4 and rec["parameters"]["controlnet_start"] == 0.0
+    updates = list(live_generation(live, req(photos / "astronaut.png", steps=2), None, lambda fn, *a: fn(*a)))
+    assert [u[2].startswith("Preview") for u in updates] == [True, True, False] and updates[-1][1].endswith(".zip")
+    with pytest.raises(ValueError, match="must be below"):
+        live.generate(req(photos / "astronaut.png", controlnet_start=0.5, controlnet_end=0.5))
+    with pytest.raises(ValueError, match="downsamples by 8"):
+        DemoBackend(load_pipeline("tiny"), tmp_path, analyzer=analyzer, preview_vae=AutoencoderTiny())  # TAESD's 8x

@@ -181,10 +181,18 @@ def _face_list(ctx, param, value):
 @click.option("--shading-crop-factor", default=5.0, show_default=True, type=float, help="Crop of the shading / keypoint map: keypoint box x this.")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty --out, replacing the files of the earlier run its provenance.json lists.")
 @click.option("--truncate-prompt", is_flag=True, help="Cut a prompt over 75 CLIP tokens (with a warning of how many were dropped) instead of refusing it.")
+@click.option("--lora", "loras", multiple=True, metavar="FILE_OR_DIR[:WEIGHT]",
+              help="A diffusers-format LoRA beside the face adapter's (repeatable), e.g. LCM-LoRA's folder with --scheduler lcm --steps 4 --guidance-scale 1; WEIGHT defaults to 1.")
+@click.option("--scheduler", default=None, type=click.Choice(["ddim", "euler", "euler-a", "dpm++", "lcm", "tcd"]),
+              help="Sampler [default: ddim for SD 1.5 (Face-MakeUp's), the backbone folder's for SDXL]; lcm / tcd go with their LoRAs.")
+@click.option("--controlnet-start", default=0.0, show_default=True, type=float, help="The ShadingNet runs from this fraction of the steps ...")
+@click.option("--controlnet-end", default=1.0, show_default=True, type=float, help="... to this one (e.g. 0.4: pose and light are set early; 60%% of its cost saved).")
+@click.option("--vae", default=None, help="'tiny' (TAESD: madebyollin/taesd, or taesdxl for SDXL; fast, slightly softer) or a VAE folder [default: the backbone's].")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the UNet and ShadingNet (pays off over many images; the first takes minutes to compile).")
 def generate(references, persons, layout, layout_faces, mask_kind, weights, prompt, negative_prompt, out_dir, model, image_encoder, adapter,
              adapter_lora, shadingnet, condition, shortcut, face_models, seed, num_images, steps, guidance_scale, ip_scale, s_scale, controlnet_scale,
              shading_from, light_from, light_dir, light_strength, height, width, face_index, crop_factor, shading_crop_factor, overwrite,
-             truncate_prompt):
+             truncate_prompt, loras, scheduler, controlnet_start, controlnet_end, vae, compile_):
     """Generate images of the person in --reference (or of the people in --person, one each), as --prompt describes.
 
     Several people: --person A.jpg --person B.jpg puts A and B in one image, each person's identity
@@ -199,7 +207,7 @@ def generate(references, persons, layout, layout_faces, mask_kind, weights, prom
     from . import validation as v
     from .faces import FaceAnalyzer
     from .faces.image import probe_image
-    from .generation import GenerationRequest, Person, generate as run_generation, read_photo, write_outputs
+    from .generation import GenerationRequest, Person, generate as run_generation, prepare_pipeline, read_photo, write_outputs
     from .pipeline import DEFAULT_BACKBONE, DEFAULT_IMAGE_ENCODER, load_pipeline
     from .validation import OutputFolder
 
@@ -235,6 +243,7 @@ def generate(references, persons, layout, layout_faces, mask_kind, weights, prom
     _check_generate_options(references, () if persons else weights, prompt, negative_prompt, model, image_encoder, adapter, shadingnet, seed,
                             guidance_scale, ip_scale, s_scale, controlnet_scale, shading_from, light_from, light_dir, light_strength, height,
                             width, face_index, crop_factor, shading_crop_factor)
+    lora_specs = _check_speed_options(model, loras, controlnet_start, controlnet_end, vae)
     side = 64 if model in ("tiny", "tiny-xl") else 1024
     pixels = (height or side) * (width or side) * 3  # one image, uncompressed: an upper bound of its PNG
     n_people = len(persons) if persons else 1
@@ -252,6 +261,7 @@ def generate(references, persons, layout, layout_faces, mask_kind, weights, prom
         from .errors import ModelNotFoundError
 
         raise ModelNotFoundError(f"--adapter-lora {adapter_lora}: no such file; check the path")
+    _preflight_speed_models(model, lora_specs, vae)
     try:
         # 1. Faces first: a photo without a usable face fails before any large model loads.
         t0 = time.perf_counter()
@@ -286,11 +296,11 @@ def generate(references, persons, layout, layout_faces, mask_kind, weights, prom
         pipe = load_pipeline(model, image_encoder=image_encoder or DEFAULT_IMAGE_ENCODER, adapter=str(adapter) if adapter else None,
                              shadingnet=shadingnet, shortcut=shortcut, adapter_lora=str(adapter_lora) if adapter_lora else None)
         load_s = time.perf_counter() - t0
-        pipe.face_adapter.fuse_lora()  # inference only: merge the LoRA, no per-step LoRA cost
-        shading_options = shading_from or light_from or light_dir or _explicit("controlnet_scale") or _explicit("shading_crop_factor")
+        shading_options = shading_from or light_from or light_dir or any(
+            _explicit(k) for k in ("controlnet_scale", "shading_crop_factor", "controlnet_start", "controlnet_end"))
         if pipe.controlnet is None and shading_options:
-            raise ValueError("--shading-from/--light-from/--light-dir/--controlnet-scale/--shading-crop-factor act through a "
-                             "ShadingNet, and this pipeline has none: pass --shadingnet, or drop them")
+            raise ValueError("--shading-from/--light-from/--light-dir/--controlnet-scale/--shading-crop-factor/--controlnet-start/"
+                             "--controlnet-end act through a ShadingNet, and this pipeline has none: pass --shadingnet, or drop them")
 
         # 3. Conditions and generation (facemakeup.generation: the same function as the demo's)
         request = GenerationRequest(prompt=prompt, references=refs, negative_prompt=negative_prompt,
@@ -300,7 +310,11 @@ def generate(references, persons, layout, layout_faces, mask_kind, weights, prom
                                     num_images=num_images, steps=steps, guidance_scale=guidance_scale, ip_scale=ip_scale,
                                     s_scale=s_scale, controlnet_scale=controlnet_scale, height=height, width=width,
                                     truncate_prompt=truncate_prompt, people=people, layout=layout_photo, layout_faces=layout_faces,
-                                    mask=mask_kind)
+                                    mask=mask_kind, controlnet_start=controlnet_start, controlnet_end=controlnet_end,
+                                    loras=lora_specs, scheduler=scheduler, vae=vae, compile=compile_)
+        t0 = time.perf_counter()
+        speed_models = prepare_pipeline(pipe, request)  # LoRAs, scheduler, VAE fused / set / compiled
+        load_s += time.perf_counter() - t0
         result = run_generation(pipe, request)
         result.timings.update(face_analysis_s=analysis_s, load_s=load_s)
     except (FaceMakeUpError, ValueError) as err:
@@ -314,7 +328,8 @@ def generate(references, persons, layout, layout_faces, mask_kind, weights, prom
     models = {"pipeline": model, "family": type(pipe).__name__, "image_encoder": encoder,
               "adapter": str(adapter) if adapter else ("untrained (fresh init)" if not tiny else "tiny (random)"),
               "adapter_lora": str(adapter_lora) if adapter_lora else None,
-              "shadingnet": shadingnet or (f"{model} (fresh from_unet)" if tiny else None), "face": analyzer.model_files}
+              "shadingnet": shadingnet or (f"{model} (fresh from_unet)" if tiny else None), "face": analyzer.model_files,
+              **speed_models}
     extra = {"note": "tiny randomly initialised pipeline: the images are noise, not faces"} if tiny else None
     names = write_outputs(stage, request, result, task="generate", models=models, extra=extra)
     folder.commit(names, previous)
@@ -549,7 +564,8 @@ def build_dataset(input, out, workers, distributor, scheduler, shard_size, limit
 @click.option("--port", default=7860, show_default=True, type=click.IntRange(1, 65535))
 @click.option("--max-pixels", default=4096 * 4096, show_default=True, type=click.IntRange(1), help="Refuse uploads with more pixels.")
 @click.option("--max-file-size", default=20, show_default=True, type=click.FloatRange(0, min_open=True), help="Refuse uploads larger than this (MB).")
-def demo(model, image_encoder, adapter, shadingnet, out_dir, host, port, max_pixels, max_file_size):
+@click.option("--preview-vae", default=None, help="Show a live preview while denoising, decoded by this VAE: 'tiny' (TAESD of the backbone) or a folder.")
+def demo(model, image_encoder, adapter, shadingnet, out_dir, host, port, max_pixels, max_file_size, preview_vae):
     """Start the web demo (gradio) on http://HOST:PORT."""
     import os
 
@@ -567,12 +583,24 @@ def demo(model, image_encoder, adapter, shadingnet, out_dir, host, port, max_pix
                              shadingnet=shadingnet)
     except (FaceMakeUpError, ValueError) as err:
         _fail(err)
+    preview = None
+    if preview_vae is not None:
+        from .pipeline import backbone_family
+        from .speed import load_vae
+
+        try:
+            preview = load_vae(preview_vae, backbone_family(model), pipe.unet.dtype).to(pipe.unet.device)
+        except (FaceMakeUpError, ValueError) as err:
+            _fail(err)
     info = {"pipeline": model, "image_encoder": image_encoder or DEFAULT_IMAGE_ENCODER, "adapter": str(adapter) if adapter else None,
-            "shadingnet": shadingnet}
+            "shadingnet": shadingnet, "preview_vae": preview_vae}
     if model in TINY_MODELS:
         info = {"pipeline": model, "note": "tiny randomly initialised pipeline: the images are noise, not faces"}
     max_bytes = int(max_file_size * 2**20)
-    app = build_demo(pipe, output_dir=out_dir, max_pixels=max_pixels, max_file_size=max_bytes, model_info=info)
+    try:
+        app = build_demo(pipe, output_dir=out_dir, max_pixels=max_pixels, max_file_size=max_bytes, model_info=info, preview_vae=preview)
+    except (FaceMakeUpError, ValueError) as err:
+        _fail(err)
     click.echo(f"demo on http://{host}:{port} (writing to {out_dir}); Ctrl+C stops it")
     launch_demo(app, out_dir, host=host, port=port, max_file_size=max_bytes)
 
@@ -717,6 +745,59 @@ def _check_generate_options(references, weights, prompt, negative_prompt, model,
         if needs:
             raise FaceMakeUpInputError(f"{', '.join(needs)} act(s) through the ShadingNet, and none is loaded: "
                                        "pass --shadingnet FILE_OR_DIR (or 'init'), or drop them")
+
+
+def _check_speed_options(model, loras, controlnet_start, controlnet_end, vae) -> list:
+    """``--lora``, ``--controlnet-start/-end`` and ``--vae`` values, before any work.
+
+    Returns:
+        The parsed ``speed.LoraSpec`` of each ``--lora``.
+
+    Raises:
+        FaceMakeUpInputError: a weight or fraction out of range, start >= end, or ``--vae tiny`` with a tiny model.
+    """
+    from . import validation as v
+    from .speed import LoraSpec
+
+    specs = [LoraSpec.parse(text) for text in loras]
+    for flag, value in (("--controlnet-start", controlnet_start), ("--controlnet-end", controlnet_end)):
+        v.check_number(value, flag, low=0, high=1, fix="it is a fraction of the steps, e.g. --controlnet-end 0.4")
+    if controlnet_start >= controlnet_end:
+        raise FaceMakeUpInputError(f"--controlnet-start {controlnet_start:g} must be below --controlnet-end {controlnet_end:g}: the "
+                                   "ShadingNet runs between them (fractions of the steps), e.g. --controlnet-end 0.4")
+    if vae == "tiny" and model in TINY_MODELS:
+        raise FaceMakeUpInputError(f"--vae tiny is TAESD, made for real SD 1.5 / SDXL backbones (8x latents); --model {model} has 2x "
+                                   "latents: drop --vae, or pass a VAE folder made for it")
+    return specs
+
+
+def _preflight_speed_models(model: str, specs: list, vae: str | None) -> None:
+    """The LoRA files exist and are LoRAs; a VAE folder exists (a hub VAE, ``--vae tiny`` included, is
+    loaded later and named with what to download if it cannot be).
+
+    Raises:
+        ModelNotFoundError: a missing file or folder. CheckpointError: a file that is not a readable LoRA.
+    """
+    from .errors import ModelNotFoundError
+    from .speed import check_lora_file
+
+    import huggingface_hub
+    from huggingface_hub import constants as hub
+
+    from .pipeline import backbone_family
+    from .speed import TINY_VAES
+
+    for spec in specs:
+        check_lora_file(spec)
+    if vae is None or Path(vae).expanduser().exists():
+        return
+    repo = TINY_VAES[backbone_family(model)] if vae == "tiny" else vae
+    if vae != "tiny" and ("/" not in vae or vae.startswith((".", "/", "~"))):
+        raise ModelNotFoundError(f"--vae {vae}: no such folder; pass 'tiny' (TAESD) or the folder of a downloaded VAE "
+                                 "(e.g. `hf download madebyollin/taesd --local-dir DIR`)")
+    if hub.HF_HUB_OFFLINE and not isinstance(huggingface_hub.try_to_load_from_cache(repo, "config.json"), str):
+        raise ModelNotFoundError(f"--vae {vae}: {repo} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; on a machine with "
+                                 f"internet access run `hf download {repo} --local-dir DIR`, copy DIR here and pass --vae DIR")
 
 
 #: ``--model`` values that build a tiny random pipeline (noise images).

@@ -13,6 +13,9 @@ random button, face crop factor, shading crop factor, width/height; docs/sources
 * several people: a group photo as the layout (its faces, left to right, give the people's places,
   poses and lighting) and one reference upload per detected face; the preview draws the people's
   masks on the map (``generation.GenerationRequest.people``, ``faces.layout``);
+* the ShadingNet's window (``control_guidance_start`` / ``_end``: stop it after the early steps, which
+  set pose and light, for speed);
+* with a preview VAE (TAESD, ``preview_vae``), a live preview of the image while it is denoised;
 * a gallery of the results and a zip of the images with their ``provenance.json``;
 * examples from public-domain photos (scikit-image's astronaut, matplotlib's Grace Hopper).
 
@@ -98,6 +101,7 @@ class DemoRequest:
         group: optional group photo (the layout: one face per person), file path; then ``people`` replaces
             ``references``.
         people: per face of the group photo, left to right, the file path of that person's reference photo.
+        controlnet_start, controlnet_end: the ShadingNet's window, fractions of the steps (0 <= start < end <= 1).
     """
 
     references: list[str] = field(default_factory=list)
@@ -124,6 +128,8 @@ class DemoRequest:
     height: int = 512
     group: str | None = None
     people: list[str | None] = field(default_factory=list)
+    controlnet_start: float = 0.0
+    controlnet_end: float = 1.0
 
 
 def safe_label(path: str | os.PathLike, prefix: str) -> str:
@@ -184,8 +190,9 @@ class DemoBackend:
     """
 
     def __init__(self, pipeline, output_dir, analyzer=None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 max_file_size: int = DEFAULT_MAX_FILE_SIZE, model_info: dict | None = None):
+                 max_file_size: int = DEFAULT_MAX_FILE_SIZE, model_info: dict | None = None, preview_vae=None):
         self.pipe = pipeline
+        self.preview_vae = preview_vae
         self.output_dir = Path(output_dir).resolve()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.has_shading = pipeline.controlnet is not None
@@ -203,7 +210,11 @@ class DemoBackend:
         self._faces_lock = threading.Lock()  # onnxruntime/mediapipe sessions: one photo at a time
         self._generate_lock = threading.Lock()  # one generation at a time per model, also outside gradio's queue
         if not pipeline.face_adapter.lora_fused:
-            pipeline.face_adapter.fuse_lora()  # inference only: merge the LoRA, no per-step LoRA cost
+            pipeline.fuse_lora()  # inference only: merge the LoRAs (the face adapter's last), no per-step LoRA cost
+        if preview_vae is not None:
+            from .speed import check_vae_fits
+
+            check_vae_fits(pipeline, preview_vae)  # refuses a VAE whose latents do not fit, before the page opens
 
     # ------------------------------------------------------------------ uploads
     def read_photo(self, path: str | os.PathLike, prefix: str) -> Photo:
@@ -276,6 +287,7 @@ class DemoBackend:
             shading_crop_factor=float(req.shading_crop_factor), seed=int(req.seed) if req.seed is not None else 0,
             num_images=int(req.num_images), steps=int(req.steps), guidance_scale=float(req.guidance_scale), ip_scale=float(req.ip_scale),
             s_scale=float(req.s_scale), controlnet_scale=float(req.controlnet_scale), height=int(req.height), width=int(req.width),
+            controlnet_start=float(req.controlnet_start), controlnet_end=float(req.controlnet_end),
         )
 
     def group_faces(self, path: str | os.PathLike) -> Photo:
@@ -320,6 +332,7 @@ class DemoBackend:
             seed=int(req.seed) if req.seed is not None else 0, num_images=int(req.num_images), steps=int(req.steps),
             guidance_scale=float(req.guidance_scale), ip_scale=float(req.ip_scale), s_scale=float(req.s_scale),
             controlnet_scale=float(req.controlnet_scale), height=int(req.height), width=int(req.width),
+            controlnet_start=float(req.controlnet_start), controlnet_end=float(req.controlnet_end),
         )
 
     def conditions(self, req: DemoRequest) -> Conditions:
@@ -379,12 +392,14 @@ class DemoBackend:
         return items, [len(group.faces)], f"Ready: {len(group.faces)} people. Press **Generate**."
 
     # ------------------------------------------------------------------ generation
-    def generate(self, req: DemoRequest, progress=None) -> tuple[list[Path], Path, str]:
+    def generate(self, req: DemoRequest, progress=None, preview=None) -> tuple[list[Path], Path, str]:
         """Generate, save the images with their provenance in a new run folder, and zip them.
 
         Args:
             req: the request. progress: optional ``callable((done, total), desc=str)`` called after
                 each denoising step (``gr.Progress`` fits).
+            preview: optional ``callable(images, done, total)``, with a preview VAE: the current latents
+                decoded by it (PIL images at the output size), every ``preview_every(steps)`` steps.
 
         Returns:
             ``(image_paths, zip_path, message)``; all paths are under ``output_dir``.
@@ -403,14 +418,33 @@ class DemoBackend:
                 raise ValueError(f"{name} must be a positive multiple of 8, got {value}")
         if steps < 1 or num_images < 1 or not 0 <= seed < 2**63:
             raise ValueError(f"steps and number of images must be >= 1 and the seed >= 0 (got {steps}, {num_images}, {seed})")
+        if self.has_shading and not 0 <= float(req.controlnet_start) < float(req.controlnet_end) <= 1:
+            raise ValueError(f"the ShadingNet runs from 'ShadingNet from' to 'ShadingNet until' (fractions of the steps): "
+                             f"{req.controlnet_start:g} must be below {req.controlnet_end:g}")
         t0 = time.perf_counter()
         cond = self.conditions(req)
         analysis_s = time.perf_counter() - t0
         report = None if progress is None else (lambda i, n: progress((i, n), desc=f"denoising step {i}/{n}"))
+        live = None
+        if preview is not None and self.preview_vae is not None:
+            every = preview_every(steps)
+
+            def live(i, n, latents):
+                if i % every == 0 or i == n:
+                    preview(self.preview_images(latents), i, n)
         with self._generate_lock:
-            result = generate(self.pipe, cond.request, cond, progress=report)
+            result = generate(self.pipe, cond.request, cond, progress=report, on_latents=live)
         result.timings["face_analysis_s"] = analysis_s
         return self._save(req, result)
+
+    def preview_images(self, latents) -> list[Image.Image]:
+        """The latents ``(B, 4, h, w)`` decoded by the preview VAE (TAESD reads them unscaled), as PIL images."""
+        import torch
+
+        vae = self.preview_vae
+        with torch.no_grad():
+            decoded = vae.decode(latents.to(device=vae.device, dtype=vae.dtype) / vae.config.scaling_factor).sample  # [-1, 1]
+        return self.pipe.image_processor.postprocess(decoded.float(), output_type="pil")
 
     def _save(self, req: DemoRequest, result) -> tuple[list[Path], Path, str]:
         run_id = f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}"
@@ -494,14 +528,49 @@ def backbone_text(pipeline, model_info: dict | None) -> str:
     return f"on {family}"
 
 
+def preview_every(steps: int) -> int:
+    """Decode a live preview every this many steps: every step up to 10 steps, else about 10 previews."""
+    return max(1, steps // 10)
+
+
+def live_generation(backend, req: DemoRequest, progress, run):
+    """``backend.generate`` in a worker thread; yields ``(gallery, download, status)`` with each live
+    preview, then the result. Errors of the generation reach the page as ``run`` turns them."""
+    import queue
+
+    updates: queue.Queue = queue.Queue()
+    done = {}
+
+    def work():
+        try:
+            done["result"] = run(backend.generate, req, progress, lambda images, i, n: updates.put((images, i, n)))
+        except BaseException as err:  # noqa: BLE001 - handed to the page below
+            done["error"] = err
+        finally:
+            updates.put(None)
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    while (item := updates.get()) is not None:
+        images, i, n = item
+        yield images, None, f"Preview (TAESD) after step {i}/{n} ..."
+    thread.join()
+    if "error" in done:
+        raise done["error"]
+    paths, zip_path, message = done["result"]
+    yield [str(p) for p in paths], str(zip_path), message
+
+
 def build_demo(pipeline, output_dir="facemakeup-demo", analyzer=None, max_pixels: int = DEFAULT_MAX_PIXELS,
-               max_file_size: int = DEFAULT_MAX_FILE_SIZE, model_info: dict | None = None, title: str = "Face-MakeUp"):
+               max_file_size: int = DEFAULT_MAX_FILE_SIZE, model_info: dict | None = None, title: str = "Face-MakeUp",
+               preview_vae=None):
     """The gradio app around ``pipeline``; mount it or ``launch_demo`` it.
 
     Args:
         pipeline: a ``FaceMakeUpPipeline`` (with a ShadingNet for the shading/lighting inputs).
         output_dir: the folder for results, downloads and examples (created).
-        analyzer, max_pixels, max_file_size, model_info: see ``DemoBackend``.
+        analyzer, max_pixels, max_file_size, model_info, preview_vae: see ``DemoBackend`` (with a
+            ``preview_vae``, the gallery shows the image live while it is denoised).
         title: page title.
 
     Returns:
@@ -510,7 +579,7 @@ def build_demo(pipeline, output_dir="facemakeup-demo", analyzer=None, max_pixels
     """
     import gradio as gr
 
-    backend = DemoBackend(pipeline, output_dir, analyzer, max_pixels, max_file_size, model_info)
+    backend = DemoBackend(pipeline, output_dir, analyzer, max_pixels, max_file_size, model_info, preview_vae)
     size = backend.default_size
     shading_visible = backend.has_shading
 
@@ -553,6 +622,11 @@ def build_demo(pipeline, output_dir="facemakeup-demo", analyzer=None, max_pixels
                             strength = gr.Slider(0, 2, value=0.7, step=0.05, label="light strength", elem_id="light_strength")
                     shading_crop = gr.Slider(2, 8, value=5, step=0.5, label="Shading crop factor", elem_id="shading_crop")
                     controlnet_scale = gr.Slider(0, 1, value=0.5, step=0.05, label="ShadingNet scale", elem_id="controlnet_scale")
+                    with gr.Row():
+                        controlnet_start = gr.Slider(0, 1, value=0.0, step=0.05, label="ShadingNet from (fraction of the steps)",
+                                                     elem_id="controlnet_start")
+                        controlnet_end = gr.Slider(0, 1, value=1.0, step=0.05, label="ShadingNet until (0.4: faster, pose and light kept)",
+                                                   elem_id="controlnet_end")
                 with gr.Accordion("Generation settings", open=False, elem_id="settings"):
                     ip_scale = gr.Slider(0.1, 2, value=0.5, step=0.05, label="IP scale (identity strength)", elem_id="ip_scale")
                     s_scale = gr.Slider(0, 2, value=0.7, step=0.05, label="s_scale (CLIP face detail in the ID tokens)", elem_id="s_scale")
@@ -580,7 +654,7 @@ def build_demo(pipeline, output_dir="facemakeup-demo", analyzer=None, max_pixels
 
         controls = [references, *weights, *pickers, target, pose_from, light_from, light_x, light_y, strength, crop, shading_crop,
                     prompt, negative, ip_scale, s_scale, controlnet_scale, guidance, steps, num_images, seed, width, height,
-                    group, *person_files]
+                    controlnet_start, controlnet_end, group, *person_files]
 
         def request(values, reset_faces: bool = False) -> DemoRequest:
             refs = values[0]
@@ -591,8 +665,8 @@ def build_demo(pipeline, output_dir="facemakeup-demo", analyzer=None, max_pixels
                 face_indices=faces, target=v[0], pose_from=v[1], light_from=v[2], light_x=v[3], light_y=v[4], light_strength=v[5],
                 crop_factor=v[6], shading_crop_factor=v[7], prompt=v[8], negative_prompt=v[9], ip_scale=v[10], s_scale=v[11],
                 controlnet_scale=v[12], guidance_scale=v[13], steps=int(v[14]), num_images=int(v[15]),
-                seed=v[16], width=int(v[17]), height=int(v[18]),
-                group=str(v[19]) if v[19] else None, people=[str(f) if f else None for f in v[20:20 + MAX_PEOPLE]],
+                seed=v[16], width=int(v[17]), height=int(v[18]), controlnet_start=float(v[19]), controlnet_end=float(v[20]),
+                group=str(v[21]) if v[21] else None, people=[str(f) if f else None for f in v[22:22 + MAX_PEOPLE]],
             )
 
         def run(fn, *args):
@@ -639,8 +713,11 @@ def build_demo(pipeline, output_dir="facemakeup-demo", analyzer=None, max_pixels
             return [items, message, *shown]
 
         def on_generate(*values, progress=gr.Progress()):
-            paths, zip_path, message = run(backend.generate, request(values), progress)
-            return [str(p) for p in paths], str(zip_path), message
+            if backend.preview_vae is None:
+                paths, zip_path, message = run(backend.generate, request(values), progress)
+                yield [str(p) for p in paths], str(zip_path), message
+                return
+            yield from live_generation(backend, request(values), progress, run)
 
         def on_sphere(x, y, s, evt: gr.SelectData):
             px, py = sphere_point(*evt.index)

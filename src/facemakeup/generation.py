@@ -119,6 +119,14 @@ class GenerationRequest:
         shading_crop_factor: the map's crop, keypoint box times this (V2 demo 5).
         seed, num_images, steps, guidance_scale, ip_scale, s_scale, controlnet_scale, height, width,
         truncate_prompt: as the pipeline's ``__call__`` (``height``/``width`` ``None``: the model's size).
+        controlnet_start, controlnet_end: the ShadingNet's window, fractions of the steps (the
+            pipeline's ``control_guidance_start`` / ``control_guidance_end``; end 0.4 stops it early).
+        loras: ``speed.LoraSpec`` per user LoRA (few-step LCM/TCD/Hyper-SD, styles), loaded beside the face
+            adapter's LoRA by ``prepare_pipeline`` (which fills their names and SHA-256).
+        scheduler: a ``speed.SCHEDULERS`` name, or ``None``: the pipeline's (DDIM for SD 1.5, as
+            Face-MakeUp; the backbone folder's for SDXL).
+        vae: ``"tiny"`` (TAESD), a VAE folder, or ``None`` (the backbone's); see ``speed.load_vae``.
+        compile: ``torch.compile`` the UNet and ControlNet (``prepare_pipeline``).
     """
 
     prompt: str
@@ -146,11 +154,22 @@ class GenerationRequest:
     layout: Photo | None = None
     layout_faces: list[int] | None = None
     mask: str = "box"
+    controlnet_start: float = 0.0
+    controlnet_end: float = 1.0
+    loras: list = field(default_factory=list)
+    scheduler: str | None = None
+    vae: str | None = None
+    compile: bool = False
 
     def parameters(self) -> dict:
-        """The request's numbers and switches, for ``provenance.json``."""
-        skip = {"prompt", "negative_prompt", "references", "weights", "shading_from", "light_from", "light_dir", "people", "layout"}
-        return {k: v for k, v in self.__dict__.items() if k not in skip}
+        """The request's numbers and switches, for ``provenance.json`` (the scheduler's name as
+        ``scheduler_name``; ``write_outputs`` adds the class that ran as ``scheduler``)."""
+        skip = {"prompt", "negative_prompt", "references", "weights", "shading_from", "light_from", "light_dir", "people", "layout",
+                "loras", "scheduler"}
+        out = {k: v for k, v in self.__dict__.items() if k not in skip}
+        out["loras"] = [{"path": str(x.path), "weight": x.weight, "name": x.name, "sha256": x.sha256} for x in self.loras]
+        out["scheduler_name"] = self.scheduler
+        return out
 
     @property
     def several(self) -> bool:
@@ -322,13 +341,47 @@ def _place_people(pipe, request: GenerationRequest, cond: Conditions) -> Conditi
     return cond
 
 
-def generate(pipe, request: GenerationRequest, conditions: Conditions | None = None, progress=None) -> GenerationResult:
+def prepare_pipeline(pipe, request: GenerationRequest, local_files_only: bool | None = None) -> dict:
+    """Make ``pipe`` what the request asks for, once per loaded pipeline (before ``generate``): its
+    LoRAs loaded beside the face adapter's and fused with it (so a step costs what a plain step costs),
+    its scheduler, its VAE, compiled if asked.
+
+    Args:
+        pipe: a ``FaceMakeUpPipeline`` or ``FaceMakeUpXLPipeline``; request: the request (``request.loras``
+            is replaced by the loaded specs, with adapter names and SHA-256).
+        local_files_only: for the VAE (default: ``HF_HUB_OFFLINE``).
+
+    Returns:
+        What to record as models in ``provenance.json``: ``{"loras": [...], "vae": ..., "compiled": [...]}``.
+
+    Raises:
+        ModelNotFoundError: a LoRA or VAE is missing. CheckpointError / CheckpointLayoutError: one that
+            cannot be used or does not fit the pipeline. FaceMakeUpInputError: an unknown scheduler.
+    """
+    from . import speed
+
+    family = "sdxl" if type(pipe).__name__ == "FaceMakeUpXLPipeline" else "sd15"
+    request.loras = speed.load_loras(pipe, list(request.loras))
+    speed.set_scheduler(pipe, request.scheduler)
+    if request.vae is not None:
+        speed.use_vae(pipe, speed.load_vae(request.vae, family, pipe.unet.dtype, local_files_only))
+    pipe.fuse_lora()  # inference only: every LoRA merged (the face adapter's last), no per-step LoRA cost
+    compiled = speed.compile_denoiser(pipe) if request.compile else []
+    vae = None if request.vae is None else (speed.TINY_VAES[family] if request.vae == "tiny" else str(request.vae))
+    return {"loras": request.parameters()["loras"], "vae": vae, "compiled": compiled}
+
+
+def generate(pipe, request: GenerationRequest, conditions: Conditions | None = None, progress=None,
+             on_latents=None) -> GenerationResult:
     """Run the pipeline for a request.
 
     Args:
-        pipe: a ``FaceMakeUpPipeline`` or ``FaceMakeUpXLPipeline`` (its LoRA fused for speed, or not).
+        pipe: a ``FaceMakeUpPipeline`` or ``FaceMakeUpXLPipeline`` (``prepare_pipeline`` made, or not); the
+            request's scheduler, when named, is set here too.
         request: the request. conditions: from ``prepare_conditions`` (made here when ``None``).
         progress: optional ``callable(step, steps)`` after each denoising step.
+        on_latents: optional ``callable(step, steps, latents)`` after each step, ``latents`` the
+            ``(B, 4, h, w)`` current latents (the demo's live preview decodes them with TAESD).
 
     Returns:
         The ``GenerationResult``.
@@ -338,6 +391,9 @@ def generate(pipe, request: GenerationRequest, conditions: Conditions | None = N
         for invalid values).
     """
 
+    from .speed import set_scheduler
+
+    set_scheduler(pipe, request.scheduler)
     timings = {}
     t0 = time.perf_counter()
     cond = conditions if conditions is not None else prepare_conditions(pipe, request)
@@ -346,6 +402,8 @@ def generate(pipe, request: GenerationRequest, conditions: Conditions | None = N
     def on_step(_pipe, i, _t, _tensors):
         if progress is not None:
             progress(i + 1, request.steps)
+        if on_latents is not None:
+            on_latents(i + 1, request.steps, _tensors["latents"])
         return {}
 
     height, width = cond.size
@@ -358,7 +416,8 @@ def generate(pipe, request: GenerationRequest, conditions: Conditions | None = N
                num_inference_steps=request.steps, guidance_scale=request.guidance_scale, ip_scale=request.ip_scale,
                s_scale=request.s_scale, reference_weights=weights, seed=request.seed,
                shading_image=cond.map, controlnet_conditioning_scale=request.controlnet_scale, condition=request.condition,
-               truncate_prompt=request.truncate_prompt, callback_on_step_end=on_step, **people)
+               truncate_prompt=request.truncate_prompt, callback_on_step_end=on_step,
+               control_guidance_start=request.controlnet_start, control_guidance_end=request.controlnet_end, **people)
     timings["generate_s"] = time.perf_counter() - t0
     timings["per_step_s"] = timings["generate_s"] / request.steps
     return GenerationResult(out, cond, timings, type(pipe.scheduler).__name__)
@@ -468,6 +527,8 @@ def write_outputs(folder: str | os.PathLike, request: GenerationRequest, result:
         **({"people": people} if people else {}),
         "parameters": {**request.parameters(), "height": cond.size[0], "width": cond.size[1],
                        "controlnet_scale": request.controlnet_scale if with_map else None,
+                       "controlnet_start": request.controlnet_start if with_map else None,
+                       "controlnet_end": request.controlnet_end if with_map else None,
                        "condition": request.condition if with_map else None, "scheduler": result.scheduler, **(parameters or {})},
         "models": models,
         "outputs": names,

@@ -15,7 +15,9 @@ InstantID's ``draw_kps`` instead (``condition="keypoints"``, ``faces.conditions`
 
 Weights of every published layout (IP-Adapter-FaceID, -Plus, -PlusV2, -Portrait, Face-MakeUp V1/V2,
 ours) load with ``load_face_adapter`` / ``set_face_adapter_scale`` / ``unload_face_adapter``, the
-trio of diffusers' ``load_ip_adapter`` API (``model.loaders`` reads them). All of the face
+trio of diffusers' ``load_ip_adapter`` API (``model.loaders`` reads them). Users' LoRAs (LCM-LoRA, styles)
+load beside the face adapter's LoRA with diffusers' ``load_lora_weights`` / ``set_adapters`` / ``fuse_lora``
+(``facemakeup.lora``), and the ShadingNet can stop early (``control_guidance_end``). All of the face
 conditioning (references, ID tokens, the ControlNet's map, the denoising loop) is
 ``face_conditioning.FaceConditioningMixin``, shared with the SDXL pipeline (``pipeline_xl``); this
 module owns SD 1.5's text encoding and ``load_pipeline``, which tells SD 1.5 from SDXL.
@@ -38,6 +40,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, DiffusionPipeline, UNet2DConditionModel
+from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.image_processor import VaeImageProcessor
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CLIPVisionModelWithProjection
@@ -45,6 +48,7 @@ from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTokenizer, CL
 from .face_conditioning import (DEFAULT_IMAGE_ENCODER, DEFAULT_IP_SCALE, FaceConditioningMixin, FaceMakeUpPipelineOutput,
                                 face_components, load_component, load_face_weights)
 from .faces.image import ImageInput
+from .lora import FaceLoraLoaderMixin
 from .model.id_adapter import FaceIDAdapter
 
 logger = logging.getLogger(__name__)
@@ -58,7 +62,7 @@ __all__ = ["FaceMakeUpPipeline", "FaceMakeUpPipelineOutput", "load_pipeline", "b
            "DEFAULT_IMAGE_ENCODER", "DEFAULT_IP_SCALE"]
 
 
-class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
+class FaceMakeUpPipeline(FaceConditioningMixin, FaceLoraLoaderMixin, StableDiffusionLoraLoaderMixin, DiffusionPipeline):
     """Identity-conditioned text-to-image generation with SD 1.5 and the Face-MakeUp ID channel.
 
     Args:
@@ -75,7 +79,11 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
         controlnet: ``ControlNetModel``, the ShadingNet (optional; Face-MakeUpV2) or V1's keypoint ControlNet.
     """
 
-    model_cpu_offload_seq = "text_encoder->image_encoder->face_adapter->controlnet->unet->vae"
+    # enable_model_cpu_offload: the ControlNet, called every step, gets its own hook (as in diffusers' ControlNet
+    # pipelines; in the chain the UNet's hook would move it off the GPU at every step); the face adapter stays on
+    # the GPU: its ID/LoRA linears are shared into the UNet and move with it, its projection runs outside forward().
+    model_cpu_offload_seq = "text_encoder->image_encoder->unet->vae"
+    _exclude_from_cpu_offload = ["face_adapter"]
     _optional_components = ["face_adapter", "image_encoder", "feature_extractor", "controlnet"]
 
     def __init__(
@@ -189,7 +197,8 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
                      height, width, num_inference_steps, guidance_scale, ip_scale, num_images_per_prompt, generator, seed,
                      prompt_embeds=None, negative_prompt_embeds=None, shading_image=None, condition="shading",
                      callback_on_step_end_tensor_inputs=("latents",),
-                     s_scale=1.0, controlnet_conditioning_scale=0.5, truncate_prompt=False, people=None):
+                     s_scale=1.0, controlnet_conditioning_scale=0.5, truncate_prompt=False, people=None, control_guidance_start=0.0,
+                     control_guidance_end=1.0):
         """Validate user input up front; every error names the argument and what was received.
 
         Raises:
@@ -219,7 +228,8 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
             if len(neg) != len(texts):
                 raise ValueError(f"`negative_prompt` has {len(neg)} entries but `prompt` has {len(texts)}")
         self.check_face_inputs(reference_image, id_embeds, face_images, clip_embeds, reference_weights, ip_scale, s_scale,
-                               controlnet_conditioning_scale, shading_image, condition, height=height, width=width, **(people or {}))
+                               controlnet_conditioning_scale, shading_image, condition, height=height, width=width,
+                               control_guidance_start=control_guidance_start, control_guidance_end=control_guidance_end, **(people or {}))
         self.check_common_inputs(height, width, num_inference_steps, guidance_scale, num_images_per_prompt, generator, seed,
                                  callback_on_step_end_tensor_inputs)
         self.check_prompts([self.tokenizer], {"prompt": prompt if prompt_embeds is None else None, "negative_prompt": negative_prompt},
@@ -252,6 +262,8 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
         uncond_clip_embeds: torch.Tensor | None = None,
         shading_image: ImageInput | torch.Tensor | None = None,
         controlnet_conditioning_scale: float = 0.5,
+        control_guidance_start: float = 0.0,
+        control_guidance_end: float = 1.0,
         shading_crop_factor: float = 5.0,
         condition: str = "shading",
         reference_people: list[int] | None = None,
@@ -306,6 +318,10 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
                 (``faces.conditions.condition_map``).
             controlnet_conditioning_scale (`float`, defaults to 0.5): weight of the ShadingNet's
                 residuals (V2 web demo 0.5; 0 = no effect).
+            control_guidance_start (`float`, defaults to 0.0), control_guidance_end (`float`, defaults to 1.0):
+                the fractions of the steps between which the ControlNet runs (diffusers' names and
+                rule, ``face_conditioning.controlnet_window``); outside them it is not called, so
+                ``control_guidance_end=0.4`` saves 60% of its cost (the early steps set pose and light).
             shading_crop_factor (`float`, defaults to 5.0): crop of the default shading / keypoint map.
             condition (`str`, defaults to "shading"): what the ControlNet reads: ``"shading"``
                 (Face-MakeUpV2's ShadingNet), ``"keypoints"`` (Face-MakeUp V1: InstantID-style
@@ -354,7 +370,7 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
         self.check_inputs(prompt, negative_prompt, reference_image, id_embeds, face_images, clip_embeds, reference_weights,
                           height, width, num_inference_steps, guidance_scale, ip_scale, num_images_per_prompt, generator, seed,
                           prompt_embeds, negative_prompt_embeds, shading_image, condition, callback_on_step_end_tensor_inputs,
-                          s_scale, controlnet_conditioning_scale, truncate_prompt, people)
+                          s_scale, controlnet_conditioning_scale, truncate_prompt, people, control_guidance_start, control_guidance_end)
         device = self._execution_device
         height = height or self.unet.config.sample_size * self.vae_scale_factor
         width = width or self.unet.config.sample_size * self.vae_scale_factor
@@ -387,12 +403,13 @@ class FaceMakeUpPipeline(FaceConditioningMixin, DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=prompt_embeds.dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}")
-        latents = latents.to(device) * self.scheduler.init_noise_sigma
+        latents = latents.to(device=device, dtype=prompt_embeds.dtype) * self.scheduler.init_noise_sigma
 
         # 5. Denoising loop (face_conditioning.FaceConditioningMixin.denoise)
         latents = self.denoise(latents, cond, prompt_embeds, guidance_scale, controlnet_conditioning_scale, generator,
                                callback_on_step_end=callback_on_step_end,
-                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                               control_guidance_start=control_guidance_start, control_guidance_end=control_guidance_end)
 
         # 6. Decode
         images = self.decode_latents(latents, output_type)

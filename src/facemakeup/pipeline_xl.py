@@ -34,12 +34,14 @@ import numpy as np
 import torch
 from diffusers import AutoencoderKL, ControlNetModel, DiffusionPipeline, UNet2DConditionModel
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
 from diffusers.utils.torch_utils import randn_tensor
 from transformers import CLIPImageProcessorPil, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionModelWithProjection
 
 from .face_conditioning import (DEFAULT_IMAGE_ENCODER, DEFAULT_IP_SCALE, FaceConditioningMixin, FaceMakeUpPipelineOutput,
                                 face_components, load_component)
 from .faces.image import ImageInput
+from .lora import FaceLoraLoaderMixin
 from .model.id_adapter import FaceIDAdapter
 from .pipeline import DEFAULT_XL_BACKBONE, _map_image
 
@@ -48,7 +50,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["FaceMakeUpXLPipeline"]
 
 
-class FaceMakeUpXLPipeline(FaceConditioningMixin, DiffusionPipeline):
+class FaceMakeUpXLPipeline(FaceConditioningMixin, FaceLoraLoaderMixin, StableDiffusionXLLoraLoaderMixin, DiffusionPipeline):
     """Identity-conditioned text-to-image generation with SDXL and the Face-MakeUp ID channel.
 
     Args:
@@ -67,7 +69,11 @@ class FaceMakeUpXLPipeline(FaceConditioningMixin, DiffusionPipeline):
             zeros (SDXL-base's setting; diffusers' default).
     """
 
-    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->face_adapter->controlnet->unet->vae"
+    # enable_model_cpu_offload: the ControlNet, called every step, gets its own hook (as in diffusers' ControlNet
+    # pipelines; in the chain the UNet's hook would move it off the GPU at every step); the face adapter stays on
+    # the GPU: its ID/LoRA linears are shared into the UNet and move with it, its projection runs outside forward().
+    model_cpu_offload_seq = "text_encoder->text_encoder_2->image_encoder->unet->vae"
+    _exclude_from_cpu_offload = ["face_adapter"]
     _optional_components = ["face_adapter", "image_encoder", "feature_extractor", "controlnet"]
 
     def __init__(
@@ -294,6 +300,8 @@ class FaceMakeUpXLPipeline(FaceConditioningMixin, DiffusionPipeline):
         uncond_clip_embeds: torch.Tensor | None = None,
         shading_image: ImageInput | torch.Tensor | None = None,
         controlnet_conditioning_scale: float = 0.5,
+        control_guidance_start: float = 0.0,
+        control_guidance_end: float = 1.0,
         shading_crop_factor: float = 5.0,
         condition: str = "shading",
         reference_people: list[int] | None = None,
@@ -318,9 +326,10 @@ class FaceMakeUpXLPipeline(FaceConditioningMixin, DiffusionPipeline):
         Args:
             prompt, reference_image, negative_prompt, num_images_per_prompt, num_inference_steps, ip_scale,
             s_scale, reference_weights, face_index, generator, seed, id_embeds, face_images, clip_embeds,
-            uncond_clip_embeds, shading_image, controlnet_conditioning_scale, shading_crop_factor, condition,
-            reference_people, face_masks, layout_image, layout_assignment, layout_mask (several people in one image),
-            output_type, return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs, truncate_prompt:
+            uncond_clip_embeds, shading_image, controlnet_conditioning_scale, control_guidance_start, control_guidance_end,
+            shading_crop_factor, condition, reference_people, face_masks, layout_image, layout_assignment, layout_mask
+            (several people in one image), output_type, return_dict, callback_on_step_end, callback_on_step_end_tensor_inputs,
+            truncate_prompt:
                 as ``FaceMakeUpPipeline.__call__``.
             prompt_2, negative_prompt_2 (`str` or `list[str]`, *optional*): for the second text encoder
                 (default: ``prompt`` / ``negative_prompt``).
@@ -350,7 +359,8 @@ class FaceMakeUpXLPipeline(FaceConditioningMixin, DiffusionPipeline):
         people = {"reference_people": reference_people, "face_masks": face_masks, "layout_image": layout_image,
                   "layout_assignment": layout_assignment, "layout_mask": layout_mask}
         self.check_face_inputs(reference_image, id_embeds, face_images, clip_embeds, reference_weights, ip_scale, s_scale,
-                               controlnet_conditioning_scale, shading_image, condition, height=height, width=width, **people)
+                               controlnet_conditioning_scale, shading_image, condition, height=height, width=width,
+                               control_guidance_start=control_guidance_start, control_guidance_end=control_guidance_end, **people)
         self.check_common_inputs(height, width, num_inference_steps, guidance_scale, num_images_per_prompt, generator, seed,
                                  callback_on_step_end_tensor_inputs)
         device = self._execution_device
@@ -401,12 +411,13 @@ class FaceMakeUpXLPipeline(FaceConditioningMixin, DiffusionPipeline):
             latents = randn_tensor(shape, generator=generator, device=device, dtype=prompt_embeds.dtype)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"`latents` must have shape {shape}, got {tuple(latents.shape)}")
-        latents = latents.to(device) * self.scheduler.init_noise_sigma
+        latents = latents.to(device=device, dtype=prompt_embeds.dtype) * self.scheduler.init_noise_sigma
 
         # 5. Denoising loop (face_conditioning.FaceConditioningMixin.denoise), with SDXL's added conditions
         latents = self.denoise(latents, cond, prompt_embeds, guidance_scale, controlnet_conditioning_scale, generator,
                                added_cond_kwargs=added_cond_kwargs, callback_on_step_end=callback_on_step_end,
-                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+                               callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+                               control_guidance_start=control_guidance_start, control_guidance_end=control_guidance_end)
 
         # 6. Decode; SDXL's fp16 VAE overflows, so it decodes in float32 when its config says so (as diffusers)
         if output_type != "latent" and self.vae.dtype == torch.float16 and self.vae.config.force_upcast:

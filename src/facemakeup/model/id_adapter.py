@@ -33,6 +33,12 @@ hold the adapter's own ``nn.Linear`` objects, so training, ``.to()`` and saving 
 weights. ``detach`` restores the plain UNet bit-exactly. Checkpoints of other layouts are read by
 ``facemakeup.model.loaders``.
 
+Other peft LoRAs in the same UNet (a user's LCM-LoRA, a style LoRA, loaded by diffusers'
+``load_lora_weights``) coexist with ours: the LoRA is one more peft adapter (``LORA_ADAPTER_NAME``)
+in the same wrapper layers, attaching keeps the adapters that were active, and removing ours (``detach``,
+``fuse_lora``) deletes only ``LORA_ADAPTER_NAME`` and unwraps the layers that held only it. Its weight
+(peft's ``scaling``, set by ``set_adapters``) survives fusing and re-attaching.
+
 Example:
     >>> adapter = FaceIDAdapter.for_unet(unet, clip_embed_dim=1280, lora_rank=128)
     >>> adapter.attach(unet)
@@ -42,6 +48,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 import weakref
 
 import torch
@@ -51,6 +58,7 @@ from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 from diffusers.models.embeddings import (IPAdapterFaceIDImageProjection, IPAdapterFaceIDPlusImageProjection,
                                          IPAdapterPlusImageProjection)
 from peft import LoraConfig
+from peft.tuners.tuners_utils import BaseTunerLayer
 from torch import nn
 
 #: Name of the peft adapter that carries the ID channel's LoRA inside the UNet.
@@ -182,6 +190,9 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
         self._ip_scale: float | dict = 1.0
         self._saved_processors = None  # the UNet's own processors, put back by detach()
         self._unfused_weights = None  # {layer name: original weight} while the LoRA is fused
+        self._merged_before: set[str] = set()  # peft adapters already merged into our layers when we fused
+        self._lora_scales: dict[str, float] = {}  # {layer name: weight} of our LoRA where it is not 1.0
+        self._fused_scale = 1.0  # the lora_scale of the current fuse
         self._capture = None  # the attention-map capture of training, if attached with one
 
     # ------------------------------------------------------------------ construction
@@ -271,17 +282,99 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
         self._capture = capture
 
     def _add_lora(self, unet) -> None:
-        """Wrap every LoRA target of ``unet`` in a peft layer holding this adapter's own linears."""
+        """Wrap every LoRA target of ``unet`` in a peft layer holding this adapter's own linears.
+
+        Other peft adapters already in ``unet`` stay as they were: those active stay active (ours is
+        added to them), merged ones merged, a disabled LoRA stays disabled. Our per-layer weights are put back.
+        """
         if self.config.lora_rank == 0:
             return
         rank = self.config.lora_rank
-        unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(LORA_TARGETS)), adapter_name=LORA_ADAPTER_NAME)
+        active, disabled = peft_active_adapters(unet), peft_disabled(unet)
+        # peft unmerges every merged LoRA when it adds an adapter; adding ours changes no base weight, so the
+        # merged ones stay merged: their bookkeeping is set aside while ours goes in
+        merged = {m: list(m.merged_adapters) for m in unet.modules() if isinstance(m, BaseTunerLayer) and m.merged_adapters}
+        for m in merged:
+            m.merged_adapters.clear()
+        try:
+            with warnings.catch_warnings():  # peft: "Already found a `peft_config` attribute": another LoRA, on purpose
+                warnings.filterwarnings("ignore", message="Already found a `peft_config`")
+                unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(LORA_TARGETS)), adapter_name=LORA_ADAPTER_NAME)
+        finally:
+            for m, names in merged.items():
+                m.merged_adapters.extend(names)
         for name, _, _ in self.config.attn_layers:
             for target in LORA_TARGETS:
-                layer = unet.get_submodule(f"{name}.{target}")
-                pair = self.lora[_key(f"{name}.{target}")]
+                full = f"{name}.{target}"
+                layer = unet.get_submodule(full)
+                pair = self.lora[_key(full)]
                 layer.lora_A[LORA_ADAPTER_NAME] = pair["down"]  # shared, not copied
                 layer.lora_B[LORA_ADAPTER_NAME] = pair["up"]
+                if full in self._lora_scales:
+                    layer.set_scale(LORA_ADAPTER_NAME, self._lora_scales[full])
+        if active:  # diffusers' add_adapter leaves only the new adapter active
+            unet.set_adapter([*active, LORA_ADAPTER_NAME])
+        if disabled:
+            unet.disable_lora()
+
+    def _remove_lora(self, unet) -> None:
+        """Take our LoRA out of ``unet``'s peft layers (its linears stay in this adapter).
+
+        Alone in the UNet: every peft wrapper goes (``unload_lora``), the plain ``nn.Linear`` layers
+        are back. Beside other adapters: only ours is deleted, the layers that held only ours are
+        unwrapped, and the other adapters keep their active/inactive state.
+        """
+        if self.config.lora_rank == 0 or LORA_ADAPTER_NAME not in getattr(unet, "peft_config", {}):
+            return
+        self._lora_scales = self.lora_layer_scales(unet)
+        if set(unet.peft_config) == {LORA_ADAPTER_NAME}:
+            unet.unload_lora()
+            return
+        active = [a for a in peft_active_adapters(unet) if a != LORA_ADAPTER_NAME]
+        with warnings.catch_warnings():  # peft names a new active adapter; we set ours below
+            warnings.simplefilter("ignore")
+            unet.delete_adapters(LORA_ADAPTER_NAME)
+        for name, _, _ in self.config.attn_layers:
+            for target in LORA_TARGETS:
+                full = f"{name}.{target}"
+                layer = unet.get_submodule(full)
+                if isinstance(layer, BaseTunerLayer) and not layer._all_available_adapter_names() and not layer.merged_adapters:
+                    parent, child = full.rsplit(".", 1)
+                    setattr(unet.get_submodule(parent), child, layer.get_base_layer())
+        if getattr(unet, "peft_config", None):
+            unet.set_adapter(active)
+
+    def lora_layer_scales(self, unet=None) -> dict[str, float]:
+        """``{layer name: weight}`` of our LoRA where its weight is not 1.0: read from the peft layers
+        while they hold it (``set_adapters`` writes there), else the weights kept by this adapter."""
+        unet = unet if unet is not None else self.attached_unet
+        if unet is None or LORA_ADAPTER_NAME not in getattr(unet, "peft_config", {}):
+            return dict(self._lora_scales)
+        scales = {}
+        for name, _, _ in self.config.attn_layers:
+            for target in LORA_TARGETS:
+                full = f"{name}.{target}"
+                value = float(unet.get_submodule(full).scaling[LORA_ADAPTER_NAME])  # weight * alpha / r, alpha = r
+                if value != 1.0:
+                    scales[full] = value
+        return scales
+
+    def set_lora_layer_scales(self, scales: dict[str, float]) -> None:
+        """Put back weights read by ``lora_layer_scales`` (into the peft layers when they hold our LoRA)."""
+        self._lora_scales = dict(scales)
+        unet = self.attached_unet
+        if unet is None or LORA_ADAPTER_NAME not in getattr(unet, "peft_config", {}):
+            return
+        for name, _, _ in self.config.attn_layers:
+            for target in LORA_TARGETS:
+                full = f"{name}.{target}"
+                unet.get_submodule(full).set_scale(LORA_ADAPTER_NAME, self._lora_scales.get(full, 1.0))
+
+    @property
+    def lora_in_peft(self) -> bool:
+        """Whether our LoRA is in the attached UNet's peft layers (attached, with LoRA, not fused)."""
+        unet = self.attached_unet
+        return unet is not None and LORA_ADAPTER_NAME in getattr(unet, "peft_config", {})
 
     @property
     def attached_unet(self):
@@ -325,66 +418,119 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
         """Whether the LoRA is currently merged into the attached UNet's weights."""
         return self._unfused_weights is not None
 
-    def fuse_lora(self) -> None:
+    def fuse_lora(self, lora_scale: float = 1.0, safe_fusing: bool = False) -> None:
         """Merge the LoRA into the attached UNet's weights, for inference.
 
-        ``W <- W + up @ down`` (scaling 1), then the peft wrappers are removed, so the UNet runs its
-        plain ``nn.Linear`` layers: the per-step LoRA cost disappears. The original weights are kept,
-        so ``unfuse_lora``/``detach`` restore them bit-exactly. While fused, changing the LoRA weights
-        (training) has no effect: ``unfuse_lora`` first.
+        ``W <- W + lora_scale * weight * up @ down`` (``weight``: our adapter's weight per layer, 1.0
+        unless ``set_adapters`` changed it), then our LoRA leaves the peft layers (``_remove_lora``),
+        so the UNet runs plain ``nn.Linear`` layers where no other LoRA sits: the per-step LoRA cost
+        disappears. The original weights are kept, so ``unfuse_lora``/``detach`` restore them
+        bit-exactly. While fused, changing the LoRA weights (training) has no effect: ``unfuse_lora`` first.
+
+        Args:
+            lora_scale: multiplies the merged delta (diffusers' ``fuse_lora(lora_scale=...)``).
+            safe_fusing: refuse (and leave the UNet as it was) when a merged weight is not finite.
 
         Raises:
-            ValueError: the adapter is not attached.
+            ValueError: the adapter is not attached, or ``safe_fusing`` found NaN/inf.
         """
         unet = self.attached_unet
         if unet is None:
             raise ValueError("attach the adapter to a UNet before fusing its LoRA")
         if self.config.lora_rank == 0 or self.lora_fused:
             return
-        unet.unload_lora()  # back to the plain linears (weights untouched)
+        self._merged_before = self._peft_merged(unet)
+        self._remove_lora(unet)  # back to the plain linears (weights untouched); keeps our weights
         originals = {}
         with torch.no_grad():
             for name, _, _ in self.config.attn_layers:
                 for target in LORA_TARGETS:
                     full = f"{name}.{target}"
-                    linear = unet.get_submodule(full)
+                    linear = _base(unet.get_submodule(full))
                     pair = self.lora[_key(full)]
                     originals[full] = linear.weight.detach().clone()
-                    delta = pair["up"].weight.float() @ pair["down"].weight.float()  # (out, in)
+                    scale = float(lora_scale) * self._lora_scales.get(full, 1.0)
+                    delta = scale * (pair["up"].weight.float() @ pair["down"].weight.float())  # (out, in)
                     linear.weight.add_(delta.to(linear.weight.dtype))
+                    if safe_fusing and not torch.isfinite(linear.weight).all():
+                        self._unfused_weights = originals
+                        self._restore_weights()
+                        self._add_lora(unet)
+                        raise ValueError(f"fusing the face adapter's LoRA gives non-finite weights in {full}; not fused")
         self._unfused_weights = originals
+        self._fused_scale = float(lora_scale)
 
-    def unfuse_lora(self) -> None:
-        """Put the original weights back (bit-exact) and the LoRA layers in again."""
+    @property
+    def fused_lora_scale(self) -> float:
+        """The ``lora_scale`` the LoRA was fused with (meaningful while ``lora_fused``)."""
+        return self._fused_scale
+
+    def unfuse_lora(self, reinsert: bool = True) -> None:
+        """Put the original weights back (bit-exact) and the LoRA layers in again.
+
+        Args:
+            reinsert: put our LoRA back into the peft layers. ``False`` leaves it out (no effect on the
+                UNet) until ``fuse_lora`` or ``insert_lora``: the pipeline's ``fuse_lora``/``unfuse_lora``
+                use it to merge or unmerge other LoRAs in between (adding a peft adapter would make peft
+                unmerge every merged one).
+
+        Raises:
+            ValueError: another LoRA was fused into the same layers after ours (unfuse it first:
+                ``FaceMakeUpPipeline.unfuse_lora`` unfuses in the right order).
+        """
         if not self.lora_fused:
             return
         self._restore_weights()
-        self._add_lora(self.attached_unet)
+        if reinsert:
+            self._add_lora(self.attached_unet)
+
+    def insert_lora(self) -> None:
+        """Put our LoRA back into the attached UNet's peft layers after ``unfuse_lora(reinsert=False)``
+        (nothing to do when it is there or fused)."""
+        unet = self.attached_unet
+        if unet is not None and self.config.lora_rank > 0 and not self.lora_fused and not self.lora_in_peft:
+            self._add_lora(unet)
+
+    def _peft_merged(self, unet) -> set[str]:
+        """Names of the peft adapters merged into our LoRA target layers."""
+        merged = set()
+        for name, _, _ in self.config.attn_layers:
+            for target in LORA_TARGETS:
+                layer = unet.get_submodule(f"{name}.{target}")
+                if isinstance(layer, BaseTunerLayer):
+                    merged.update(layer.merged_adapters)
+        return merged
 
     def _restore_weights(self) -> None:
         unet = self.attached_unet
+        later = self._peft_merged(unet) - self._merged_before
+        if later:
+            raise ValueError(f"the LoRA(s) {sorted(later)} were fused into the UNet after the face adapter's LoRA: unfuse them "
+                             "first (the pipeline's unfuse_lora() unfuses in the right order)")
         with torch.no_grad():
             for full, weight in self._unfused_weights.items():
-                unet.get_submodule(full).weight.copy_(weight)
+                _base(unet.get_submodule(full)).weight.copy_(weight)
         self._unfused_weights = None
 
     def detach(self) -> None:
         """Remove the ID channel from the UNet it was attached to.
 
-        The UNet gets back its own attention processors, no LoRA layers and its original weights
-        (bit-exact, also after ``fuse_lora``). The adapter keeps its weights; ``attach`` installs
-        them again.
+        The UNet gets back its own attention processors, no LoRA layers of ours and its original
+        weights (bit-exact, also after ``fuse_lora``); other peft LoRAs in it stay, as they were.
+        The adapter keeps its weights (and its LoRA's weight); ``attach`` installs them again.
+
+        Raises:
+            ValueError: another LoRA was fused into the same layers after ours (``unfuse_lora``).
         """
         unet = self.attached_unet
         if unet is None:
             return
+        if self.lora_fused:
+            self._restore_weights()
         if self._capture is not None:
             self._capture.remove()
             self._capture = None
-        if self.lora_fused:
-            self._restore_weights()
-        elif self.config.lora_rank > 0:
-            unet.unload_lora()
+        self._remove_lora(unet)
         unet.set_attn_processor(self._saved_processors)
         self._saved_processors = None
         self._attached_ref = None
@@ -438,6 +584,25 @@ class FaceIDAdapter(ModelMixin, ConfigMixin):
             return proj(id_embeds.to(self.dtype))  # (N, T, D)
         finally:
             proj.clip_embeds = None
+
+
+def _base(layer):
+    """The ``nn.Linear`` under a peft wrapper (or the layer itself)."""
+    return layer.get_base_layer() if isinstance(layer, BaseTunerLayer) else layer
+
+
+def peft_active_adapters(model) -> list[str]:
+    """The active peft adapters of ``model`` (those of its first peft layer; diffusers sets all
+    layers alike), ``[]`` without peft layers."""
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            return list(module.active_adapters)
+    return []
+
+
+def peft_disabled(model) -> bool:
+    """Whether ``model``'s peft layers are disabled (diffusers' ``disable_lora``)."""
+    return any(isinstance(m, BaseTunerLayer) and m.disable_adapters for m in model.modules())
 
 
 def _like(module, ref):

@@ -342,3 +342,35 @@ def separate_lora_state_dict(state: dict, unet: UNet2DConditionModel, naming: st
                 lora[f"{module}.alpha"] = torch.tensor(float(down.shape[0] if alpha is None else alpha))
     rest = {**state, "ip_adapter": {k: v for k, v in ip.items() if "_lora." not in k}}
     return rest, lora
+#: The UNet modules LCM-LoRA (latent-consistency/lcm-lora-sdv1-5, -sdxl) puts LoRA on (rank 64).
+LCM_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
+                    "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj")
+
+
+def random_lora_state_dict(unet: UNet2DConditionModel, rank: int = 4, seed: int = 0, std: float = 0.02,
+                           targets: tuple[str, ...] = LCM_LORA_TARGETS) -> dict:
+    """Random LoRA weights for ``unet`` in diffusers' format (what ``save_lora_weights`` writes and
+    ``load_lora_weights`` reads): ``unet.<module>.lora_A.weight`` ``(rank, in)`` and ``.lora_B.weight``
+    ``(out, rank)`` (convolutions: ``(rank, in, k, k)`` and ``(out, rank, 1, 1)``), standard deviation
+    ``std``, on the modules named by ``targets`` (default: LCM-LoRA's). Built by peft on ``unet``,
+    which is left as it was (no peft layers). For tests and speed benchmarks: the values mean nothing.
+
+    Args:
+        unet: the UNet the LoRA is for (plain: no peft layers).
+        rank: LoRA rank (``lora_alpha`` = rank, scaling 1). seed: ``torch.Generator`` seed.
+
+    Returns:
+        ``{key: float32 CPU tensor}``; save with ``StableDiffusionPipeline.save_lora_weights(DIR,
+        unet_lora_layers=sd)`` after stripping the ``unet.`` prefix, or pass to ``load_lora_weights``.
+    """
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    name = "random_lora"
+    unet.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets)), adapter_name=name)
+    try:
+        g = torch.Generator().manual_seed(seed)
+        state = get_peft_model_state_dict(unet, adapter_name=name)
+        return {f"unet.{k}": (torch.randn(v.shape, generator=g) * std) for k, v in state.items()}
+    finally:
+        unet.unload_lora()
