@@ -265,6 +265,27 @@ def open_page(page, url):
     page.wait_for_selector("#references input[type=file]", state="attached")
 
 
+def set_slider(page, elem: str, value: str, tries: int = 10):
+    """Type ``value`` into gradio slider ``#elem``'s number box until its range input shows it.
+
+    Right after an accordion opens, gradio may mount its children again and drop a value typed into
+    the first copy (seen once in CI: the range kept its default for two minutes), so type again
+    until the value sticks."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
+    box = page.locator(f"#{elem} input[type=number]")
+    for _ in range(tries):
+        box.wait_for(state="visible")  # the accordion has opened
+        box.fill(value)
+        box.press("Tab")  # blur: gradio takes the value on change
+        try:
+            page.wait_for_function(f"document.querySelector('#{elem} input[type=range]').value == '{value}'", timeout=5_000)
+            return
+        except PlaywrightTimeoutError:
+            continue
+    raise AssertionError(f"slider #{elem} never took the value {value}")
+
+
 def expect_error(page, text: str):
     page.wait_for_function("t => [...document.querySelectorAll('.toast-body')].some(e => e.innerText.includes(t))", arg=text)
     assert "Traceback" not in page.content()
@@ -282,11 +303,7 @@ def test_page_end_to_end(server, page, photos, tmp_path):
     page.wait_for_function("document.querySelector('#light_x input[type=number]').value < -0.6")
     page.get_by_text("Generation settings").click()
     for elem, value in (("steps", "2"), ("num_images", "2")):
-        box = page.locator(f"#{elem} input[type=number]")
-        box.wait_for(state="visible")  # the accordion has opened
-        box.fill(value)
-        box.press("Tab")  # blur: gradio takes the value on change
-        page.wait_for_function(f"document.querySelector('#{elem} input[type=range]').value == '{value}'")
+        set_slider(page, elem, value)
     page.locator("#prompt textarea").fill("a smiling woman")
     page.locator("#generate_button").click()
     page.wait_for_function("document.querySelectorAll('#gallery img').length == 2")
