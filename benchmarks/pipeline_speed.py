@@ -109,7 +109,10 @@ def timed(fn, repeats: int) -> float:
 
 
 def per_step(make, steps: int, repeats: int) -> float:
-    """(T(1 + steps) - T(1)) / steps for ``make(n)`` = a call running n denoising steps."""
+    """(T(1 + steps) - T(1)) / steps for ``make(n)`` = a call running n denoising steps, after one untimed
+    1-step call: the first call after weights change (a new pipeline, a load, a fuse) pays one-off costs
+    (page faults of fresh tensors, oneDNN's first bf16/AMX kernels) that read as seconds per step otherwise."""
+    make(1)()
     return (timed(make(1 + steps), repeats) - timed(make(1), repeats)) / steps
 
 
@@ -294,7 +297,10 @@ def _diffusers(fx: dict, controlnet: bool):
     return pipe, [torch.cat([torch.zeros_like(fx["id_embeds"]), fx["id_embeds"]])[:, None]]  # (2, 1, 512): CFG halves
 
 
-def _once(call) -> float:
+def _once(call, warm=None) -> float:
+    """Seconds of one ``call()``, after an untimed ``warm()`` (a 1-step call of the same pipeline: see ``per_step``)."""
+    if warm is not None:
+        warm()
     t0 = time.perf_counter()
     call()
     return time.perf_counter() - t0
@@ -325,12 +331,13 @@ def bench_early_stop(size: str, steps: int, repeats: int, end: float = 0.4) -> d
     sd.set_progress_bar_config(disable=True)
 
     def plain():
-        return {"stable_diffusion": _once(lambda: sd("a portrait", **common))}
+        return {"stable_diffusion": _once(lambda: sd("a portrait", **common), lambda: sd("a portrait", **{**common, "num_inference_steps": 1}))}
 
     def theirs():
         cn, embeds = _diffusers(fx, controlnet=True)
         out = {f"diffusers_controlnet_ip_adapter_end{e:g}": _once(
-            lambda: cn("a portrait", image=fx["shading"], ip_adapter_image_embeds=embeds, control_guidance_end=e, **common)) for e in (1.0, end)}
+            lambda: cn("a portrait", image=fx["shading"], ip_adapter_image_embeds=embeds, control_guidance_end=e, **common),
+            lambda: cn("a portrait", image=fx["shading"], ip_adapter_image_embeds=embeds, **{**common, "num_inference_steps": 1})) for e in (1.0, end)}
         cn.unload_ip_adapter()
         return out
 
@@ -339,7 +346,8 @@ def bench_early_stop(size: str, steps: int, repeats: int, end: float = 0.4) -> d
         pipe.fuse_lora()  # what `facemakeup generate` does
         kw = dict(id_embeds=fx["id_embeds"], clip_embeds=fx["clip"], uncond_clip_embeds=fx["uncond_clip"], ip_scale=0.6,
                   shading_image=fx["shading"], **common)
-        out = {f"facemakeup_lora_fused_controlnet_end{e:g}": _once(lambda: pipe("a portrait", control_guidance_end=e, **kw)) for e in (1.0, end)}
+        out = {f"facemakeup_lora_fused_controlnet_end{e:g}": _once(lambda: pipe("a portrait", control_guidance_end=e, **kw),
+                                                                       lambda: pipe("a portrait", **{**kw, "num_inference_steps": 1})) for e in (1.0, end)}
         pipe.unload_face_adapter()
         return out
 
@@ -375,7 +383,8 @@ def bench_few_step(size: str, few_steps: int, full_steps: int, repeats: int) -> 
     def theirs():
         ref, embeds = _diffusers(fx, controlnet=False)
         ref.fuse_lora()  # its FaceID LoRA ('faceid_0') merged, as ours
-        out = {f"diffusers_ip_adapter_{full_steps}_steps": _once(lambda: ref("a portrait", ip_adapter_image_embeds=embeds, **slow, **common))}
+        out = {f"diffusers_ip_adapter_{full_steps}_steps": _once(lambda: ref("a portrait", ip_adapter_image_embeds=embeds, **slow, **common),
+                                                             lambda: ref("a portrait", ip_adapter_image_embeds=embeds, **{**slow, "num_inference_steps": 1}, **common))}
         ref.unfuse_lora()
         ref.load_lora_weights(dict(lora), adapter_name="lcm")
         ref.set_adapters(["faceid_0", "lcm"], [1.0, 1.0])
@@ -383,7 +392,8 @@ def bench_few_step(size: str, few_steps: int, full_steps: int, repeats: int) -> 
         ref.scheduler = lcm
         ref.unet.encoder_hid_proj.image_projection_layers[0].clip_embeds = fx["clip"][:, None]  # no CFG: the conditional row only
         out[f"diffusers_ip_adapter_lcm_lora_{few_steps}_steps"] = _once(
-            lambda: ref("a portrait", ip_adapter_image_embeds=[embeds[0][1:]], **fast, **common))
+            lambda: ref("a portrait", ip_adapter_image_embeds=[embeds[0][1:]], **fast, **common),
+            lambda: ref("a portrait", ip_adapter_image_embeds=[embeds[0][1:]], **{**fast, "num_inference_steps": 1}, **common))
         ref.unfuse_lora()  # the UNet is shared with ours: back to plain (up to rounding; speed does not depend on it)
         ref.unload_lora_weights()
         ref.unload_ip_adapter()
@@ -394,11 +404,11 @@ def bench_few_step(size: str, few_steps: int, full_steps: int, repeats: int) -> 
         kw = dict(id_embeds=fx["id_embeds"], clip_embeds=fx["clip"], uncond_clip_embeds=fx["uncond_clip"], ip_scale=0.6, **common)
         pipe.fuse_lora()
         pipe.scheduler = ddim
-        out = {f"facemakeup_{full_steps}_steps": _once(lambda: pipe("a portrait", **slow, **kw))}
+        out = {f"facemakeup_{full_steps}_steps": _once(lambda: pipe("a portrait", **slow, **kw), lambda: pipe("a portrait", **{**slow, "num_inference_steps": 1}, **kw))}
         pipe.load_lora_weights(dict(lora), adapter_name="lcm")  # the acceptance check's call, beside the (fused) face LoRA
         pipe.fuse_lora()
         pipe.scheduler = lcm
-        out[f"facemakeup_lcm_lora_{few_steps}_steps"] = _once(lambda: pipe("a portrait", **fast, **kw))
+        out[f"facemakeup_lcm_lora_{few_steps}_steps"] = _once(lambda: pipe("a portrait", **fast, **kw), lambda: pipe("a portrait", **{**fast, "num_inference_steps": 1}, **kw))
         pipe.unload_face_adapter()
         pipe.unfuse_lora()
         pipe.unload_lora_weights()
