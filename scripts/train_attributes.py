@@ -77,8 +77,10 @@ def stack(feats: dict, inputs, idx) -> torch.Tensor:
     return torch.from_numpy(np.concatenate([feats[k][idx] for k in inputs], 1))
 
 
-def train_attr(x, y, hidden, epochs=25, wd=1e-4, dropout=0.5, seed=0, lr=1e-3) -> MLPHead:
-    """MLP on (N, D) inputs, (N, 40) labels in {-1 unknown, 0, 1}; masked BCE."""
+def train_attr(x, y, hidden, epochs=25, wd=1e-4, dropout=0.5, seed=0, lr=1e-3, seeds=1) -> MLPHead:
+    """MLP on (N, D) inputs, (N, 40) labels in {-1 unknown, 0, 1}; masked BCE; ``seeds`` > 1: an ensemble."""
+    if seeds > 1:
+        return ensemble([train_attr(x, y, hidden, epochs, wd, dropout, seed + k, lr) for k in range(seeds)])
     torch.manual_seed(seed)
     head = MLPHead(x.shape[1], hidden, y.shape[1], dropout)
     head.set_standardization(x)
@@ -102,13 +104,33 @@ def train_attr(x, y, hidden, epochs=25, wd=1e-4, dropout=0.5, seed=0, lr=1e-3) -
     return head
 
 
+def ensemble(heads: list[MLPHead]) -> MLPHead:
+    """One ``MLPHead`` whose logits are the mean of ``heads``' (same inputs and standardisation): the
+    hidden layers side by side, the last layer's weights divided by their number."""
+    if len(heads) == 1:
+        return heads[0]
+    first = heads[0]
+    out = MLPHead(first.net[1].in_features, sum(h.net[1].out_features for h in heads), first.net[4].out_features)
+    out.mean.copy_(first.mean)
+    out.std.copy_(first.std)
+    with torch.no_grad():
+        out.net[1].weight.copy_(torch.cat([h.net[1].weight for h in heads]))
+        out.net[1].bias.copy_(torch.cat([h.net[1].bias for h in heads]))
+        out.net[4].weight.copy_(torch.cat([h.net[4].weight for h in heads], 1) / len(heads))
+        out.net[4].bias.copy_(torch.stack([h.net[4].bias for h in heads]).mean(0))
+    return out.eval()
+
+
 def dldl_targets(age: np.ndarray, sigma: float = 2.0) -> torch.Tensor:
     bins = np.arange(AGE_MAX + 1, dtype=np.float32)
     t = np.exp(-0.5 * ((bins[None] - np.clip(age, 0, AGE_MAX)[:, None]) / sigma) ** 2)
     return torch.from_numpy(t / t.sum(1, keepdims=True))
 
 
-def train_age(x, age, hidden, epochs=40, wd=1e-4, dropout=0.5, seed=0, lr=1e-3, l1=0.1) -> MLPHead:
+def train_age(x, age, hidden, epochs=40, wd=1e-4, dropout=0.5, seed=0, lr=1e-3, l1=0.1, seeds=1) -> MLPHead:
+    """MLP on (N, D) inputs -> logits over the bins 0..AGE_MAX; DLDL (KL to Gaussian labels) + l1 * |E - age|."""
+    if seeds > 1:
+        return ensemble([train_age(x, age, hidden, epochs, wd, dropout, seed + k, lr, l1) for k in range(seeds)])
     torch.manual_seed(seed)
     head = MLPHead(x.shape[1], hidden, AGE_MAX + 1, dropout)
     head.set_standardization(x)
@@ -183,7 +205,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--age-hidden", type=int, default=512)
-    ap.add_argument("--acc-slack", type=float, default=0.005)
+    ap.add_argument("--acc-slack", type=float, default=0.01)
+    ap.add_argument("--seeds", type=int, default=3, help="heads averaged (one ensemble MLPHead) per model")
+    ap.add_argument("--max-band-bias", type=float, default=5.0, help="years: the age de-biasing's target on out-of-fold bands")
+    ap.add_argument("--oof-age", type=Path, default=None, help="reuse saved out-of-fold age logits (.npy) of the chosen inputs")
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--compare", action="store_true", help="also compare input feature sets (age and attributes) on out-of-fold data")
     ap.add_argument("--skip", choices=["age", "attributes"], default=None)
@@ -211,10 +236,14 @@ def main() -> None:
                 "all": AGE_INPUTS} if args.compare else {"all": AGE_INPUTS}
         for label, inputs in sets.items():
             oof = np.zeros((len(ua_tr), AGE_MAX + 1), np.float32)
-            for k in range(args.folds):
+            if label == "all" and args.oof_age is not None and args.oof_age.is_file():
+                oof = np.load(args.oof_age)
+            for k in range(args.folds) if not oof.any() else ():
                 fit, val = fold[ua_tr] != k, fold[ua_tr] == k
-                h = train_age(stack(feats, inputs, ua_tr[fit]), age[ua_tr[fit]], args.age_hidden)
+                h = train_age(stack(feats, inputs, ua_tr[fit]), age[ua_tr[fit]], args.age_hidden, seeds=args.seeds)
                 oof[val] = logits_of(h, stack(feats, inputs, ua_tr[val]))
+            if label == "all":
+                np.save(args.cache / "oof_age.npy", oof)
             e = torch.softmax(torch.from_numpy(oof), 1).numpy() @ bins
             compare[label] = {"oof_mae": round(float(np.abs(e - age[ua_tr]).mean()), 2), "bands": band_table(e, age[ua_tr])}
             print("age", label, compare[label]["oof_mae"], {k: v["mean_signed_error"] for k, v in compare[label]["bands"].items()})
@@ -223,25 +252,52 @@ def main() -> None:
         dl_e = (dl / dl.sum(1, keepdims=True)) @ np.concatenate([[0.25], np.arange(1, 81)])
         compare["dlib expectation (before, no training)"] = {"oof_mae": round(float(np.abs(dl_e - age[ua_tr]).mean()), 2),
                                                             "bands": band_table(dl_e, age[ua_tr])}
-        # interval temperature on the out-of-fold logits of the chosen inputs
-        best_t = None
-        for t in np.linspace(0.6, 3.0, 49):
-            p = torch.softmax(torch.from_numpy(oof) / t, 1).numpy()
-            _, iv, _ = age_summary(p)
-            cover = float(((age[ua_tr].clip(0, AGE_MAX) >= iv[:, 0]) & (age[ua_tr].clip(0, AGE_MAX) <= iv[:, 1])).mean())
-            if best_t is None or abs(cover - 0.8) < abs(best_t[1] - 0.8):
-                best_t = (float(t), cover)
-        print("age temperature", best_t)
-        head = train_age(stack(feats, AGE_INPUTS, ua_tr), age[ua_tr], args.age_hidden)
+        t_oof = np.clip(age[ua_tr], 0, AGE_MAX)
+
+        def coverage_temperature(values):
+            """Softmax temperature whose p10-p90 interval (over ``values``) covers 80% of the out-of-fold ages."""
+            best = None
+            for t in np.linspace(0.6, 3.0, 49):
+                _, iv, _ = age_summary(torch.softmax(torch.from_numpy(oof) / t, 1).numpy(), values)
+                cover = float(((age[ua_tr] >= iv[:, 0] - 0.5) & (t_oof <= iv[:, 1] + 0.5)).mean())
+                if best is None or abs(cover - 0.8) < abs(best[1] - 0.8):
+                    best = (float(t), cover)
+            return best
+
+        # 1. interval temperature with the plain bins; 2. de-biasing (inverse calibration, blended) at that
+        # temperature: h(t) = mean out-of-fold expectation at true age t (Gaussian-smoothed, sigma 3 y, made
+        # increasing); bin b then stands for (1 - a) b + a h^-1(b), a = the smallest blend whose out-of-fold
+        # bands all have |mean signed error| <= --max-band-bias; 3. the temperature again, for those values.
+        temp = coverage_temperature(bins)[0]
+        p_oof = torch.softmax(torch.from_numpy(oof) / temp, 1).numpy()
+        e_oof = p_oof @ bins
+        h = np.array([np.average(e_oof, weights=np.exp(-0.5 * ((t_oof - g) / 3.0) ** 2)) for g in bins])
+        h = np.maximum.accumulate(h + 1e-6 * bins)
+        inverse = np.interp(bins, h, bins)
+        blend = 1.0
+        for a in np.linspace(0, 1, 21):
+            bt = band_table(p_oof @ ((1 - a) * bins + a * inverse), age[ua_tr])
+            if max(abs(v["mean_signed_error"]) for v in bt.values()) <= args.max_band_bias:
+                blend = float(a)
+                break
+        values = (1 - blend) * bins + blend * inverse
+        best_t = coverage_temperature(values)
+        e_deb = torch.softmax(torch.from_numpy(oof) / best_t[0], 1).numpy() @ values
+        print("age de-bias blend", blend, "temperature", best_t, "oof mae", round(float(np.abs(e_deb - age[ua_tr]).mean()), 2),
+              {k: v["mean_signed_error"] for k, v in band_table(e_deb, age[ua_tr]).items()})
+        head = train_age(stack(feats, AGE_INPUTS, ua_tr), age[ua_tr], args.age_hidden, seeds=args.seeds)
         head.temperature.fill_(best_t[0])
+        head.values.copy_(torch.from_numpy(values).float())
         p_te = torch.softmax(torch.from_numpy(logits_of(head, stack(feats, AGE_INPUTS, ua_te))), 1).numpy()
-        e_te, iv_te, child_te = age_summary(p_te)
+        e_te, iv_te, child_te = age_summary(p_te, values)
         true_te = age[ua_te]
-        cover_te = float(((true_te.clip(0, AGE_MAX) >= iv_te[:, 0]) & (true_te.clip(0, AGE_MAX) <= iv_te[:, 1])).mean())
+        cover_te = float(((true_te >= iv_te[:, 0] - 0.5) & (np.minimum(true_te, AGE_MAX) <= iv_te[:, 1] + 0.5)).mean())
         dte = feats["dlib_age"][ua_te].astype(np.float64)
         before_te = (dte / dte.sum(1, keepdims=True)) @ np.concatenate([[0.25], np.arange(1, 81)])
         results["age"] = {
             "inputs": list(AGE_INPUTS), "hidden": args.age_hidden, "bins": f"0-{AGE_MAX} years, one-year", "label_sigma_years": 2.0,
+            "debias_blend": blend, "oof_mae_before_debias": compare["all"]["oof_mae"],
+            "oof_mae_after_debias": round(float(np.abs(e_deb - age[ua_tr]).mean()), 2), "oof_bands_after_debias": band_table(e_deb, age[ua_tr]),
             "interval_temperature": best_t[0], "oof_interval_coverage_p10_p90": best_t[1],
             "test_mae": round(float(np.abs(e_te - true_te).mean()), 2), "test_bands": band_table(e_te, true_te),
             "test_interval_coverage_p10_p90": round(cover_te, 3),
@@ -264,8 +320,10 @@ def main() -> None:
             oof = np.zeros((len(a_tr), len(CELEBA_ATTRIBUTES)), np.float32)
             for k in range(args.folds):
                 fit, val = fold[a_tr] != k, fold[a_tr] == k
-                h = train_attr(stack(feats, inputs, a_tr[fit]), labels[a_tr[fit]], args.hidden)
+                h = train_attr(stack(feats, inputs, a_tr[fit]), labels[a_tr[fit]], args.hidden, seeds=args.seeds)
                 oof[val] = logits_of(h, stack(feats, inputs, a_tr[val]))
+            if label == "all":
+                np.save(args.cache / "oof_attr.npy", oof)
             yo = labels[a_tr]
             c = ~utk[a_tr]
             accs = [((oof[c, j] > 0) == yo[c, j]).mean() for j in range(40)]
@@ -282,10 +340,11 @@ def main() -> None:
             temps[j] = fit_temperature(oof[m, j], yo[m, j])
             p = 1 / (1 + np.exp(-oof[m, j] / temps[j]))
             thr[j] = pick_threshold(p, yo[m, j].astype(bool), 0.0 if j == MALE else args.acc_slack)
-        head = train_attr(stack(feats, ATTR_INPUTS, a_tr), labels[a_tr], args.hidden)
+        head = train_attr(stack(feats, ATTR_INPUTS, a_tr), labels[a_tr], args.hidden, seeds=args.seeds)
         head.temperature.copy_(torch.from_numpy(temps).float())
         head.shift.copy_(torch.from_numpy(np.log(thr / (1 - thr))).float())
         z = logits_of(head, stack(feats, ATTR_INPUTS, a_te))  # calibrated: > 0 is the decision
+        np.save(args.cache / "test_attr_logits.npy", (z + head.shift.numpy()) * head.temperature.numpy())  # raw, for re-calibration
         yt = labels[a_te]
         c = ~utk[a_te]
         per = {}
@@ -313,7 +372,7 @@ def main() -> None:
         results["gender_utkface_test_accuracy_adults"] = round(float(((male_p[adult] > 0.5) == male_true[adult]).mean()), 4)
         results["gender_utkface_test_accuracy_children_unadjusted"] = round(float(((male_p[~adult] > 0.5) == male_true[~adult]).mean()), 4)
         print(json.dumps({k: v for k, v in results.items() if k not in ("attributes", "age")}, indent=1))
-        save_head(ASSETS / "attribute_heads.safetensors", head, ATTR_INPUTS, {
+        save_head(ASSETS / "attribute_heads.safetensors", head, ATTR_INPUTS, {"seeds": args.seeds, 
             "training_data": "CelebA-HQ 256 + aligned CelebA (40 attributes) and UTKFace (gender) in ../shared; research-only, non-commercial",
             "split_rule": results["split_rule"], "test_mean_accuracy": results["test_mean_accuracy"],
             "test_mean_balanced_accuracy": results["test_mean_balanced_accuracy"], "attributes": list(CELEBA_ATTRIBUTES)})

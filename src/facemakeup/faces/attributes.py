@@ -99,20 +99,21 @@ def age_summary(probs: np.ndarray, ages: np.ndarray | None = None) -> tuple[np.n
     """Expected age, 10th-90th percentile interval and child probability from an age distribution.
 
     Args:
-        probs: ``(N, K)`` probabilities over one-year bins, rows summing to 1 (the age head: K = 101,
-            bins 0-100; dlib's network: K = 81).
-        ages: ``(K,)`` the bins' ages in years; ``None`` = ``0, 1, ..., K - 1``.
+        probs: ``(N, K)`` probabilities over age bins, rows summing to 1 (the age head: K = 101; dlib's
+            network: K = 81).
+        ages: ``(K,)`` increasing ages (years) the bins stand for (the age head's ``values``, its
+            de-biased bin ages); ``None`` = ``0, 1, ..., K - 1``.
 
     Returns:
-        ``(expected (N,), interval (N, 2), child (N,))``: expectation over ``ages`` in years; the
-        smallest bin indices (= years) whose cumulative probability reaches 0.1 and 0.9;
-        ``P(age <= CHILD_MAX_AGE)`` in [0, 1].
+        ``(expected (N,), interval (N, 2), child (N,))`` float64: the expectation over ``ages`` in years;
+        the ages of the first bins whose cumulative probability reaches 0.1 and 0.9 (years);
+        ``P(age <= CHILD_MAX_AGE)`` in [0, 1] (the probability of the bins aged at most that).
     """
     probs = np.asarray(probs, np.float64)
     ages = np.arange(probs.shape[1], dtype=np.float64) if ages is None else np.asarray(ages, np.float64)
     cdf = np.cumsum(probs, axis=1)
-    interval = np.stack([np.argmax(cdf >= q - 1e-9, axis=1) for q in (0.1, 0.9)], axis=1).astype(np.float64)
-    return probs @ ages, interval, cdf[:, CHILD_MAX_AGE]
+    idx = np.stack([np.argmax(cdf >= q - 1e-9, axis=1) for q in (0.1, 0.9)], axis=1)
+    return probs @ ages, ages[idx], probs[:, ages <= CHILD_MAX_AGE + 1e-9].sum(1)
 
 
 def child_adjusted_male(male: np.ndarray | float, child: np.ndarray | float) -> np.ndarray | float:
@@ -137,7 +138,8 @@ class MLPHead(nn.Module):
     ``forward(x)``: ``(N, in_dim)`` float32 features (``FEATURE_DIMS`` concatenated in the head's input
     order) -> ``(N, out_dim)`` float32 calibrated logits. For the attribute heads ``sigmoid`` of them is
     the reported probability (> 0.5: the calibrated decision); for the age head ``softmax`` over the
-    one-year bins.
+    one-year bins, and ``values`` holds the age (years) each bin stands for after de-biasing (the
+    expectation is ``softmax @ values``; unused, ``0..out_dim-1``, in the attribute heads).
 
     Args:
         in_dim, hidden, out_dim: layer widths. dropout: dropout before the last layer (training only).
@@ -150,6 +152,7 @@ class MLPHead(nn.Module):
         self.net = nn.Sequential(nn.Dropout(0.2), nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, out_dim))
         self.register_buffer("temperature", torch.ones(out_dim))
         self.register_buffer("shift", torch.zeros(out_dim))
+        self.register_buffer("values", torch.arange(out_dim, dtype=torch.float32))
 
     def set_standardization(self, x: torch.Tensor) -> None:
         """Per-feature mean and standard deviation of the training inputs ``x`` (N, in_dim)."""
@@ -443,7 +446,7 @@ class AttributePredictor:
             raise RuntimeError("this AttributePredictor has no attribute heads (heads=False): it only computes features")
         feats = self.features(images, kps, embeddings=embeddings, names=set(self.inputs) | set(self.age_inputs))
         probs, age_probs = self.heads_output(feats)
-        ages = age_summary(age_probs) if age_probs is not None else None
+        ages = age_summary(age_probs, self.age_head.values.numpy()) if age_probs is not None else None
         out = []
         for i, p in enumerate(probs):
             celeba = {name: round(float(v), 4) for name, v in zip(CELEBA_ATTRIBUTES, p)}
@@ -451,7 +454,7 @@ class AttributePredictor:
             age = child = interval = None
             if ages is not None:
                 age, child = round(float(ages[0][i]), 1), round(float(ages[2][i]), 4)
-                interval = [float(ages[1][i, 0]), float(ages[1][i, 1])]
+                interval = [round(float(ages[1][i, 0]), 1), round(float(ages[1][i, 1]), 1)]
                 male = child_adjusted_male(male, float(ages[2][i]))
             male = round(male, 4)
             emotion = {}
