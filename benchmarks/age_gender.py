@@ -44,6 +44,13 @@ BANDS = [(0, 9), (10, 19), (20, 29), (30, 39), (40, 49), (50, 59), (60, 69), (70
 CHILD_MAX_AGE = 12
 
 
+def spread(rows: list, limit: int | None) -> list:
+    """``limit`` rows evenly spaced over ``rows`` (all with ``None``): UTKFace's index is sorted by age."""
+    if limit is None or limit >= len(rows):
+        return rows
+    return [rows[i] for i in np.linspace(0, len(rows) - 1, limit).round().astype(int)]
+
+
 def main_face(analyzer: FaceAnalyzer, rgb: np.ndarray, pad_retry: bool):
     """The main face (``get(max_faces=1)``); a chip with none is padded by half its side and tried again."""
     for attempt in range(1 + pad_retry):
@@ -89,7 +96,7 @@ def balanced(pred: np.ndarray, y: np.ndarray) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--limit", type=int, default=None, help="first N photos of each set")
+    ap.add_argument("--limit", type=int, default=None, help="N photos of each set, evenly spaced over it")
     ap.add_argument("--label", default="after", help="'before' writes age_gender_before.json (an older checkout's numbers)")
     args = ap.parse_args()
     if not SHARED_DATA.is_dir():
@@ -99,7 +106,7 @@ def main() -> None:
 
     # ---------------------------------------------------------------- UTKFace test part
     with open(SHARED_DATA / "utkface" / "index.tsv") as f:
-        utk = [r for r in csv.DictReader(f, delimiter="\t") if zlib.crc32(r["file"].encode()) % 5 == 0][: args.limit]
+        utk = spread([r for r in csv.DictReader(f, delimiter="\t") if zlib.crc32(r["file"].encode()) % 5 == 0], args.limit)
     age_t, age_p, male_t, male_p, inside, missed = [], [], [], [], [], 0
     for r in tqdm(utk, desc="utkface test", mininterval=20):
         face = main_face(analyzer, load_image(SHARED_DATA / "utkface" / "images" / r["file"]), pad_retry=True)
@@ -132,7 +139,8 @@ def main() -> None:
     rows = []
     for name in ("celeba-hq-256", "celeba-aligned"):
         with open(SHARED_DATA / name / "index.tsv") as f:
-            rows += [(SHARED_DATA / name / r["image"], r) for r in csv.DictReader(f, delimiter="\t") if int(r["identity"]) % 10 < 2][: args.limit]
+            rows += spread([(SHARED_DATA / name / r["image"], r) for r in csv.DictReader(f, delimiter="\t") if int(r["identity"]) % 10 < 2],
+                           args.limit)
     probs, truth, ages, missed = [], [], [], 0
     for path, r in tqdm(rows, desc="celeba val", mininterval=20):
         face = main_face(analyzer, load_image(path), pad_retry=False)

@@ -238,7 +238,8 @@ def template_captions(attributes: dict[str, float], age: float | None, gender: d
         hair = " ".join(w for w in (style, colour, "hair") if w)
         if "Bangs" in on:
             hair += " with bangs"
-        items.append((hair, "hair"))
+        if hair != "hair":  # neither colour nor style above its threshold: nothing worth saying
+            items.append((hair, "hair"))
     if "Eyeglasses" in on:
         items.append(("eyeglasses", "eyeglasses"))
     if noun == "man":
@@ -246,8 +247,9 @@ def template_captions(attributes: dict[str, float], age: float | None, gender: d
             items.append(("a beard", "lower_face"))
         else:
             items += [(s, "lower_face") for k, s in FACIAL_HAIR if k in on][:1]
-    a.add(" with ")
-    _join(a, items[:3])
+    if items:
+        a.add(" with ")
+        _join(a, items[:3])
     worn = [(s, region) for k, s, region in ACCESSORIES if k in on and not (k == "Wearing_Lipstick" and noun != "woman")][:2]
     if worn:
         a.add(", wearing ")

@@ -164,7 +164,8 @@ class MLPHead(nn.Module):
 
 
 def save_head(path: str | os.PathLike, head: MLPHead, inputs: tuple[str, ...], metadata: dict) -> None:
-    """Write a head as float32 safetensors with its input names, widths and string metadata.
+    """Write a head as safetensors (weight matrices float16, the rest float32) with its input names,
+    widths and string metadata.
 
     Args:
         path: output ``.safetensors``. head: the trained ``MLPHead``. inputs: ``FEATURE_DIMS`` names,
@@ -174,7 +175,8 @@ def save_head(path: str | os.PathLike, head: MLPHead, inputs: tuple[str, ...], m
 
     lin0, lin1 = head.net[1], head.net[4]
     meta = {**metadata, "inputs": list(inputs), "in_dim": lin0.in_features, "hidden": lin0.out_features, "out_dim": lin1.out_features}
-    state = {k: v.detach().float().contiguous() for k, v in head.state_dict().items()}
+    # weight matrices as float16 (a few MB; run in float32), buffers and biases as float32
+    state = {k: (v.half() if k.endswith("weight") else v.float()).detach().contiguous() for k, v in head.state_dict().items()}
     save_file(state, str(path), metadata={k: v if isinstance(v, str) else json.dumps(v) for k, v in meta.items()})
 
 
@@ -208,7 +210,7 @@ def load_head(path: str | os.PathLike) -> tuple[MLPHead, tuple[str, ...], dict]:
         except json.JSONDecodeError:
             meta[k] = v
     head = MLPHead(int(meta["in_dim"]), int(meta["hidden"]), int(meta["out_dim"]))
-    head.load_state_dict(load_file(str(path)))
+    head.load_state_dict({k: v.float() for k, v in load_file(str(path)).items()})
     return head.eval(), tuple(meta["inputs"]), meta
 
 
