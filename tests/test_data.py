@@ -240,7 +240,7 @@ def test_astronaut_reads_as_a_woman(portraits):
 
 def test_grace_hopper_caption(portraits):
     """Her caption says what is there: an elderly woman with eyeglasses, in a hat and a necktie (no
-    beard or mustache: before, "an elderly man ... and a mustache")."""
+    beard or mustache; before: "a middle-aged man with hair, eyeglasses and a beard, wearing a hat and a necktie")."""
     a = portraits["hopper"]
     caption = template_captions(a.celeba, a.age, a.gender, a.emotion, child=a.child)[0].text
     assert caption == "an elderly woman with eyeglasses, wearing a hat and a necktie"
