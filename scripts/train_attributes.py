@@ -2,6 +2,7 @@
 
     python scripts/extract_attribute_features.py          # once: ~25 min on 2 CPU cores -> /tmp/attr_cache
     python scripts/train_attributes.py [--cache /tmp/attr_cache] [--compare]
+    python scripts/train_gender_head.py                   # then: the Male output from the ArcFace gender MLP
 
 Data (../shared/data, research-only, never shipped): ``celeba-hq-256`` + ``celeba-aligned`` (40 CelebA
 attributes) and ``utkface`` (age in years, gender). Splits (deterministic):
@@ -74,6 +75,7 @@ def load(cache: Path):
 
 
 def stack(feats: dict, inputs, idx) -> torch.Tensor:
+    """``(len(idx), sum of widths)`` float32: the named cached features of rows ``idx``, side by side."""
     return torch.from_numpy(np.concatenate([feats[k][idx] for k in inputs], 1))
 
 
@@ -122,6 +124,7 @@ def ensemble(heads: list[MLPHead]) -> MLPHead:
 
 
 def dldl_targets(age: np.ndarray, sigma: float = 2.0) -> torch.Tensor:
+    """``(N, AGE_MAX + 1)`` Gaussian label distributions (sigma in years) centred on the ages (clipped to 0..AGE_MAX)."""
     bins = np.arange(AGE_MAX + 1, dtype=np.float32)
     t = np.exp(-0.5 * ((bins[None] - np.clip(age, 0, AGE_MAX)[:, None]) / sigma) ** 2)
     return torch.from_numpy(t / t.sum(1, keepdims=True))
@@ -158,6 +161,7 @@ def train_age(x, age, hidden, epochs=40, wd=1e-4, dropout=0.5, seed=0, lr=1e-3, 
 
 @torch.no_grad()
 def logits_of(head, x):
+    """``head``'s outputs on ``x`` in chunks, as a numpy array."""
     return torch.cat([head(x[i:i + 1024]) for i in range(0, len(x), 1024)]).numpy()
 
 
@@ -173,6 +177,7 @@ def fit_temperature(z: np.ndarray, y: np.ndarray) -> float:
 
 
 def balanced_acc(pred: np.ndarray, y: np.ndarray) -> float:
+    """Mean of the true-positive and true-negative rates of boolean decisions ``pred`` against labels ``y``."""
     y = y.astype(bool)
     tpr = pred[y].mean() if y.any() else 1.0
     tnr = (~pred[~y]).mean() if (~y).any() else 1.0
@@ -189,6 +194,7 @@ def pick_threshold(p: np.ndarray, y: np.ndarray, slack: float) -> float:
 
 
 def band_table(pred: np.ndarray, true: np.ndarray) -> dict:
+    """Per 10-year band of ``true`` (years): count, MAE and mean signed error (pred - true) of ``pred``."""
     out = {}
     for lo, hi in BANDS:
         m = (true >= lo) & (true <= hi)
@@ -206,7 +212,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=512)
     ap.add_argument("--age-hidden", type=int, default=512)
     ap.add_argument("--acc-slack", type=float, default=0.01)
-    ap.add_argument("--seeds", type=int, default=3, help="heads averaged (one ensemble MLPHead) per model")
+    ap.add_argument("--seeds", type=int, default=1, help="heads averaged (one ensemble MLPHead) per model; 3 did not help age and triples the file")
     ap.add_argument("--max-band-bias", type=float, default=5.0, help="years: the age de-biasing's target on out-of-fold bands")
     ap.add_argument("--oof-age", type=Path, default=None, help="reuse saved out-of-fold age logits (.npy) of the chosen inputs")
     ap.add_argument("--folds", type=int, default=5)
