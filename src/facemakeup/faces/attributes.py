@@ -19,8 +19,9 @@ UTKFace; non-commercial research licences, which the weights inherit):
 - ``assets/attribute_heads.safetensors``: 40 CelebA logits. Each attribute has a temperature
   (Guo et al. 2017) and a decision threshold picked on out-of-fold predictions, folded into the logit
   (``p = sigmoid(z / T - logit(t))``), so "probability > 0.5" is the calibrated decision (the one the
-  captions use); the threshold favours balanced accuracy within half a point of the best accuracy.
-  ``Male`` is also trained on UTKFace (all ages and races) and is the reported gender.
+  captions use); the threshold favours balanced accuracy within one point of the best accuracy.
+  ``Male`` (the reported gender) comes from extra hidden units that read only the ArcFace embedding,
+  trained on CelebA + UTKFace (all ages and races; ``scripts/train_gender_head.py``).
 - ``assets/age_head.safetensors``: softmax over the one-year bins 0-``AGE_MAX`` (Gaussian label
   distribution learning, DLDL), trained on UTKFace; ``age`` = its expectation, ``age_interval`` = its
   10th-90th percentiles, the softmax temperature set so that they cover 80% of held-out ages.
