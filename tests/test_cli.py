@@ -161,6 +161,9 @@ def test_analyze_parsing_and_attributes(tmp_path):
     assert face["attributes"]["Wearing_Hat"] > 0.5 and face["attributes"]["Young"] < 0.5
     assert abs(face["gender"]["female"] + face["gender"]["male"] - 1) < 1e-3
     assert 25 <= face["age"] <= 90 and abs(sum(face["emotion"].values()) - 1) < 1e-2
+    # issue 21: acceptance reads this JSON: she is a woman (before: male 0.98), elderly, no mustache
+    assert face["gender"]["male"] < 0.1 and face["age"] > 60 and face["attributes"]["Mustache"] < 0.5
+    assert face["age_interval"][0] < face["age"] < face["age_interval"][1]
 
 
 def test_analyze_nothing_usable_exits_non_zero(tmp_path):

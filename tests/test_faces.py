@@ -241,7 +241,7 @@ def test_face_json_round_trip(analyzer, astronaut):
 
     face = analyzer.get(astronaut, stages=("embed", "clip", "fit"))[0]
     object.__setattr__(face, "attributes", FaceAttributes(celeba={"Smiling": 0.9}, gender={"female": 0.8, "male": 0.2},
-                                                          age=30.5, emotion={"happy": 1.0}, child=0.01))
+                                                          age=30.5, emotion={"happy": 1.0}, child=0.01, age_interval=[25.0, 36.5]))
     data = json.loads(json.dumps(face.to_json(mesh=True)))
     back = Face.from_json(data)
     for name in ("bbox", "kps", "embedding", "clip_box"):
@@ -251,9 +251,9 @@ def test_face_json_round_trip(analyzer, astronaut):
         np.testing.assert_array_equal(getattr(back.fit, name), getattr(face.fit, name))
     assert back.fit.pose == face.fit.pose and back.fit.fitter == face.fit.fitter
     assert back.attributes == face.attributes and data["age"] == 30.5 and data["gender"]["male"] == 0.2
-    assert data["child"] == 0.01
-    old = {k: v for k, v in data.items() if k != "child"}  # JSON written before the key existed
-    assert Face.from_json(old).attributes.child is None
+    assert data["child"] == 0.01 and data["age_interval"] == [25.0, 36.5]
+    old = {k: v for k, v in data.items() if k not in ("child", "age_interval")}  # JSON written before the keys existed
+    assert Face.from_json(old).attributes.child is None and Face.from_json(old).attributes.age_interval is None
     assert back.to_json(mesh=True) == data
     np.testing.assert_array_equal(shading_map(back.fit, back.kps, height=64, width=64), shading_map(face.fit, face.kps, height=64, width=64))
     assert back.aligned is None and back.parsing is None and back.photo is None
@@ -275,14 +275,63 @@ def test_age_summary_and_child_gender_follow_the_distribution():
     child[0, [4, 6, 8]] = [0.3, 0.4, 0.3]
     mixed = np.zeros((1, 81))
     mixed[0, [10, 40]] = 0.5
-    mean, interval, p_child = age_summary(np.concatenate([one_hot, uniform, child, mixed]))
-    np.testing.assert_allclose(mean, [30, AGE_BINS.mean(), 0.3 * 4 + 0.4 * 6 + 0.3 * 8, 25], rtol=1e-6)
+    probs = np.concatenate([one_hot, uniform, child, mixed])
+    mean, interval, p_child = age_summary(probs)
+    np.testing.assert_allclose(mean, [30, 40, 0.3 * 4 + 0.4 * 6 + 0.3 * 8, 25], rtol=1e-6)
     np.testing.assert_array_equal(interval, [[30, 30], [8, 72], [4, 8], [10, 40]])  # cumulative 0.1 / 0.9 crossings
     np.testing.assert_allclose(p_child, [0, (CHILD_MAX_AGE + 1) / 81, 1, 0.5], atol=1e-12)
     # the expectation of a two-peaked distribution sits between the peaks; the interval shows both
     assert interval[3, 0] < mean[3] < interval[3, 1]
+    # bins standing for other ages (dlib's 0.25 for bin 0; the age head's de-biased bin ages)
+    np.testing.assert_allclose(age_summary(uniform, AGE_BINS)[0], [AGE_BINS.mean()], rtol=1e-6)
+    stretched = np.arange(81) * 1.5 - 5  # bin b stands for 1.5 b - 5 years
+    m2, iv2, c2 = age_summary(probs, stretched)
+    np.testing.assert_allclose(m2, 1.5 * mean - 5, rtol=1e-6)
+    np.testing.assert_allclose(iv2, 1.5 * interval - 5)  # percentiles follow a monotone map of the bins
+    np.testing.assert_allclose(c2[[0, 2, 3]], [0, 1, 0.5])  # bins aged <= 12: b <= 11
     np.testing.assert_allclose(child_adjusted_male(np.array([0.95, 0.95, 0.05]), np.array([0.0, 1.0, 0.5])),
                                [0.95, 0.5, 0.275])
+
+
+def test_mlp_head_round_trip_and_errors(tmp_path):
+    import torch
+
+    from facemakeup.errors import ModelNotFoundError
+    from facemakeup.faces.attributes import MLPHead, load_head, save_head
+
+    torch.manual_seed(0)
+    head = MLPHead(6, 4, 3).eval()
+    head.set_standardization(torch.randn(20, 6) * 3 + 1)
+    head.temperature.copy_(torch.tensor([1.0, 2.0, 0.5]))
+    head.shift.copy_(torch.tensor([0.0, 0.3, -0.2]))
+    x = torch.randn(5, 6)
+    raw = head.net((x - head.mean) / head.std)
+    torch.testing.assert_close(head(x), raw / head.temperature - head.shift)  # the calibration is folded in
+    save_head(tmp_path / "h.safetensors", head, ("arcface",), {"note": "test", "metric": 0.5})
+    again, inputs, meta = load_head(tmp_path / "h.safetensors")
+    # weight matrices travel as float16, everything else as float32
+    assert torch.equal(again.net[1].weight, head.net[1].weight.half().float()) and torch.equal(again.std, head.std)
+    assert torch.equal(again.shift, head.shift) and torch.equal(again.temperature, head.temperature)
+    torch.testing.assert_close(again(x), head(x), atol=2e-3, rtol=2e-3)
+    assert inputs == ("arcface",) and meta["note"] == "test" and meta["metric"] == 0.5 and meta["hidden"] == 4
+    with pytest.raises(ModelNotFoundError, match="train_attributes.py"):
+        load_head(tmp_path / "missing.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"head.weight": torch.zeros(40, 1664)}, str(tmp_path / "old.safetensors"))  # the linear heads of before
+    with pytest.raises(ValueError, match="not an MLPHead"):
+        load_head(tmp_path / "old.safetensors")
+
+
+def test_utkface_split_is_fixed():
+    from facemakeup.faces.attributes import utkface_is_test
+
+    names = [f"{a}_0_0_2017011{a:04d}.jpg.chip.jpg" for a in range(500)]
+    share = np.mean([utkface_is_test(n) for n in names])
+    assert 0.15 < share < 0.25 and utkface_is_test(names[0]) == utkface_is_test(str(names[0]))
+    import zlib
+
+    assert all(utkface_is_test(n) == (zlib.crc32(n.encode()) % 5 == 0) for n in names[:50])
 
 
 def test_parser_left_right_follow_celebamask_and_flip_averaging_is_mirror_consistent(astronaut):

@@ -1086,7 +1086,7 @@ def preflight(config: BuildConfig) -> None:
         resolve_model_file(role, config.face_models)
     for name in ("mobilenet_v2", "age", "gender", "emotion", "text_detector") + (("clip_bpe",) if config.tokenizer is None else ()):
         fetch(name)
-    for name in ("face_parser.safetensors", "attribute_heads.safetensors"):
+    for name in ("face_parser.safetensors", "attribute_heads.safetensors", "age_head.safetensors"):
         if not asset(name).is_file():
             raise ModelNotFoundError(f"{asset(name)} is missing: reinstall facemakeup (its wheel ships it)")
     from ..faces.parsing import export_onnx

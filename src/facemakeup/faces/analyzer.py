@@ -13,7 +13,7 @@ stage          fields                       model
 ``embed``      ``aligned``, ``embedding``   ``norm_crop`` + ArcFace (one batched run per call)
 ``clip``       ``clip_image``, ``clip_box`` the CLIP crop (no model)
 ``fit``        ``fit``, ``fit_error``       the 3D fitter: mesh, pose, SH lighting
-``attributes`` ``attributes``               ``AttributePredictor`` (batched)
+``attributes`` ``attributes``               ``AttributePredictor`` (batched; reads ``embedding``)
 ``parsing``    ``parsing``                  ``FaceParser`` (batched)
 =============  ===========================  =====================================================
 
@@ -35,6 +35,7 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -45,6 +46,10 @@ from .detect import SCRFD
 from .image import ImageInput, load_image
 from .mesh import FaceFit, FaceFitter
 from .recognize import ArcFace
+
+#: The ArcFace model whose embeddings the attribute heads read (their ``arcface`` input): the
+#: ``embed`` stage's embedding is passed to them when the analyser uses this recogniser.
+ATTRIBUTE_RECOGNIZER = "w600k_mbf.onnx"
 
 #: Stage names in pipeline order, and the ``Face`` fields each one fills.
 STAGES = {
@@ -475,7 +480,13 @@ class FaceAnalyzer:
     def _stage_attributes(self, faces: list[Face]) -> list[tuple]:
         if self.attributes is None:
             return [(None,)] * len(faces)
-        preds = self.attributes.predict_batch([f._source.image for f in faces], [f.kps for f in faces], [f.bbox for f in faces])
+        embeddings = None
+        reads = set(getattr(self.attributes, "inputs", ())) | set(getattr(self.attributes, "age_inputs", ()))
+        if "arcface" in reads and Path(self.recognizer.model_file).name == ATTRIBUTE_RECOGNIZER:
+            self.run(faces, "embed")  # the heads read this recogniser's embedding: reuse it (batched, kept on the faces)
+            embeddings = np.stack([f.embedding for f in faces])
+        preds = self.attributes.predict_batch([f._source.image for f in faces], [f.kps for f in faces], [f.bbox for f in faces],
+                                              embeddings=embeddings)
         return [(p,) for p in preds]
 
     def _stage_parsing(self, faces: list[Face]) -> list[tuple]:
