@@ -78,6 +78,9 @@ def analyse(analyzer: FaceAnalyzer, face, clock: dict):
 
 
 def bands(pred: np.ndarray, true: np.ndarray) -> dict:
+    """Per 10-year band of ``true`` (years): count, MAE and mean signed error of ``pred``. The same table as
+    ``scripts/train_attributes.py``'s ``band_table``, written here again on purpose: the "before" run of this
+    benchmark imports the previous facemakeup source, which has neither."""
     out = {}
     for lo, hi in BANDS:
         m = (true >= lo) & (true <= hi)
@@ -89,6 +92,7 @@ def bands(pred: np.ndarray, true: np.ndarray) -> dict:
 
 
 def balanced(pred: np.ndarray, y: np.ndarray) -> float:
+    """Balanced accuracy (mean of true-positive and true-negative rates) of boolean ``pred`` against boolean ``y``."""
     tpr = pred[y].mean() if y.any() else 1.0
     tnr = (~pred[~y]).mean() if (~y).any() else 1.0
     return float((tpr + tnr) / 2)
