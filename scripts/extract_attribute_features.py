@@ -8,7 +8,8 @@ never shipped; the cache lives outside the repository) this follows the run-time
 padded by half its side with replicated edges and detected again) -> the 5 keypoints ->
 ``AttributePredictor.features`` on the photo (and with ``--flip`` on its mirror image): the MobileNetV2
 pools of the CelebA-HQ-framed 224 px crop, the ArcFace ``w600k_mbf`` embedding of ``norm_crop``, the
-dlib age network's 81 bins and the dlib gender probability.
+dlib age network's 81 bins, the dlib gender probability and the DINOv2-S/14 tokens of the 224 px crop.
+With ``--add NAME ...`` an existing cache gets those features added (the same detections, checked by file name).
 
 Writes ``<cache>/<set>.npz`` (float16 features ``feat_<name>`` of shape (N, F, D): [photo] or, with ``--flip``, [photo, mirror];
 labels; identity or file name) per set.
@@ -61,6 +62,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--flip", action="store_true", help="also the mirror images' features")
+    ap.add_argument("--add", nargs="+", default=None, help="FEATURE_DIMS names to add to an existing cache")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -68,9 +70,12 @@ def main() -> None:
     pred = AttributePredictor(emotion_model=False, heads=False, threads=args.threads)
     for name in args.sets:
         out = args.cache / f"{name}.npz"
+        old = None
         if out.is_file():
-            print("cached:", out)
-            continue
+            if not args.add:
+                print("cached:", out)
+                continue
+            old = dict(np.load(out))
         t0 = time.time()
         rows = list(csv.DictReader(open(DATA / name / "index.tsv"), delimiter="\t"))[: args.limit]
         key = "file" if name == "utkface" else "image"
@@ -81,7 +86,7 @@ def main() -> None:
         def flush():
             images, kpss = zip(*batch)
             for flip in (False, True)[: 1 + args.flip]:
-                f = pred.features(list(images), list(kpss), flip=flip)
+                f = pred.features(list(images), list(kpss), flip=flip, names=args.add)
                 for k, v in f.items():
                     feats.setdefault(k, [[], []])[int(flip)].append(v.astype(np.float16))
             batch.clear()
@@ -110,6 +115,10 @@ def main() -> None:
             arrays["labels"] = np.array([[int(r[a]) > 0 for a in CELEBA_ATTRIBUTES] for r in kept])
         arrays["photos"] = np.array(len(rows))
         arrays["padded"] = np.array(padded_count)
+        if old is not None:
+            if not np.array_equal(old["name"], arrays["name"]):
+                raise SystemExit(f"{out}: the detections differ from the cached ones; delete the cache and extract again")
+            arrays = {**old, **{k: v for k, v in arrays.items() if k.startswith("feat_")}}
         np.savez(out, **arrays)
         print(f"{name}: {len(kept)} of {len(rows)} with a face ({padded_count} after padding), {time.time() - t0:.0f} s -> {out}")
 

